@@ -1,0 +1,181 @@
+"""The ``naiad`` command: ``naiad serve`` (Triton's flag names) and ``naiad plugins``.
+
+``naiad --model-repository PATH`` (no sub-command) is ``naiad serve``, as ``tritonserver`` is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from .dataplane import ControlMode
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    """A Triton-style boolean: ``--name`` alone means true, ``--name=false`` false."""
+    parser.add_argument(
+        name,
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=default,
+        metavar="BOOL",
+        help=f"{help} (default {str(default).lower()})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="naiad", description="naiad inference server")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve model repositories over HTTP")
+    add_serve_arguments(serve)
+    plugins = sub.add_parser("plugins", help="list the backends the installed plugins provide")
+    plugins.add_argument("--plugin", action="append", default=[], help="extra plugin module")
+    return parser
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-repository",
+        "--model-store",
+        action="append",
+        required=True,
+        type=Path,
+        dest="model_repository",
+        metavar="PATH",
+        help="model repository folder (repeatable)",
+    )
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--http-address", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    _flag(p, "--allow-http", True, "serve HTTP")
+    p.add_argument(
+        "--model-control-mode",
+        choices=[m.value for m in ControlMode],
+        default="none",
+        help="none: load all at start; poll: follow the repository; explicit: load/unload API",
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with explicit control, a model to load at start ('*' = all; repeatable)",
+    )
+    p.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS")
+    _flag(p, "--strict-model-config", False, "require a complete config.pbtxt (no auto-complete)")
+    p.add_argument(
+        "--disable-auto-complete-config",
+        action="store_true",
+        help="never complete a model config from the model file",
+    )
+    _flag(p, "--strict-readiness", True, "ready only when every model is ready")
+    _flag(p, "--exit-on-error", True, "exit if a model fails to load at start-up")
+    p.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument(
+        "--http-max-input-size",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest request body accepted (default 64 MiB)",
+    )
+    p.add_argument("--id", default="triton", dest="server_id", help="server name in metadata")
+    p.add_argument("--plugin", action="append", default=[], help="extra plugin module to load")
+    p.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
+    _flag(p, "--log-info", True, "log info messages")
+
+
+def serve_config(args: argparse.Namespace):
+    from .server import ServerConfig
+
+    return ServerConfig(
+        model_repositories=list(args.model_repository),
+        http_address=args.http_address,
+        http_port=args.http_port,
+        allow_http=args.allow_http,
+        auto_complete=not (args.strict_model_config or args.disable_auto_complete_config),
+        control_mode=ControlMode(args.model_control_mode),
+        load_models=list(args.load_model),
+        strict_readiness=args.strict_readiness,
+        exit_on_error=args.exit_on_error,
+        exit_timeout=args.exit_timeout_secs,
+        max_input_size=args.http_max_input_size,
+        server_id=args.server_id,
+        plugins=list(args.plugin),
+    )
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = (
+        logging.DEBUG if args.log_verbose else (logging.INFO if args.log_info else logging.WARNING)
+    )
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname).1s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Server
+
+    _setup_logging(args)
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+
+    async def main() -> int:
+        server = Server(serve_config(args))
+        try:
+            await server.serve()
+        except SystemExit as exc:
+            await server.stop()
+            return int(exc.code or 1)
+        return 0
+
+    if uvloop is not None:
+        return uvloop.run(main())
+    return asyncio.run(main())
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import build_backend_registry
+
+    registry = build_backend_registry(args.plugin)
+    entries = registry.entries()
+    if not entries:
+        print("no backends installed (pip install naiad-backend-onnx, for example)")
+        return 0
+    width = max(len(n) for n, _, _ in entries)
+    for name, platforms, source in entries:
+        plats = ", ".join(platforms) or "-"
+        print(f"{name:<{width}}  platforms: {plats}  from: {source}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
+        argv.insert(0, "serve")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "plugins":
+        return cmd_plugins(args)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

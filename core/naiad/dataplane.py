@@ -1,0 +1,232 @@
+"""What the server does, independent of any transport.
+
+The V2 HTTP routes and the legacy TRTIS ``/api`` routes both call into one :class:`DataPlane`;
+nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import __version__
+from .config import model_config_from_json, model_config_to_json
+from .errors import InvalidArgument, NotFound, Unavailable, Unsupported
+from .inference import InferRequest, InferResponse
+from .models import ModelManager, ModelState, ModelVersion
+from .tensors import numpy_to_protocol
+
+EXTENSIONS = [
+    "classification",
+    "sequence",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "logging",
+]
+
+
+class ControlMode(str, enum.Enum):
+    NONE = "none"
+    POLL = "poll"
+    EXPLICIT = "explicit"
+
+
+@dataclass
+class ServerOptions:
+    server_id: str = "triton"
+    strict_readiness: bool = True
+    control_mode: ControlMode = ControlMode.NONE
+    extensions: list[str] = field(default_factory=lambda: list(EXTENSIONS))
+
+
+class DataPlane:
+    def __init__(self, models: ModelManager, options: ServerOptions | None = None) -> None:
+        self.models = models
+        self.options = options or ServerOptions()
+        #: set once start-up loading finished; cleared when shutting down
+        self.started = False
+        self.exiting = False
+
+    # ---- health and metadata -------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return not self.exiting
+
+    def ready(self) -> bool:
+        if not self.started or self.exiting:
+            return False
+        return self.models.all_ready() if self.options.strict_readiness else True
+
+    def server_metadata(self) -> dict:
+        return {
+            "name": self.options.server_id,
+            "version": __version__,
+            "extensions": self.options.extensions,
+        }
+
+    def model_ready(self, name: str, version: int = -1) -> bool:
+        try:
+            self.models.resolve(name, version)
+        except (NotFound, Unavailable):
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: int = -1) -> dict:
+        mv = self.models.resolve(name, version)
+        sig = mv.signature
+        config = mv.config
+        if version >= 0:
+            versions = [str(version)]
+        else:
+            versions = [
+                str(v)
+                for v, m in sorted(self.models.versions(name).items())
+                if m.state is ModelState.READY
+            ]
+        return {
+            "name": name,
+            "versions": versions,
+            "platform": config.platform or config.backend,
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": sig.full_shape(s)}
+                for s in sig.inputs.values()
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": sig.full_shape(s)}
+                for s in sig.outputs.values()
+            ],
+        }
+
+    def model_config(self, name: str, version: int = -1) -> dict:
+        return model_config_to_json(self.models.resolve(name, version).config)
+
+    # ---- inference -----------------------------------------------------------------------------
+
+    def resolve(self, name: str, version: int = -1) -> ModelVersion:
+        return self.models.resolve(name, version)
+
+    async def infer(self, request: InferRequest, mv: ModelVersion | None = None) -> InferResponse:
+        """Validate, schedule and post-process one request."""
+        if mv is None:
+            mv = self.models.resolve(request.model_name, request.model_version)
+        mv.signature.validate(request)
+        response = await mv.scheduler.infer(request)
+        response.model_version = mv.version
+        self._finish(request, response, mv)
+        return response
+
+    def _finish(self, request: InferRequest, response: InferResponse, mv: ModelVersion) -> None:
+        """Select the requested outputs, apply classification, note datatypes."""
+        outputs = response.outputs
+        sig = mv.signature
+        if request.outputs:
+            chosen = {}
+            for out in request.outputs:
+                array = outputs[out.name]
+                if out.class_count:
+                    array = classify(
+                        array,
+                        out.class_count,
+                        mv.labels.get(out.name),
+                        sig.max_batch_size > 0,
+                        out.name,
+                    )
+                chosen[out.name] = array
+            response.outputs = outputs = chosen
+        datatypes = response.datatypes
+        for name, array in outputs.items():
+            spec = sig.outputs.get(name)
+            if spec is not None and array.dtype != np.object_:
+                datatypes[name] = spec.datatype
+            else:
+                datatypes[name] = numpy_to_protocol(array.dtype)
+
+    # ---- statistics ----------------------------------------------------------------------------
+
+    def statistics(self, name: str = "", version: int = -1) -> dict:
+        stats = []
+        if not name:
+            for model in self.models.names():
+                for v, mv in sorted(self.models.versions(model).items()):
+                    if mv.state is ModelState.READY:
+                        stats.append(mv.stats.as_json(model, v))
+            return {"model_stats": stats}
+        versions = self.models.versions(name)
+        if version >= 0:
+            mv = versions.get(version)
+            if mv is None or mv.state is not ModelState.READY:
+                raise InvalidArgument(
+                    f"requested model version is not available for model '{name}'"
+                )
+            return {"model_stats": [mv.stats.as_json(name, version)]}
+        ready = [mv for mv in versions.values() if mv.state is ModelState.READY]
+        if not ready:
+            raise InvalidArgument(f"requested model '{name}' is not available")
+        return {
+            "model_stats": [
+                mv.stats.as_json(name, mv.version) for mv in sorted(ready, key=lambda m: m.version)
+            ]
+        }
+
+    # ---- model repository ----------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        return self.models.index(ready_only)
+
+    def _check_explicit(self) -> None:
+        if self.options.control_mode is not ControlMode.EXPLICIT:
+            raise Unavailable(
+                "explicit model load / unload is not allowed if polling is enabled"
+                if self.options.control_mode is ControlMode.POLL
+                else "explicit model load / unload is not allowed if model control mode is NONE"
+            )
+
+    async def load_model(
+        self,
+        name: str,
+        config_json: str | dict | None = None,
+        files: dict[str, str] | None = None,
+    ) -> None:
+        """Load (or reload) ``name``; ``config_json`` overrides its config.pbtxt."""
+        self._check_explicit()
+        if files:
+            raise Unsupported("file overrides in the load request are not supported yet")
+        override = model_config_from_json(config_json) if config_json is not None else None
+        await self.models.load(name, override)
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        self._check_explicit()
+        await self.models.unload(name)
+
+
+def classify(
+    array: np.ndarray, k: int, labels: list[str] | None, batched: bool, name: str
+) -> np.ndarray:
+    """Triton's classification extension: top-k ``"value:index[:label]"`` strings per item."""
+    if array.dtype.kind not in "iuf" or array.dtype == np.float16:
+        raise InvalidArgument(
+            f"class result not available for output due to unsupported type '{array.dtype}' "
+            f"of output '{name}'"
+        )
+    rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
+    k = min(k, rows.shape[1])
+    out = np.empty((rows.shape[0], k), dtype=np.object_)
+    for r, row in enumerate(rows):
+        top = np.argsort(-row, kind="stable")[:k]
+        for j, idx in enumerate(top):
+            value = row[idx]
+            text = f"{value:f}" if array.dtype.kind == "f" else str(int(value))
+            text = f"{text}:{idx}"
+            if labels is not None and idx < len(labels):
+                text = f"{text}:{labels[idx]}"
+            out[r, j] = text.encode()
+    return out if batched else out.reshape(k)

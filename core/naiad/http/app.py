@@ -1,0 +1,248 @@
+"""The aiohttp application: one error middleware and one flat route table.
+
+Handlers only parse, call the :class:`~naiad.dataplane.DataPlane`, and serialise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from ..dataplane import DataPlane
+from ..errors import InvalidArgument, NaiadError
+from . import codec
+
+log = logging.getLogger(__name__)
+
+DATAPLANE = web.AppKey("dataplane", DataPlane)
+MAX_INPUT = web.AppKey("max_input_size", int)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_EMPTY_OK = web.Response(status=200)
+_COMPRESS_IN_THREAD = 1 << 16
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """Triton's error form: ``{"error": "..."}`` with a JSON content type."""
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": message}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except NaiadError as exc:
+        headers = {"Accept-Encoding": "gzip, deflate"} if "compression" in exc.message else None
+        return error_response(int(exc.status), exc.message, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:  # the server keeps serving whatever a handler did
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _json(obj: object) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), content_type="application/json")
+
+
+def _version(request: web.Request) -> int:
+    v = request.match_info.get("version")
+    return int(v) if v is not None else -1
+
+
+async def _json_body(request: web.Request) -> dict:
+    """An optional JSON object body (empty body = {})."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return obj
+
+
+# ---- health and metadata ------------------------------------------------------------------------
+
+
+async def health_live(request: web.Request) -> web.Response:
+    return web.Response(status=200 if request.app[DATAPLANE].live() else 400)
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    return web.Response(status=200 if request.app[DATAPLANE].ready() else 400)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return _json(request.app[DATAPLANE].server_metadata())
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    dp = request.app[DATAPLANE]
+    dp.resolve(request.match_info["model"], _version(request))
+    return web.Response(status=200)
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    dp = request.app[DATAPLANE]
+    return _json(dp.model_metadata(request.match_info["model"], _version(request)))
+
+
+async def model_config(request: web.Request) -> web.Response:
+    dp = request.app[DATAPLANE]
+    return _json(dp.model_config(request.match_info["model"], _version(request)))
+
+
+async def model_stats(request: web.Request) -> web.Response:
+    dp = request.app[DATAPLANE]
+    return _json(dp.statistics(request.match_info.get("model", ""), _version(request)))
+
+
+# ---- inference --------------------------------------------------------------------------------
+
+
+async def infer(request: web.Request) -> web.Response:
+    dp = request.app[DATAPLANE]
+    name = request.match_info["model"]
+    version = _version(request)
+    mv = dp.resolve(name, version)
+    body = await request.read()
+    headers = request.headers
+    encoding = headers.get("Content-Encoding")
+    if encoding and encoding != "identity":
+        limit = request.app[MAX_INPUT]
+        if len(body) > _COMPRESS_IN_THREAD:
+            body = await asyncio.to_thread(codec.decompress, body, encoding, limit)
+        else:
+            body = codec.decompress(body, encoding, limit)
+    header_length = codec.parse_header_length(
+        headers.get("Inference-Header-Content-Length"), len(body)
+    )
+    raw_input = _raw_input(mv) if header_length == 0 else None
+    req = codec.parse_infer_request(body, header_length, name, version, raw_input=raw_input)
+    response = await dp.infer(req, mv)
+    payload, json_length = codec.encode_infer_response(req, response)
+    out_headers = {}
+    if json_length is not None:
+        out_headers["Inference-Header-Content-Length"] = str(json_length)
+        content_type = "application/octet-stream"
+    else:
+        content_type = "application/json"
+    accept = headers.get("Accept-Encoding")
+    if accept:
+        chosen = codec.choose_encoding(accept)
+        if chosen is not None:
+            if len(payload) > _COMPRESS_IN_THREAD:
+                payload = await asyncio.to_thread(codec.compress, payload, chosen)
+            else:
+                payload = codec.compress(payload, chosen)
+            out_headers["Content-Encoding"] = chosen
+    return web.Response(body=payload, headers=out_headers, content_type=content_type)
+
+
+def _raw_input(mv) -> tuple[str, str, list[int]] | None:
+    sig = mv.signature
+    if len(sig.inputs) != 1:
+        return None
+    spec = next(iter(sig.inputs.values()))
+    dims = list(spec.dims)
+    if spec.datatype != "BYTES" and dims.count(-1) > 1:
+        return None
+    shape = ([1] if sig.max_batch_size > 0 else []) + dims
+    return spec.name, spec.datatype, shape
+
+
+# ---- model repository ---------------------------------------------------------------------------
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise InvalidArgument("'ready' must be a boolean")
+    return _json(request.app[DATAPLANE].repository_index(ready))
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidArgument("'parameters' must be a JSON object")
+    config = params.get("config")
+    if config is not None and not isinstance(config, (str, dict)):
+        raise InvalidArgument("parameter 'config' must be a JSON string")
+    files = {k[5:]: v for k, v in params.items() if k.startswith("file:")}
+    await request.app[DATAPLANE].load_model(request.match_info["model"], config, files or None)
+    return web.Response(status=200)
+
+
+async def repository_unload(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    params = body.get("parameters") or {}
+    dependents = params.get("unload_dependents", False) if isinstance(params, dict) else False
+    if not isinstance(dependents, bool):
+        raise InvalidArgument("'unload_dependents' must be a boolean")
+    await request.app[DATAPLANE].unload_model(request.match_info["model"], dependents)
+    return web.Response(status=200)
+
+
+async def repository_named_unsupported(request: web.Request) -> web.Response:
+    return error_response(501, "'repository_name' specification is not supported")
+
+
+# ---- the route table ----------------------------------------------------------------------------
+
+_M = "/v2/models/{model}"
+_MV = "/v2/models/{model}/versions/{version:[0-9]+}"
+
+
+def routes() -> list[web.RouteDef]:
+    """Every V2 route, top to bottom."""
+    table = [
+        web.get("/v2/health/live", health_live),
+        web.get("/v2/health/ready", health_ready),
+        web.get("/v2", server_metadata),
+        web.get("/v2/models/stats", model_stats),
+        web.post("/v2/repository/index", repository_index),
+        web.post("/v2/repository/{repo}/index", repository_index),
+        web.post("/v2/repository/models/{model}/load", repository_load),
+        web.post("/v2/repository/models/{model}/unload", repository_unload),
+        web.post("/v2/repository/{repo}/models/{model}/load", repository_named_unsupported),
+        web.post("/v2/repository/{repo}/models/{model}/unload", repository_named_unsupported),
+    ]
+    for prefix in (_M, _MV):
+        table += [
+            web.get(prefix, model_metadata),
+            web.get(prefix + "/ready", model_ready),
+            web.get(prefix + "/config", model_config),
+            web.get(prefix + "/stats", model_stats),
+            web.post(prefix + "/infer", infer),
+        ]
+    return table
+
+
+def make_app(dataplane: DataPlane, *, max_input_size: int = 64 * 1024 * 1024) -> web.Application:
+    """The HTTP application for one data plane."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_input_size)
+    app[DATAPLANE] = dataplane
+    app[MAX_INPUT] = max_input_size
+    app.add_routes(routes())
+    return app

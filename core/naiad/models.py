@@ -1,0 +1,352 @@
+"""The live model registry: which model versions exist, their states, and their lifecycle.
+
+Loading happens off the event loop (config parsing, auto-complete, and each instance's
+``load()`` on that instance's own thread). A reload builds the new versions completely before
+the old ones stop taking requests; an unload drains in-flight requests before releasing the
+instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import repository
+from .backend import InferenceBackend, InstanceContext
+from .config import (
+    ConfigError,
+    ModelConfig,
+    fill_platform_backend,
+    normalize_model_config,
+    parse_model_config,
+    select_versions,
+    validate_model_config,
+)
+from .errors import InternalError, ModelLoadError, NaiadError, NotFound, Unavailable
+from .plugins import BackendRegistry
+from .scheduling import DefaultScheduler, Instance, Scheduler
+from .signature import Signature
+from .stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(str, enum.Enum):
+    UNKNOWN = "UNKNOWN"
+    READY = "READY"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """One version of one model, and everything needed to serve it."""
+
+    name: str
+    version: int
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    config: ModelConfig | None = None
+    signature: Signature | None = None
+    scheduler: Scheduler | None = None
+    instances: list[Instance] = field(default_factory=list)
+    stats: ModelStats = field(default_factory=ModelStats)
+    #: output name -> labels (for classification)
+    labels: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Plan:
+    """A model fully prepared off the loop: config settled, instances built and loaded."""
+
+    config: ModelConfig
+    versions: dict[int, ModelVersion]
+
+
+class ModelManager:
+    """Owns every model version. All public coroutines run on the event loop."""
+
+    def __init__(
+        self,
+        repositories: list[Path],
+        backends: BackendRegistry,
+        *,
+        auto_complete: bool = True,
+        gpu_count: int = 0,
+        unload_timeout: float = 30.0,
+    ) -> None:
+        self.repositories = [Path(r) for r in repositories]
+        self.backends = backends
+        self.auto_complete = auto_complete
+        self.gpu_count = gpu_count
+        self.unload_timeout = unload_timeout
+        self._versions: dict[str, dict[int, ModelVersion]] = {}
+        #: model-level failure (no versions to attach it to), e.g. a config that does not parse
+        self._model_errors: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ---- queries (loop thread, no awaits) ----------------------------------------------------
+
+    def resolve(self, name: str, version: int = -1) -> ModelVersion:
+        """The version to serve, with Triton's errors for unknown/unready models."""
+        versions = self._versions.get(name)
+        if not versions:
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
+        if version < 0:
+            ready = [v for v in versions.values() if v.state is ModelState.READY]
+            if not ready:
+                raise NotFound(f"Request for unknown model: '{name}' has no available versions")
+            return max(ready, key=lambda v: v.version)
+        mv = versions.get(version)
+        if mv is None:
+            raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
+        if mv.state is not ModelState.READY:
+            raise Unavailable(
+                f"Request for unknown model: '{name}' version {version} is not at ready state"
+            )
+        return mv
+
+    def versions(self, name: str) -> dict[int, ModelVersion]:
+        return self._versions.get(name, {})
+
+    def names(self) -> list[str]:
+        return sorted(set(self._versions) | set(self._model_errors))
+
+    def all_ready(self) -> bool:
+        """Every model known has every version READY (unloaded ones do not count)."""
+        if self._model_errors:
+            return False
+        for versions in self._versions.values():
+            for mv in versions.values():
+                if mv.state is not ModelState.READY and mv.reason != "unloaded":
+                    return False
+        return True
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        """Entries of ``/v2/repository/index``."""
+        out: list[dict] = []
+        names = set(self.names())
+        if not ready_only:
+            scan = repository.scan_repositories(self.repositories)
+            names |= set(scan.models)
+        for name in sorted(names):
+            versions = self._versions.get(name, {})
+            if not versions:
+                if ready_only:
+                    continue
+                entry: dict = {"name": name}
+                if name in self._model_errors:
+                    entry.update(state="UNAVAILABLE", reason=self._model_errors[name])
+                out.append(entry)
+                continue
+            for v in sorted(versions):
+                mv = versions[v]
+                if ready_only and mv.state is not ModelState.READY:
+                    continue
+                entry = {"name": name, "version": str(v), "state": mv.state.value}
+                if mv.reason:
+                    entry["reason"] = mv.reason
+                out.append(entry)
+        return out
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    async def load_all(self, names: list[str] | None = None) -> None:
+        """Load every model of the repositories (or ``names``), concurrently."""
+        if names is None:
+            scan = await asyncio.to_thread(repository.scan_repositories, self.repositories)
+            for dup in scan.duplicates:
+                self._model_errors[dup] = "model appears in two or more repositories"
+            names = sorted(n for n in scan.models if n not in scan.duplicates)
+        await asyncio.gather(*(self.load(n, quiet=True) for n in names))
+
+    async def load(
+        self,
+        name: str,
+        config_override: ModelConfig | None = None,
+        *,
+        quiet: bool = False,
+        source_path: Path | None = None,
+    ) -> None:
+        """Load or reload ``name``. On failure a model that was serving keeps serving; the error
+        is raised (or only recorded, with ``quiet``)."""
+        async with self._lock(name):
+            old = self._versions.get(name, {})
+            try:
+                plan = await asyncio.to_thread(self._prepare, name, config_override, source_path)
+            except NaiadError as exc:
+                self._record_failure(name, exc.message, old)
+                if quiet:
+                    return
+                raise ModelLoadError(f"load failed for model '{name}': {exc.message}") from exc
+            except Exception as exc:  # a backend bug must not escape as a crash
+                log.exception("unexpected error loading model '%s'", name)
+                self._record_failure(name, f"{type(exc).__name__}: {exc}", old)
+                if quiet:
+                    return
+                raise InternalError(f"load failed for model '{name}': {exc}") from exc
+            self._model_errors.pop(name, None)
+            # new versions are ready before the old ones stop taking requests
+            merged = dict(plan.versions)
+            retiring = [mv for v, mv in old.items() if mv.state is ModelState.READY]
+            for mv in old.values():
+                if mv.version not in merged and mv.state is not ModelState.READY:
+                    merged[mv.version] = mv  # keep history (unloaded/unavailable) for the index
+            self._versions[name] = merged
+            for mv in plan.versions.values():
+                log.info("model '%s' version %d is READY", name, mv.version)
+            await self._retire(retiring, merged)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of ``name``; in-flight requests finish first (bounded)."""
+        async with self._lock(name):
+            versions = self._versions.get(name, {})
+            live = [mv for mv in versions.values() if mv.state is ModelState.READY]
+            for mv in live:
+                mv.state = ModelState.UNLOADING
+            await self._retire(live, {})
+            self._model_errors.pop(name, None)
+
+    async def unload_all(self) -> None:
+        await asyncio.gather(*(self.unload(n) for n in list(self._versions)))
+
+    async def _retire(self, old: list[ModelVersion], current: dict[int, ModelVersion]) -> None:
+        """Drain and release ``old`` versions that ``current`` does not hold any more."""
+        for mv in old:
+            if current.get(mv.version) is mv:
+                continue
+            mv.state = ModelState.UNLOADING
+            if mv.scheduler is not None:
+                await mv.scheduler.drain(self.unload_timeout)
+            await asyncio.gather(*(asyncio.to_thread(i.unload) for i in mv.instances))
+            mv.state = ModelState.UNAVAILABLE
+            mv.reason = "unloaded"
+            if mv.version not in current:
+                current[mv.version] = mv
+            log.info("model '%s' version %d unloaded", mv.name, mv.version)
+
+    def _record_failure(self, name: str, reason: str, old: dict[int, ModelVersion]) -> None:
+        log.error("failed to load model '%s': %s", name, reason)
+        if any(mv.state is ModelState.READY for mv in old.values()):
+            return  # the old version keeps serving; the error goes back to the caller
+        self._model_errors[name] = reason
+        self._versions.pop(name, None)
+
+    # ---- preparation (worker thread) -----------------------------------------------------------
+
+    def _prepare(self, name: str, override: ModelConfig | None, source_path: Path | None) -> _Plan:
+        if source_path is not None:
+            source = repository.ModelSource(name, source_path, source_path.parent)
+        else:
+            source = repository.find_model(self.repositories, name)
+        if source is None:
+            raise ModelLoadError("failed to poll from model repository")
+        config = self._read_config(source, override)
+        available = repository.version_numbers(source.path)
+        if not available:
+            raise ModelLoadError(f"at least one version must be available under {source.path}")
+        fill_platform_backend(config, source.path / str(available[-1]))
+        backend_cls = self.backends.find(config.platform, config.backend)
+        normalize_model_config(
+            config,
+            model_name=name,
+            default_instance_count=backend_cls.default_instance_count,
+            gpu_count=self.gpu_count,
+        )
+        selected = select_versions(config.version_policy, available)
+        if not selected:
+            raise ModelLoadError(f"no version is available for model '{name}'")
+        if self.auto_complete:
+            backend_cls.auto_complete_config(config, source.path / str(selected[-1]))
+            normalize_model_config(
+                config,
+                model_name=name,
+                default_instance_count=backend_cls.default_instance_count,
+                gpu_count=self.gpu_count,
+            )
+        validate_model_config(config)
+        signature = Signature.from_config(config)
+        labels = {
+            out.name: repository.read_labels(source.path, out.label_filename)
+            for out in config.output
+            if out.label_filename
+        }
+        versions: dict[int, ModelVersion] = {}
+        try:
+            for v in selected:
+                versions[v] = self._build_version(backend_cls, config, source, v, signature, labels)
+        except BaseException:
+            for mv in versions.values():
+                for inst in mv.instances:
+                    inst.unload()
+            raise
+        return _Plan(config, versions)
+
+    def _read_config(
+        self, source: repository.ModelSource, override: ModelConfig | None
+    ) -> ModelConfig:
+        if override is not None:
+            config = ModelConfig()
+            config.CopyFrom(override)
+            return config
+        text = repository.read_config_text(source)
+        if text is None:
+            if not self.auto_complete:
+                raise ConfigError(
+                    f"failed to read model configuration {source.config_path}: file not found "
+                    "(auto-complete is disabled)"
+                )
+            return ModelConfig()
+        return parse_model_config(text, model_name=source.name)
+
+    def _build_version(
+        self,
+        backend_cls: type[InferenceBackend],
+        config: ModelConfig,
+        source: repository.ModelSource,
+        version: int,
+        signature: Signature,
+        labels: dict[str, list[str]],
+    ) -> ModelVersion:
+        version_path = source.path / str(version)
+        contexts = []
+        for group in config.instance_group:
+            kind = type(group).Kind.Name(group.kind)
+            devices = list(group.gpus) if kind == "KIND_GPU" else [-1]
+            for device in devices:
+                for _ in range(group.count):
+                    contexts.append(InstanceContext(f"{group.name}_{len(contexts)}", kind, device))
+        instances = [
+            Instance(backend_cls(config, source.path, version_path, ctx), signature)
+            for ctx in contexts
+        ]
+        # load every instance on its own thread, concurrently
+        futures = [inst.executor.submit(inst.load) for inst in instances]
+        errors = []
+        for fut in futures:
+            try:
+                fut.result()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            for inst in instances:
+                inst.executor.shutdown(wait=False)
+            exc = errors[0]
+            if isinstance(exc, NaiadError):
+                raise exc
+            raise ModelLoadError(f"version {version}: {type(exc).__name__}: {exc}") from exc
+        mv = ModelVersion(source.name, version, ModelState.READY, "", config, signature)
+        mv.instances = instances
+        mv.labels = labels
+        mv.scheduler = DefaultScheduler(instances, mv.stats)
+        return mv

@@ -1,0 +1,139 @@
+"""Plugin discovery and the backend registry.
+
+Discovery order is fixed: naiad's built-in plugins, then every ``naiad.backends`` entry point
+(sorted by name so the order never depends on installation order), then modules named with
+``--plugin``. Each plugin's ``naiad_register_backends`` hook puts backend classes into a
+:class:`BackendRegistry`; after start-up the registry alone is consulted, never pluggy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import ModuleType
+
+import pluggy
+
+from . import hookspecs
+from .backend import InferenceBackend
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "naiad.backends"
+BUILTIN_PLUGINS: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEntry:
+    cls: type[InferenceBackend]
+    #: where it came from: "builtin", "<distribution> <version> (entry point <name>)", "--plugin"
+    source: str
+
+
+class BackendRegistry:
+    """Backend classes by Triton backend name and by platform name."""
+
+    def __init__(self) -> None:
+        self._by_backend: dict[str, BackendEntry] = {}
+        self._by_platform: dict[str, BackendEntry] = {}
+        self._current_source = "unknown"
+
+    def register(self, cls: type[InferenceBackend]) -> None:
+        """Make ``cls`` serve configs whose ``backend`` is ``cls.name`` or whose ``platform`` is
+        one of ``cls.platforms``. A later registration of a name replaces an earlier one."""
+        if not (isinstance(cls, type) and issubclass(cls, InferenceBackend)):
+            raise TypeError(f"{cls!r} is not a subclass of naiad.InferenceBackend")
+        if not cls.name:
+            raise TypeError(f"backend class {cls.__qualname__} must set a 'name'")
+        entry = BackendEntry(cls, self._current_source)
+        self._by_backend[cls.name] = entry
+        for platform in cls.platforms:
+            self._by_platform[platform] = entry
+
+    def find(self, platform: str, backend: str) -> type[InferenceBackend]:
+        """The class for a config's ``platform`` / ``backend``; backend wins when both are set."""
+        entry = self._by_backend.get(backend) if backend else None
+        if entry is None and platform:
+            entry = self._by_platform.get(platform)
+        if entry is None:
+            wanted = f"backend '{backend}'" if backend else f"platform '{platform}'"
+            hint = _INSTALL_HINTS.get(backend) or _INSTALL_HINTS.get(platform, "")
+            raise ModelLoadError(
+                f"no installed naiad plugin provides {wanted}{hint}; installed backends: "
+                f"{', '.join(sorted(self._by_backend)) or 'none'}"
+            )
+        return entry.cls
+
+    def has_backend(self, name: str) -> bool:
+        return name in self._by_backend
+
+    def entries(self) -> list[tuple[str, tuple[str, ...], str]]:
+        """(backend name, platforms, source) for each registered backend, sorted by name."""
+        return [
+            (name, entry.cls.platforms, entry.source)
+            for name, entry in sorted(self._by_backend.items())
+        ]
+
+
+_INSTALL_HINTS = {
+    "onnxruntime": " (pip install naiad-backend-onnx)",
+    "onnxruntime_onnx": " (pip install naiad-backend-onnx)",
+    "pytorch": " (pip install naiad-backend-pytorch)",
+    "pytorch_libtorch": " (pip install naiad-backend-pytorch)",
+    "tensorflow": " (pip install naiad-backend-tensorflow)",
+    "tensorflow_savedmodel": " (pip install naiad-backend-tensorflow)",
+    "tensorflow_graphdef": " (pip install naiad-backend-tensorflow)",
+    "tensorrt": " (pip install naiad-backend-tensorrt)",
+    "tensorrt_plan": " (pip install naiad-backend-tensorrt)",
+    "caffe2_netdef": " (pip install naiad-backend-caffe2)",
+}
+
+
+def make_plugin_manager(
+    extra_plugins: Iterable[str | ModuleType | object] = (), *, entry_points_enabled: bool = True
+) -> tuple[pluggy.PluginManager, list[tuple[object, str]]]:
+    """A fresh plugin manager with every plugin registered, and (plugin, source) in order."""
+    pm = pluggy.PluginManager("naiad")
+    pm.add_hookspecs(hookspecs)
+    ordered: list[tuple[object, str]] = []
+    for name in BUILTIN_PLUGINS:
+        ordered.append((importlib.import_module(name), "builtin"))
+    if entry_points_enabled:
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist
+            where = f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
+            try:
+                ordered.append((ep.load(), f"{where} (entry point '{ep.name}')"))
+            except Exception as exc:  # a broken plugin must not take the server down
+                log.error("could not load naiad plugin %r from %s: %s", ep.name, where, exc)
+    for plugin in extra_plugins:
+        if isinstance(plugin, str):
+            ordered.append((importlib.import_module(plugin), f"--plugin {plugin}"))
+        else:
+            ordered.append((plugin, "in-process"))
+    for plugin, _ in ordered:
+        if pm.is_registered(plugin):
+            continue
+        pm.register(plugin)
+    return pm, ordered
+
+
+def build_backend_registry(
+    extra_plugins: Iterable[str | ModuleType | object] = (), *, entry_points_enabled: bool = True
+) -> BackendRegistry:
+    """Discover plugins and collect their backends, one plugin at a time so each backend records
+    where it came from."""
+    pm, ordered = make_plugin_manager(extra_plugins, entry_points_enabled=entry_points_enabled)
+    registry = BackendRegistry()
+    for plugin, source in ordered:
+        impl = getattr(plugin, "naiad_register_backends", None)
+        if impl is None:
+            continue
+        registry._current_source = source
+        impl(registry=registry)
+    registry._current_source = "unknown"
+    return registry

@@ -1,0 +1,11 @@
+"""Schedulers: how requests reach model instances.
+
+Every scheduler has the same small interface (:class:`Scheduler`); the model registry picks one
+from the config (default, dynamic batcher, sequence batcher, ensemble) and wraps the instances.
+"""
+
+from .base import Scheduler
+from .default import DefaultScheduler
+from .instance import Instance
+
+__all__ = ["DefaultScheduler", "Instance", "Scheduler"]

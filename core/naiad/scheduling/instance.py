@@ -1,0 +1,140 @@
+"""One model instance: a backend object and the single worker thread that runs it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import CustomInstance, InferenceBackend
+from ..errors import InternalError, NaiadError
+from ..inference import InferRequest, InferResponse
+from ..signature import Signature
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one execution produced, with its timings (monotonic ns)."""
+
+    responses: list[InferResponse | Exception]
+    start_ns: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
+class Instance:
+    """Runs batches of requests on one backend object, always on the same thread.
+
+    The thread is the instance's own, so a backend never sees two calls at once and
+    thread-affine frameworks (CUDA contexts, TF sessions) stay on one thread.
+    """
+
+    def __init__(self, backend: InferenceBackend, signature: Signature) -> None:
+        self.backend = backend
+        self.signature = signature
+        self.name = backend.instance.name
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"naiad-{self.name}")
+        self._custom = isinstance(backend, CustomInstance)
+
+    def run(self, requests: Sequence[InferRequest]) -> BatchResult:
+        """Execute ``requests`` as one batch. Runs on the instance thread."""
+        start = time.monotonic_ns()
+        if self._custom:
+            try:
+                responses = self.backend.execute_requests(requests)  # type: ignore[attr-defined]
+            except Exception as exc:
+                responses = [exc] * len(requests)
+            end = time.monotonic_ns()
+            return BatchResult(list(responses), start, 0, end - start, 0)
+        try:
+            inputs, wanted = self._gather(requests)
+            t_input = time.monotonic_ns()
+            produced = self.backend.execute(inputs, wanted)
+            t_infer = time.monotonic_ns()
+            responses = self._scatter(requests, produced, wanted)
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, NaiadError)
+                else InternalError(
+                    f"{type(exc).__name__} in model '{self.signature.model_name}' instance "
+                    f"'{self.name}': {exc}"
+                )
+            )
+            now = time.monotonic_ns()
+            return BatchResult([error] * len(requests), start, 0, now - start, 0)
+        end = time.monotonic_ns()
+        return BatchResult(responses, start, t_input - start, t_infer - t_input, end - t_infer)
+
+    def _gather(self, requests: Sequence[InferRequest]) -> tuple[dict[str, np.ndarray], list[str]]:
+        sig = self.signature
+        batching = sig.max_batch_size > 0
+        if len(requests) == 1:
+            inputs = dict(requests[0].inputs)
+        else:
+            inputs = {
+                name: np.concatenate([r.inputs[name] for r in requests], axis=0)
+                for name in requests[0].inputs
+            }
+        for name, array in inputs.items():
+            reshape = sig.inputs[name].reshape
+            if reshape is not None:
+                lead = (array.shape[0],) if batching else ()
+                inputs[name] = array.reshape(lead + reshape)
+        wanted: list[str] = []
+        for r in requests:
+            names = [o.name for o in r.outputs] if r.outputs else list(sig.outputs)
+            for n in names:
+                if n not in wanted:
+                    wanted.append(n)
+        return inputs, wanted
+
+    def _scatter(
+        self, requests: Sequence[InferRequest], produced, wanted: list[str]
+    ) -> list[InferResponse | Exception]:
+        sig = self.signature
+        batching = sig.max_batch_size > 0
+        outputs: dict[str, np.ndarray] = {}
+        for name in wanted:
+            if name not in produced:
+                raise InternalError(
+                    f"model '{sig.model_name}' did not produce requested output '{name}'"
+                )
+            spec = sig.outputs[name]
+            array = np.asarray(produced[name])
+            dtype = spec.numpy_dtype
+            if array.dtype != dtype:
+                if spec.datatype == "BYTES":
+                    array = array.astype(np.object_)
+                else:
+                    array = array.astype(dtype)
+            if spec.reshape is not None:
+                target = ((array.shape[0],) if batching else ()) + spec.dims
+                if target.count(-1) <= 1:
+                    array = array.reshape(target)
+            outputs[name] = array
+        if len(requests) == 1:
+            r = requests[0]
+            return [InferResponse(r.model_name, r.model_version, r.id, outputs)]
+        responses: list[InferResponse | Exception] = []
+        offset = 0
+        for r in requests:
+            end = offset + r.batch_size
+            # slices are views: splitting a batch copies nothing
+            mine = {n: a[offset:end] for n, a in outputs.items()}
+            responses.append(InferResponse(r.model_name, r.model_version, r.id, mine))
+            offset = end
+        return responses
+
+    def load(self) -> None:
+        self.backend.load()
+
+    def unload(self) -> None:
+        try:
+            self.backend.unload()
+        finally:
+            self.executor.shutdown(wait=False)

@@ -1,0 +1,109 @@
+"""Wiring: plugins, models, data plane and HTTP composed in one place, with a clean lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from .dataplane import ControlMode, DataPlane, ServerOptions
+from .http import make_app
+from .models import ModelManager
+from .plugins import build_backend_registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    """Everything the command line can set (Triton's flag names, see ``naiad serve --help``)."""
+
+    model_repositories: list[Path] = field(default_factory=list)
+    http_address: str = "0.0.0.0"
+    http_port: int = 8000
+    allow_http: bool = True
+    auto_complete: bool = True
+    control_mode: ControlMode = ControlMode.NONE
+    load_models: list[str] = field(default_factory=list)
+    strict_readiness: bool = True
+    exit_on_error: bool = True
+    exit_timeout: float = 30.0
+    max_input_size: int = 64 * 1024 * 1024
+    server_id: str = "triton"
+    plugins: list[str] = field(default_factory=list)
+
+
+class Server:
+    """One naiad server. ``await start()``, then ``await stop()``; or ``await serve()``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.backends = build_backend_registry(config.plugins)
+        self.models = ModelManager(
+            config.model_repositories,
+            self.backends,
+            auto_complete=config.auto_complete,
+            unload_timeout=config.exit_timeout,
+        )
+        self.dataplane = DataPlane(
+            self.models,
+            ServerOptions(
+                server_id=config.server_id,
+                strict_readiness=config.strict_readiness,
+                control_mode=config.control_mode,
+            ),
+        )
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.allow_http:
+            app = make_app(self.dataplane, max_input_size=cfg.max_input_size)
+            self._runner = web.AppRunner(
+                app,
+                access_log=None,
+                auto_decompress=False,
+                handle_signals=False,
+                shutdown_timeout=cfg.exit_timeout,
+            )
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, cfg.http_address, cfg.http_port, reuse_address=True)
+            await site.start()
+            log.info("HTTP service listening on %s:%d", cfg.http_address, cfg.http_port)
+        if cfg.control_mode is ControlMode.EXPLICIT:
+            names = cfg.load_models
+            if "*" in names:
+                await self.models.load_all()
+            else:
+                await asyncio.gather(*(self.models.load(n, quiet=True) for n in names))
+        else:
+            await self.models.load_all()
+        self.dataplane.started = True
+        if cfg.exit_on_error and not self.models.all_ready():
+            failed = [e for e in self.models.index() if e.get("state") == "UNAVAILABLE"]
+            if failed:
+                log.error("some models failed to load (--exit-on-error=true): %s", failed)
+                raise SystemExit(1)
+        log.info("naiad is ready")
+
+    async def stop(self) -> None:
+        """Stop taking requests, let in-flight ones finish (up to --exit-timeout-secs), unload."""
+        self.dataplane.exiting = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.models.unload_all()
+
+    async def serve(self) -> None:
+        """Run until SIGINT/SIGTERM."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()

@@ -1,0 +1,108 @@
+"""Per model-version counters: the one source of truth for the statistics extension and metrics.
+
+Updated only from the event loop thread, so no locks. Times are nanoseconds from the monotonic
+clock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def as_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass(slots=True)
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class ModelStats:
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    execution_count: int = 0
+    #: ms since the epoch of the last successful request, 0 if none
+    last_inference: int = 0
+    batch: dict[int, BatchStats] = field(default_factory=dict)
+    #: failures by reason ("REJECTED", "BACKEND", "CANCELED", "OTHER"), for metrics
+    fail_reasons: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+
+    def record_execution(
+        self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int
+    ) -> None:
+        """One backend execution over ``batch_size`` batch items."""
+        self.execution_count += 1
+        stats = self.batch.get(batch_size)
+        if stats is None:
+            stats = self.batch[batch_size] = BatchStats()
+        stats.compute_input.add(input_ns)
+        stats.compute_infer.add(infer_ns)
+        stats.compute_output.add(output_ns)
+
+    def record_success(
+        self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int, items: int
+    ) -> None:
+        """One request that succeeded; compute times are its share of its batch."""
+        self.success.add(total_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
+        self.inference_count += items
+        self.last_inference = time.time_ns() // 1_000_000
+
+    def record_failure(self, total_ns: int, reason: str = "OTHER") -> None:
+        self.fail.add(total_ns)
+        self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
+
+    def as_json(self, name: str, version: int) -> dict:
+        return {
+            "name": name,
+            "version": str(version),
+            "last_inference": self.last_inference,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_json(),
+                "fail": self.fail.as_json(),
+                "queue": self.queue.as_json(),
+                "compute_input": self.compute_input.as_json(),
+                "compute_infer": self.compute_infer.as_json(),
+                "compute_output": self.compute_output.as_json(),
+                "cache_hit": self.cache_hit.as_json(),
+                "cache_miss": self.cache_miss.as_json(),
+            },
+            "response_stats": {},
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": b.compute_input.as_json(),
+                    "compute_infer": b.compute_infer.as_json(),
+                    "compute_output": b.compute_output.as_json(),
+                }
+                for size, b in sorted(self.batch.items())
+            ],
+            "memory_usage": [],
+        }

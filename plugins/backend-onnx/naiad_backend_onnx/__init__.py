@@ -1,0 +1,298 @@
+"""ONNX Runtime backend for naiad: Triton's ``onnxruntime`` backend, platform ``onnxruntime_onnx``.
+
+Entry point ``onnxruntime`` of group ``naiad.backends``; onnxruntime is imported only when a model
+loads. README.md describes the behaviour (auto-complete, thread defaults, parameters)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import naiad
+import numpy as np
+from naiad import InferenceBackend, InternalError, InvalidArgument, ModelLoadError
+
+__all__ = ["OnnxBackend", "naiad_register_backends"]
+
+log = logging.getLogger(__name__)
+
+#: Triton's ``--backend-config=onnxruntime,default-max-batch-size`` default
+DEFAULT_MAX_BATCH_SIZE = 4
+
+#: ORT type -> (DataType name, numpy dtype to feed; None: fed as given, e.g. BF16 numpy lacks)
+_TYPES: dict[str, tuple[str, np.dtype | None]] = {
+    f"tensor({ort})": (f"TYPE_{cfg}", np.dtype(npy) if npy else None)
+    for ort, cfg, npy in (
+        ("bool", "BOOL", "bool"), ("uint8", "UINT8", "uint8"), ("uint16", "UINT16", "uint16"),
+        ("uint32", "UINT32", "uint32"), ("uint64", "UINT64", "uint64"), ("int8", "INT8", "int8"),
+        ("int16", "INT16", "int16"), ("int32", "INT32", "int32"), ("int64", "INT64", "int64"),
+        ("float16", "FP16", "float16"), ("float", "FP32", "float32"),
+        ("double", "FP64", "float64"), ("string", "STRING", None), ("bfloat16", "BF16", None))
+}
+_STRING = "tensor(string)"
+#: Triton's optimization.graph.level -> ORT GraphOptimizationLevel name (anything else: ENABLE_ALL)
+_GRAPH_LEVELS = {-1: "ORT_ENABLE_BASIC", 1: "ORT_ENABLE_EXTENDED", 2: "ORT_DISABLE_ALL"}
+
+# A model tensor as onnxruntime reports it: (name, ORT type string, dims with -1 for unknown)
+Info = tuple[str, str, list[int]]
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ModelLoadError(f"the onnxruntime backend cannot import onnxruntime: {exc}") from exc
+    return onnxruntime
+
+
+def _model_file(config, version_path: Path) -> Path:
+    """The model file; a folder of that name holds model.onnx (and external data files)."""
+    path = Path(version_path) / (config.default_model_filename or "model.onnx")
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise ModelLoadError(f"unable to find ONNX model file '{path}'")
+    return path
+
+
+def _open(ort, path: Path, options, providers) -> tuple:
+    """(session, inputs, outputs, overridable initializers, which a config may list as inputs)."""
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:
+        raise ModelLoadError(f"failed to load ONNX model file '{path}': {exc}") from exc
+    return session, *(
+        [(a.name, a.type, [d if isinstance(d, int) and d >= 0 else -1 for d in a.shape])
+         for a in args]
+        for args in (session.get_inputs(), session.get_outputs(),
+                     session.get_overridable_initializers()))
+
+
+def _param(config, key: str) -> str | None:
+    return config.parameters[key].string_value.strip() if key in config.parameters else None
+
+
+def _int_param(config, key: str, default: int) -> int:
+    value = _param(config, key) or str(default)
+    if not value.lstrip("-").isdigit():
+        raise ModelLoadError(f"parameter '{key}' must be an integer, got '{value}'")
+    return int(value)
+
+
+def _instance_total(config, default_count: int) -> int:
+    """Instances of this model in all groups (count per GPU for KIND_GPU groups)."""
+    return sum((g.count or default_count) * (len(g.gpus) or 1)
+               for g in config.instance_group) or default_count
+
+
+def _session_options(ort, config, default_count: int):
+    so = ort.SessionOptions()
+    level = config.optimization.graph.level if config.HasField("optimization") else 0
+    so.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, _GRAPH_LEVELS.get(level, "ORT_ENABLE_ALL"))
+    mode = _int_param(config, "execution_mode", 0)
+    if mode not in (0, 1):
+        raise ModelLoadError(f"parameter 'execution_mode' must be 0 or 1, got {mode}")
+    so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if mode else ort.ExecutionMode.ORT_SEQUENTIAL
+    # Triton leaves ORT's default (one intra-op thread per physical core, per session). naiad's
+    # default splits this process's CPUs between the model's instances instead, so the default
+    # two CPU instances do not each spin up a pool the size of the machine.
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    intra = _int_param(config, "intra_op_thread_count", 0)
+    so.intra_op_num_threads = intra if intra > 0 else max(
+        1, cpus // _instance_total(config, default_count))
+    if (inter := _int_param(config, "inter_op_thread_count", 0)) > 0:
+        so.inter_op_num_threads = inter
+    for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"),
+                      ("enable_mem_pattern", "enable_mem_pattern")):
+        if (value := _param(config, key)) is not None:
+            setattr(so, attr, value.lower() in ("1", "true", "on", "yes"))
+    for key in config.parameters:  # e.g. session.intra_op.allow_spinning: "0"
+        if key.startswith("session."):
+            so.add_session_config_entry(key, config.parameters[key].string_value)
+    return so
+
+
+def _check(model: str, kind: str, io, info: Info, max_batch_size: int) -> None:
+    """The config's ``io`` against the model's tensor: datatype, then shape (Triton's rules)."""
+    name, ort_type, model_dims = info
+    want = _TYPES.get(ort_type, ("TYPE_INVALID",))[0]
+    got = io.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[io.data_type].name
+    if got != want:
+        raise ModelLoadError(f"model '{model}': {kind} '{name}' has data_type {got} in the "
+                             f"configuration but the ONNX model expects {want} ({ort_type})")
+    dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
+    full = ([-1] if max_batch_size > 0 else []) + dims
+    if max_batch_size > 0 and (not model_dims or model_dims[0] != -1):
+        raise ModelLoadError(
+            f"model '{model}': max_batch_size is {max_batch_size} but {kind} '{name}' has no "
+            f"variable-size first (batch) dimension in the ONNX model: shape {model_dims}")
+    if not model_dims and not max_batch_size and dims in ([], [1]):
+        return  # a scalar in the model, dims [1] in the config (Triton allows this)
+    if len(full) != len(model_dims) or any(
+            m not in (-1, c) for m, c in zip(model_dims, full, strict=True)):
+        raise ModelLoadError(
+            f"model '{model}': {kind} '{name}' has shape {model_dims} in the ONNX model but the "
+            f"configuration gives {full}" + (" (batch dimension first)" if max_batch_size else ""))
+
+
+def _implicit(config) -> tuple[set[str], set[str]]:
+    """Model inputs / outputs the config names outside input/output: sequence controls and
+    states, batch inputs (the scheduler feeds them)."""
+    seq = config.sequence_batching
+    ins = {c.name for c in seq.control_input} | {s.input_name for s in seq.state}
+    return ins | {t for b in config.batch_input for t in b.target_name}, {
+        s.output_name for s in seq.state}
+
+
+def _validate(config, inputs: list[Info], outputs: list[Info], optional: list[Info]) -> None:
+    """Every config tensor exists in the model and matches it; every model input is fed."""
+    model, mbs = config.name, config.max_batch_size
+    known_in = {i[0]: i for i in inputs + optional}
+    known_out = {o[0]: o for o in outputs}
+    for kind, section, known in (("input", config.input, known_in),
+                                 ("output", config.output, known_out)):
+        for io in section:
+            if io.name not in known:
+                raise ModelLoadError(f"model '{model}': configuration {kind} '{io.name}' is not "
+                                     f"in the ONNX model; its {kind}s are {sorted(known)}")
+            _check(model, kind, io, known[io.name], mbs)
+    missing = sorted({i[0] for i in inputs} - {io.name for io in config.input}
+                     - _implicit(config)[0])
+    if missing:
+        raise ModelLoadError(f"model '{model}': ONNX model inputs {missing} are missing from "
+                             "the configuration")
+
+
+def _add(section, info: Info, max_batch_size: int) -> None:
+    name, ort_type, dims = info
+    if ort_type not in _TYPES:
+        raise ModelLoadError(f"tensor '{name}' has type {ort_type}, which naiad cannot serve")
+    io = section.add(name=name)
+    io.data_type = io.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_name[
+        _TYPES[ort_type][0]].number
+    dims = dims[1:] if max_batch_size > 0 else dims
+    io.dims.extend(dims or [1])
+    if not dims and max_batch_size > 0:
+        io.reshape.SetInParent()  # one scalar per batch item: dims [1], reshape []
+
+
+class OnnxBackend(InferenceBackend):
+    """One ONNX Runtime session per instance."""
+
+    name = "onnxruntime"
+    platforms = ("onnxruntime_onnx",)
+    default_model_filename = "model.onnx"
+    # Triton's default for CPU groups of onnxruntime models: 2 instances (each with half the
+    # CPUs as intra-op threads, see _session_options). GPU groups get 1 per GPU (core rule).
+    default_instance_count = 2
+
+    @classmethod
+    def auto_complete_config(cls, config, version_path: Path) -> None:
+        ort = _ort()
+        so = ort.SessionOptions()  # only reads the signature: no optimisation, one thread
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        _, inputs, outputs, optional = _open(
+            ort, _model_file(config, version_path), so, ["CPUExecutionProvider"])
+        implicit_in, implicit_out = _implicit(config)
+        had_inputs = len(config.input) + len(config.batch_input) > 0
+        had_outputs = len(config.output) > 0
+        batchable = all(d and d[0] == -1 for _, _, d in inputs + outputs)
+        if not had_inputs and not had_outputs and config.max_batch_size == 0 and batchable:
+            config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+        mbs = config.max_batch_size
+        if mbs > 0 and not batchable:
+            fixed = [n for n, _, d in inputs + outputs if not d or d[0] != -1]
+            raise ModelLoadError(f"model '{config.name}': max_batch_size is {mbs} but the ONNX "
+                                 f"model cannot batch: {fixed} have no variable first dimension")
+        if not (had_inputs and had_outputs):  # Triton auto-completes only then
+            if batchable and mbs > 1 and not (config.HasField("dynamic_batching")
+                                              or config.HasField("sequence_batching")):
+                config.dynamic_batching.SetInParent()
+            for info in outputs if not had_outputs else ():
+                if info[0] not in implicit_out:
+                    _add(config.output, info, mbs)
+        given = {io.name for io in config.input} | implicit_in
+        for info in inputs:  # a model input the config leaves out could never be fed
+            if info[0] not in given:
+                _add(config.input, info, mbs)
+        _validate(config, inputs, outputs, optional)
+
+    def load(self) -> None:
+        ort = _ort()
+        path = _model_file(self.config, self.version_path)
+        options = _session_options(ort, self.config, type(self).default_instance_count)
+        providers: list = ["CPUExecutionProvider"]
+        want_cuda = self.instance.kind == "KIND_GPU"
+        if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            device = str(max(self.instance.device_id, 0))
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
+        self.session, inputs, outputs, optional = _open(ort, path, options, providers)
+        got = self.session.get_providers()
+        if want_cuda and "CUDAExecutionProvider" not in got:
+            log.warning("instance %s of '%s' is KIND_GPU but onnxruntime could not use CUDA "
+                        "(available: %s); it runs on the CPU", self.instance.name,
+                        self.config.name, ort.get_available_providers())
+        log.info("instance %s of '%s': %s with providers %s, %d intra-op threads",
+                 self.instance.name, self.config.name, path, got, options.intra_op_num_threads)
+        _validate(self.config, inputs, outputs, optional)
+        #: input name -> numpy dtype to feed, or _STRING (decode), or None (feed as given)
+        self._feeds = {n: _STRING if t == _STRING else _TYPES.get(t, ("", None))[1]
+                       for n, t, _ in inputs + optional}
+        self._scalars = {n for n, _, d in inputs + optional if not d}
+        self._string_outputs = {n for n, t, _ in outputs if t == _STRING}
+        self._all_outputs = [n for n, _, _ in outputs]
+
+    def execute(self, inputs: Mapping[str, np.ndarray],
+                outputs: Sequence[str]) -> Mapping[str, np.ndarray]:
+        feed = {}
+        for name, array in inputs.items():
+            want = self._feeds.get(name)
+            if want is _STRING:
+                array = _to_str(name, array)
+            elif want is not None and array.dtype != want:
+                array = array.astype(want)
+            if name in self._scalars and array.ndim and array.size == 1:
+                array = array.reshape(())
+            feed[name] = array
+        names = list(outputs) or self._all_outputs
+        try:
+            results = self.session.run(names, feed)
+        except Exception as exc:
+            kind = InvalidArgument if type(exc).__name__ == "InvalidArgument" else InternalError
+            raise kind(f"onnx runtime error: {exc}") from exc
+        produced = {}
+        for name, value in zip(names, results, strict=True):
+            if name in self._string_outputs:
+                value = _to_bytes(value)
+            produced[name] = value.reshape(1) if value.ndim == 0 else value
+        return produced
+
+    def unload(self) -> None:
+        self.session = None
+
+
+def _to_str(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES (object array of bytes) -> what ORT takes for tensor(string): object array of str."""
+    if array.dtype.kind == "U":
+        return array
+    try:
+        items = [bytes(x).decode() if isinstance(x, (bytes, bytearray, memoryview)) else str(x)
+                 for x in array.flat]
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"input '{name}' holds a string that is not valid UTF-8, which "
+                              f"ONNX string tensors require: {exc}") from None
+    return np.array(items, dtype=object).reshape(array.shape)
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    items = [s.encode() if isinstance(s, str) else bytes(s) for s in array.flat]
+    return np.array(items, dtype=object).reshape(array.shape)
+
+
+@naiad.hookimpl
+def naiad_register_backends(registry) -> None:
+    registry.register(OnnxBackend)

@@ -1,0 +1,156 @@
+"""Fixtures: real models written by the tests, the real server in a subprocess, real clients."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_make_models():
+    spec = importlib.util.spec_from_file_location(
+        "naiad_make_models", ROOT / "examples" / "make_models.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_models = _load_make_models()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        """host:port, the form tritonclient wants."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    repo: Path | list[Path],
+    *args: str,
+    log_dir: Path,
+    timeout: float = 90,
+    wait_ready: bool = True,
+) -> RunningServer:
+    """Start ``naiad serve`` on a free loopback port and wait until start-up has finished."""
+    port = free_port()
+    repos = repo if isinstance(repo, list) else [repo]
+    cmd = [
+        sys.executable,
+        "-m",
+        "naiad",
+        "serve",
+        "--http-address",
+        "127.0.0.1",
+        "--http-port",
+        str(port),
+    ]
+    for r in repos:
+        cmd += ["--model-repository", str(r)]
+    cmd += list(args)
+    log_path = log_dir / f"naiad-{port}.log"
+    log_file = open(log_path, "wb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # test-only plugins (``--plugin naiad_test_backends``) are importable by the server
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "tests" / "plugins"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    server = RunningServer(proc, port, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            if not wait_ready:
+                return server
+            raise RuntimeError(f"naiad exited with {proc.returncode}:\n{server.log()}")
+        if "naiad is ready" in server.log():
+            return server
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"naiad did not start in {timeout}s:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def models():
+    """``examples/make_models.py``: builders of the example models, and ``mlp_numpy``."""
+    return make_models
+
+
+@pytest.fixture(scope="session")
+def example_repo(tmp_path_factory) -> Path:
+    """Triton's example models (simple, simple_string, simple_identity, mlp) built fresh."""
+    repo = tmp_path_factory.mktemp("example_repo")
+    make_models.write_all(repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(example_repo, tmp_path_factory) -> Iterator[RunningServer]:
+    """One server over the example repository, shared by the read-mostly tests."""
+    srv = start_server(example_repo, log_dir=tmp_path_factory.mktemp("logs"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    import tritonclient.http as httpclient
+
+    c = httpclient.InferenceServerClient(server.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def server_factory(tmp_path) -> Iterator:
+    """Start servers with custom repositories/flags; all are stopped at the end of the test."""
+    started: list[RunningServer] = []
+
+    def factory(repo, *args, **kwargs) -> RunningServer:
+        srv = start_server(repo, *args, log_dir=tmp_path, **kwargs)
+        started.append(srv)
+        return srv
+
+    yield factory
+    for srv in started:
+        srv.stop()
