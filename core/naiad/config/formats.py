@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -83,7 +83,8 @@ def model_config_from_json(
     try:
         json_format.ParseDict(dict(data), config, ignore_unknown_fields=False)
     except (json_format.ParseError, ValueError, TypeError) as err:
-        raise ConfigError(f"invalid JSON configuration for {what}: {err}") from err
+        detail = str(err).replace('"naiad.inference.', '"inference.')
+        raise ConfigError(f"invalid JSON configuration for {what}: {detail}") from err
     return config
 
 
@@ -100,7 +101,7 @@ def model_config_to_json(config: ModelConfig) -> dict[str, Any]:
         _PRINT_DEFAULTS_OPTION: True,
     }
     as_dict = json_format.MessageToDict(config, **options)
-    return _triton_json(as_dict, config.DESCRIPTOR)
+    return _triton_json(as_dict, cast(Descriptor, config.DESCRIPTOR))
 
 
 def _triton_json(obj: dict[str, Any], descriptor: Descriptor) -> dict[str, Any]:
@@ -115,7 +116,7 @@ def _triton_json(obj: dict[str, Any], descriptor: Descriptor) -> dict[str, Any]:
 
 def _field_json(value: Any, field: FieldDescriptor) -> Any:
     if _is_map(field):
-        value_field = field.message_type.fields_by_name["value"]
+        value_field = _message_type(field).fields_by_name["value"]
         return {key: _scalar_or_message(item, value_field) for key, item in value.items()}
     if isinstance(value, list):
         return [_scalar_or_message(item, field) for item in value]
@@ -124,10 +125,16 @@ def _field_json(value: Any, field: FieldDescriptor) -> Any:
 
 def _scalar_or_message(value: Any, field: FieldDescriptor) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return _triton_json(value, field.message_type)
+        return _triton_json(value, _message_type(field))
     if field.type in _INT64_TYPES:
         return int(value)
     return value
+
+
+def _message_type(field: FieldDescriptor) -> Descriptor:
+    message_type = field.message_type
+    assert message_type is not None, field.full_name
+    return message_type
 
 
 def _is_map(field: FieldDescriptor) -> bool:

@@ -115,7 +115,7 @@ def normalize_instance_groups(
         if preferred_kind is not None:
             kind = ModelInstanceGroup.Kind.Value(preferred_kind)
             if kind != _KIND_GPU or gpu_count > 0:
-                group.kind = kind  # type: ignore[assignment]
+                group.kind = kind  # type: ignore[assignment,unused-ignore]
     for index, group in enumerate(config.instance_group):
         if not group.name:
             group.name = f"{config.name}_{index}"

@@ -112,7 +112,7 @@ def _control_inputs_problem(batcher: ModelSequenceBatching, name: str) -> str | 
 
 
 def _control_kind_problem(batcher: ModelSequenceBatching, kind: int, name: str) -> str | None:
-    kind_name = _Control.Kind.Name(kind)  # type: ignore[arg-type]
+    kind_name = _Control.Kind.Name(kind)
     controls = [c for ci in batcher.control_input for c in ci.control if c.kind == kind]
     if len(controls) > 1:
         return f"sequence batching specifies multiple {kind_name} tensors for {name}"
