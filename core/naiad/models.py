@@ -27,7 +27,7 @@ from .config import (
 )
 from .errors import InternalError, ModelLoadError, NaiadError, NotFound, Unavailable
 from .plugins import BackendRegistry
-from .scheduling import DefaultScheduler, Instance, Scheduler
+from .scheduling import Instance, Scheduler, build_scheduler
 from .signature import Signature
 from .stats import ModelStats
 
@@ -228,7 +228,7 @@ class ModelManager:
             mv.state = ModelState.UNLOADING
             if mv.scheduler is not None:
                 await mv.scheduler.drain(self.unload_timeout)
-            await asyncio.gather(*(asyncio.to_thread(i.unload) for i in mv.instances))
+            await asyncio.gather(*(i.executor.run(i.unload) for i in mv.instances))
             mv.state = ModelState.UNAVAILABLE
             mv.reason = "unloaded"
             if mv.version not in current:
@@ -348,5 +348,5 @@ class ModelManager:
         mv = ModelVersion(source.name, version, ModelState.READY, "", config, signature)
         mv.instances = instances
         mv.labels = labels
-        mv.scheduler = DefaultScheduler(instances, mv.stats)
+        mv.scheduler = build_scheduler(config, instances, mv.stats, signature)
         return mv

@@ -6,6 +6,8 @@ behaviour the framework models cannot give on demand: taking a known time, or ra
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 
 import naiad
@@ -13,14 +15,37 @@ import numpy as np
 
 
 class SleepBackend(naiad.InferenceBackend):
-    """Sleeps ``INPUT0[0]`` milliseconds, then echoes INPUT0 as OUTPUT0."""
+    """Sleeps ``max(INPUT0)`` milliseconds, then echoes INPUT0 as OUTPUT0.
+
+    Also reports, per batch item, OUTPUT1 = the execution's sequence number across all
+    instances of all models (1, 2, ...), and OUTPUT2 = the most executions ever seen running at
+    once; tests read ordering and concurrency from them.
+    """
 
     name = "test_sleep"
+    _lock = threading.Lock()
+    _sequence = itertools.count(1)
+    _active = 0
+    _peak = 0
 
     def execute(self, inputs, outputs):
+        cls = type(self)
         x = inputs["INPUT0"]
-        time.sleep(float(x.reshape(-1)[0]) / 1000.0)
-        return {"OUTPUT0": x.copy()}
+        with cls._lock:
+            number = next(cls._sequence)
+            cls._active += 1
+            cls._peak = max(cls._peak, cls._active)
+        try:
+            time.sleep(float(x.max()) / 1000.0)
+        finally:
+            with cls._lock:
+                cls._active -= 1
+        batch = x.shape[0]
+        return {
+            "OUTPUT0": x.copy(),
+            "OUTPUT1": np.full((batch, 1), number, dtype=np.int32),
+            "OUTPUT2": np.full((batch, 1), cls._peak, dtype=np.int32),
+        }
 
 
 class FailBackend(naiad.InferenceBackend):

@@ -215,8 +215,10 @@ _MV = "/v2/models/{model}/versions/{version:[0-9]+}"
 
 
 def routes() -> list[web.RouteDef]:
-    """Every V2 route, top to bottom."""
+    """Every V2 route, top to bottom. Inference comes first: aiohttp tries routes in order."""
     table = [
+        web.post(_M + "/infer", infer),
+        web.post(_MV + "/infer", infer),
         web.get("/v2/health/live", health_live),
         web.get("/v2/health/ready", health_ready),
         web.get("/v2", server_metadata),
@@ -234,7 +236,6 @@ def routes() -> list[web.RouteDef]:
             web.get(prefix + "/ready", model_ready),
             web.get(prefix + "/config", model_config),
             web.get(prefix + "/stats", model_stats),
-            web.post(prefix + "/infer", infer),
         ]
     return table
 

@@ -6,6 +6,8 @@ from the config (default, dynamic batcher, sequence batcher, ensemble) and wraps
 
 from .base import Scheduler
 from .default import DefaultScheduler
+from .dynamic import DynamicBatcher
+from .factory import build_scheduler
 from .instance import Instance
 
-__all__ = ["DefaultScheduler", "Instance", "Scheduler"]
+__all__ = ["DefaultScheduler", "DynamicBatcher", "Instance", "Scheduler", "build_scheduler"]

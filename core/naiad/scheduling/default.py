@@ -42,8 +42,7 @@ class DefaultScheduler(Scheduler):
         try:
             instance = await self._idle.get()
             try:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(instance.executor, instance.run, [request])
+                result = await instance.executor.run(instance.run, [request])
             finally:
                 self._idle.put_nowait(instance)
             outcome = result.responses[0]

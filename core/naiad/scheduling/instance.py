@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +12,7 @@ from ..backend import CustomInstance, InferenceBackend
 from ..errors import InternalError, NaiadError
 from ..inference import InferRequest, InferResponse
 from ..signature import Signature
+from .worker import Worker
 
 
 @dataclass(slots=True)
@@ -37,7 +37,8 @@ class Instance:
         self.backend = backend
         self.signature = signature
         self.name = backend.instance.name
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"naiad-{self.name}")
+        #: the instance's own thread: load, every execution and unload run there
+        self.executor = Worker(f"naiad-{self.name}")
         self._custom = isinstance(backend, CustomInstance)
 
     def run(self, requests: Sequence[InferRequest]) -> BatchResult:
@@ -134,6 +135,7 @@ class Instance:
         self.backend.load()
 
     def unload(self) -> None:
+        """Release the backend (on the caller's thread), then stop the worker thread."""
         try:
             self.backend.unload()
         finally:

@@ -1,0 +1,401 @@
+"""Triton's dynamic batcher: requests queued per priority level, merged into batches.
+
+Batch formation follows Triton's ``DynamicBatchScheduler::GetDynamicBatch``
+(see ``shared/reference/scheduling.md`` §3): scan the oldest requests, never split one, stop at
+``max_batch_size`` or at a request whose variable-size shapes differ; prefer the longest prefix
+that equals a preferred batch size; otherwise send when the batch cannot grow, reached the
+largest preferred size, or the oldest request waited ``max_queue_delay_microseconds``.
+
+Everything here runs on the event loop thread; only ``Instance.run`` runs on the instance's
+worker thread. All times are ``time.monotonic_ns()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from ..errors import InternalError, NaiadError, Unavailable
+from ..inference import InferRequest, InferResponse
+from ..signature import Signature
+from ..stats import ModelStats
+from .base import Scheduler
+from .instance import BatchResult, Instance
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """One priority level's ``ModelQueuePolicy``."""
+
+    max_queue_size: int = 0
+    default_timeout_us: int = 0
+    allow_timeout_override: bool = False
+    delay_on_timeout: bool = False  # timeout_action DELAY (else REJECT)
+
+    @classmethod
+    def from_proto(cls, p) -> QueuePolicy:
+        return cls(
+            p.max_queue_size,
+            p.default_timeout_microseconds,
+            p.allow_timeout_override,
+            p.timeout_action == type(p).DELAY,
+        )
+
+    def timeout_us(self, requested: int | None) -> int:
+        """Triton's ``PolicyQueue::Enqueue``: a request's own timeout applies only when allowed,
+        non-zero, and not longer than a non-zero default."""
+        t = requested or 0
+        if (
+            not self.allow_timeout_override
+            or t == 0
+            or (self.default_timeout_us != 0 and t > self.default_timeout_us)
+        ):
+            return self.default_timeout_us
+        return t
+
+
+class _Entry:
+    __slots__ = ("request", "future", "arrived", "deadline", "level", "order", "result")
+
+    def __init__(self, request: InferRequest, future: asyncio.Future, arrived: int, deadline: int):
+        self.request = request
+        self.future = future
+        self.arrived = arrived
+        #: monotonic ns after which the queued request times out (0 = never)
+        self.deadline = deadline
+        self.level = 0
+        self.order = 0
+        self.result: InferResponse | BaseException | None = None
+
+
+class _Level:
+    """One priority level: its policy, its FIFO, and requests moved back by DELAY timeouts."""
+
+    __slots__ = ("policy", "queue", "delayed")
+
+    def __init__(self, policy: QueuePolicy) -> None:
+        self.policy = policy
+        self.queue: deque[_Entry] = deque()
+        self.delayed: deque[_Entry] = deque()
+
+    def __len__(self) -> int:
+        return len(self.queue) + len(self.delayed)
+
+
+class DynamicBatcher(Scheduler):
+    """Batches requests for a pool of instances; each instance runs one batch at a time."""
+
+    def __init__(
+        self,
+        instances: list[Instance],
+        stats: ModelStats,
+        signature: Signature,
+        dynamic_batching,
+    ) -> None:
+        db = dynamic_batching
+        self._idle: list[Instance] = list(instances)
+        self._stats = stats
+        self._sig = signature
+        self._max_batch = max(signature.max_batch_size, 1)
+        preferred = sorted(set(db.preferred_batch_size)) or [self._max_batch]
+        self._preferred = frozenset(preferred)
+        self._max_preferred = max(preferred)
+        self._delay_ns = db.max_queue_delay_microseconds * 1000
+        self._preserve_ordering = db.preserve_ordering
+        default_policy = QueuePolicy.from_proto(db.default_queue_policy)
+        levels = max(db.priority_levels, 1)
+        self._levels = [
+            _Level(
+                QueuePolicy.from_proto(db.priority_queue_policy[i])
+                if i in db.priority_queue_policy
+                else default_policy
+            )
+            for i in range(1, levels + 1)
+        ]
+        self._default_level = (db.default_priority_level or 1) - 1
+        #: names of inputs whose shapes must match to share a batch (variable dims, not ragged)
+        self._shape_checked = [
+            s.name for s in signature.inputs.values() if -1 in s.dims and not s.optional
+        ]
+        self._has_optional = any(s.optional for s in signature.inputs.values())
+        self._queued = 0
+        self._inflight = 0
+        self._closed = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._dispatch_pending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+        self._order = 0
+        self._release: deque[_Entry] = deque()  # preserve_ordering: entries not yet answered
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    # ---- enqueue -------------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if self._closed:
+            raise Unavailable(f"model '{request.model_name}' is unloading")
+        p = request.priority
+        level_index = p - 1 if 0 < p <= len(self._levels) else self._default_level
+        level = self._levels[level_index]
+        policy = level.policy
+        if policy.max_queue_size and len(level) >= policy.max_queue_size:
+            self._stats.record_failure(0, "REJECTED")
+            raise Unavailable(
+                f"Exceeds maximum queue size for model '{request.model_name}' "
+                f"(max_queue_size {policy.max_queue_size} at priority level {level_index + 1})"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic_ns()
+        timeout_us = policy.timeout_us(request.timeout_us)
+        entry = _Entry(
+            request, loop.create_future(), now, now + timeout_us * 1000 if timeout_us else 0
+        )
+        entry.level = level_index
+        if self._preserve_ordering:
+            entry.order = self._order
+            self._order += 1
+            self._release.append(entry)
+        level.queue.append(entry)
+        self._queued += 1
+        self._inflight += 1
+        self._stats.pending += 1
+        self._drained.clear()
+        if entry.deadline:
+            self._arm_timer(entry.deadline, loop)
+        if self._idle and not self._dispatch_pending:
+            # let requests that arrive in this loop iteration join the batch
+            self._dispatch_pending = True
+            loop.call_soon(self._dispatch_soon)
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            # a client that went away: if still queued, the entry is skipped and dropped
+            self._stats.record_failure(time.monotonic_ns() - now, "CANCELED")
+            raise
+
+    # ---- batch formation -----------------------------------------------------------------------
+
+    def _dispatch_soon(self) -> None:
+        self._dispatch_pending = False
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Send batches while an instance is idle and a batch is ready."""
+        while self._idle and self._queued:
+            now = time.monotonic_ns()
+            batch, wait_until = self._form_batch(now)
+            if batch:
+                self._execute(self._idle.pop(), batch)
+                continue
+            if wait_until:
+                self._arm_timer(wait_until, asyncio.get_running_loop())
+            return
+
+    def _candidates(self, now: int):
+        """Queued entries in scan order: level 1 first; per level, live ones then delayed ones.
+        Expired REJECT entries are failed and removed on the way; expired DELAY entries move to
+        the level's delayed queue."""
+        for level in self._levels:
+            q = level.queue
+            while q:
+                e = q[0]
+                if e.future.done():  # cancelled by its client
+                    q.popleft()
+                    self._forget(e)
+                    continue
+                if e.deadline and e.deadline <= now:
+                    q.popleft()
+                    if level.policy.delay_on_timeout:
+                        e.deadline = 0
+                        level.delayed.append(e)
+                        continue
+                    self._fail_queued(e, Unavailable("Request timeout expired"))
+                    continue
+                break
+            for e in list(q):
+                yield level, q, e
+            for e in list(level.delayed):
+                yield level, level.delayed, e
+
+    def _form_batch(self, now: int) -> tuple[list[_Entry], int]:
+        """(batch to send now, or [] and the monotonic ns to re-check at, 0 = on arrival)."""
+        batch: list[_Entry] = []
+        total = 0
+        best = -1  # length of the prefix to send early
+        cannot_grow = False
+        first = None
+        for _level, _q, e in self._candidates(now):
+            if e.future.done():
+                continue
+            if e.deadline and e.deadline <= now:
+                continue  # handled on the next scan of its level
+            size = e.request.batch_size
+            if total + size > self._max_batch:
+                cannot_grow = True
+                break
+            if first is None:
+                first = e.request
+            elif not self._compatible(first, e.request):
+                cannot_grow = True
+                break
+            if total + size > self._max_preferred and best < 0:
+                best = len(batch)
+            batch.append(e)
+            total += size
+            if total in self._preferred:
+                best = len(batch)
+        if not batch:
+            return [], 0
+        oldest = min(e.arrived for e in batch)
+        waited = now - oldest
+        delay = self._delay_ns
+        delay_passed = delay > 0 and waited >= delay
+        if best > 0 and not delay_passed:
+            return batch[:best], 0
+        if cannot_grow or total >= self._max_preferred or delay == 0 or delay_passed:
+            return batch, 0
+        return [], oldest + delay
+
+    def _compatible(self, a: InferRequest, b: InferRequest) -> bool:
+        if self._has_optional and a.inputs.keys() != b.inputs.keys():
+            return False
+        for name in self._shape_checked:
+            if a.inputs[name].shape[1:] != b.inputs[name].shape[1:]:
+                return False
+        return True
+
+    def _arm_timer(self, at_ns: int, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None and self._timer_at <= at_ns:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at_ns
+        delay = max(at_ns - time.monotonic_ns(), 0) / 1e9
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = 0
+        now = time.monotonic_ns()
+        # expire queued requests even when no instance is free
+        for _ in self._candidates(now):
+            pass
+        self._dispatch()
+        nearest = min(
+            (e.deadline for lv in self._levels for e in lv.queue if e.deadline), default=0
+        )
+        if nearest:
+            self._arm_timer(nearest, asyncio.get_running_loop())
+
+    # ---- execution -----------------------------------------------------------------------------
+
+    def _execute(self, instance: Instance, batch: list[_Entry]) -> None:
+        for e in batch:
+            level = self._levels[e.level]
+            try:
+                level.queue.remove(e)
+            except ValueError:
+                level.delayed.remove(e)
+            self._queued -= 1
+        requests = [e.request for e in batch]
+        loop = asyncio.get_running_loop()
+
+        def done(result: BatchResult | None, error: BaseException | None) -> None:
+            self._idle.append(instance)
+            self._finish(batch, result, error)
+            if self._queued:
+                self._dispatch()
+
+        instance.executor.call_soon(loop, done, instance.run, requests)
+
+    def _finish(
+        self, batch: list[_Entry], result: BatchResult | None, error: BaseException | None
+    ) -> None:
+        stats = self._stats
+        end = time.monotonic_ns()
+        if result is None:
+            result = BatchResult(
+                [error or InternalError("execution failed")] * len(batch), end, 0, 0, 0
+            )
+        total = sum(e.request.batch_size for e in batch)
+        ok = [not isinstance(r, BaseException) for r in result.responses]
+        if any(ok):
+            stats.record_execution(total, result.input_ns, result.infer_ns, result.output_ns)
+        n = len(batch)
+        for e, response in zip(batch, result.responses, strict=True):
+            if isinstance(response, BaseException):
+                stats.record_failure(end - e.arrived, "BACKEND")
+                if not isinstance(response, NaiadError):
+                    response = InternalError(str(response))
+            else:
+                stats.record_success(
+                    end - e.arrived,
+                    result.start_ns - e.arrived,
+                    result.input_ns // n,
+                    result.infer_ns // n,
+                    result.output_ns // n,
+                    e.request.batch_size,
+                )
+            e.result = response
+            if not self._preserve_ordering:
+                self._answer(e)
+        if self._preserve_ordering:
+            while self._release and self._release[0].result is not None:
+                self._answer(self._release.popleft())
+
+    def _answer(self, e: _Entry) -> None:
+        self._done_one()
+        if e.future.done():
+            return
+        if isinstance(e.result, BaseException):
+            e.future.set_exception(e.result)
+        else:
+            e.future.set_result(e.result)
+
+    def _fail_queued(self, e: _Entry, error: NaiadError) -> None:
+        self._queued -= 1
+        self._stats.record_failure(time.monotonic_ns() - e.arrived, "REJECTED")
+        e.result = error
+        if self._preserve_ordering:
+            while self._release and self._release[0].result is not None:
+                self._answer(self._release.popleft())
+        else:
+            self._answer(e)
+
+    def _forget(self, e: _Entry) -> None:
+        """A cancelled entry leaves the queue without being run."""
+        self._queued -= 1
+        e.result = asyncio.CancelledError()
+        if self._preserve_ordering:
+            while self._release and self._release[0].result is not None:
+                self._answer(self._release.popleft())
+        else:
+            self._done_one()
+
+    def _done_one(self) -> None:
+        self._inflight -= 1
+        self._stats.pending -= 1
+        if self._inflight == 0:
+            self._drained.set()
+
+    # ---- shutdown ------------------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> None:
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        # whatever is still queued now will never run: fail it clearly
+        for level in self._levels:
+            for q in (level.queue, level.delayed):
+                while q:
+                    self._fail_queued(
+                        q.popleft(), Unavailable("model was unloaded before the request ran")
+                    )
