@@ -82,7 +82,8 @@ class Instance:
                 for name in requests[0].inputs
             }
         for name, array in inputs.items():
-            reshape = sig.inputs[name].reshape
+            spec = sig.inputs.get(name)  # control and state inputs are not in the signature
+            reshape = spec.reshape if spec is not None else None
             if reshape is not None:
                 lead = (array.shape[0],) if batching else ()
                 inputs[name] = array.reshape(lead + reshape)
