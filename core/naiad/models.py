@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import repository
+from . import repository, watch
 from .backend import InferenceBackend, InstanceContext
 from .config import (
     ConfigError,
@@ -25,7 +25,20 @@ from .config import (
     select_versions,
     validate_model_config,
 )
-from .errors import InternalError, ModelLoadError, NaiadError, NotFound, Unavailable
+from .errors import (
+    InternalError,
+    InvalidArgument,
+    ModelLoadError,
+    NaiadError,
+    NotFound,
+    Unavailable,
+)
+from .overrides import (
+    check_model_name,
+    check_relative_file,
+    remove_override_folder,
+    write_override_folder,
+)
 from .plugins import BackendRegistry
 from .scheduling import Instance, Scheduler, build_scheduler
 from .signature import Signature
@@ -78,6 +91,7 @@ class ModelManager:
         auto_complete: bool = True,
         gpu_count: int = 0,
         unload_timeout: float = 30.0,
+        load_thread_count: int = 4,
     ) -> None:
         self.repositories = [Path(r) for r in repositories]
         self.backends = backends
@@ -88,6 +102,13 @@ class ModelManager:
         #: model-level failure (no versions to attach it to), e.g. a config that does not parse
         self._model_errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: models being loaded that have no version yet (shown as LOADING)
+        self._loading: set[str] = set()
+        #: private folders written from load requests' file overrides
+        self._override_dirs: dict[str, Path] = {}
+        #: POLL mode: model name -> fingerprint of its folder at the last scan
+        self._fingerprints: dict[str, str] = {}
+        self._load_slots = asyncio.Semaphore(max(load_thread_count, 1))
 
     # ---- queries (loop thread, no awaits) ----------------------------------------------------
 
@@ -139,7 +160,9 @@ class ModelManager:
                 if ready_only:
                     continue
                 entry: dict = {"name": name}
-                if name in self._model_errors:
+                if name in self._loading:
+                    entry["state"] = "LOADING"
+                elif name in self._model_errors:
                     entry.update(state="UNAVAILABLE", reason=self._model_errors[name])
                 out.append(entry)
                 continue
@@ -164,6 +187,7 @@ class ModelManager:
     async def load_all(self, names: list[str] | None = None) -> None:
         """Load every model of the repositories (or ``names``), concurrently."""
         if names is None:
+            self._fingerprints = await asyncio.to_thread(watch.snapshot, self.repositories)
             scan = await asyncio.to_thread(repository.scan_repositories, self.repositories)
             for dup in scan.duplicates:
                 self._model_errors[dup] = "model appears in two or more repositories"
@@ -176,26 +200,56 @@ class ModelManager:
         config_override: ModelConfig | None = None,
         *,
         quiet: bool = False,
-        source_path: Path | None = None,
+        files: dict[str, str] | None = None,
     ) -> None:
         """Load or reload ``name``. On failure a model that was serving keeps serving; the error
-        is raised (or only recorded, with ``quiet``)."""
+        is raised (or only recorded, with ``quiet``).
+
+        ``files`` (path -> base64) is a whole model folder sent with the request; it is written to
+        a private temporary folder and ``config_override`` is then mandatory.
+        """
+        check_model_name(name)
+        source_path = None
+        if files:
+            if config_override is None:
+                raise InvalidArgument(
+                    f"failed to load '{name}': a config override must be provided with file "
+                    "overrides"
+                )
+            source_path = await asyncio.to_thread(write_override_folder, name, files)
         async with self._lock(name):
             old = self._versions.get(name, {})
+            if not old:
+                self._loading.add(name)
             try:
-                plan = await asyncio.to_thread(self._prepare, name, config_override, source_path)
+                async with self._load_slots:
+                    plan = await asyncio.to_thread(
+                        self._prepare, name, config_override, source_path
+                    )
             except NaiadError as exc:
+                self._loading.discard(name)
+                if source_path is not None:
+                    remove_override_folder(source_path)
                 self._record_failure(name, exc.message, old)
                 if quiet:
                     return
-                raise ModelLoadError(f"load failed for model '{name}': {exc.message}") from exc
+                error = ModelLoadError(f"failed to load '{name}', {exc.message}")
+                error.status = exc.status
+                raise error from exc
             except Exception as exc:  # a backend bug must not escape as a crash
+                self._loading.discard(name)
+                if source_path is not None:
+                    remove_override_folder(source_path)
                 log.exception("unexpected error loading model '%s'", name)
                 self._record_failure(name, f"{type(exc).__name__}: {exc}", old)
                 if quiet:
                     return
-                raise InternalError(f"load failed for model '{name}': {exc}") from exc
+                raise InternalError(f"failed to load '{name}', {exc}") from exc
+            self._loading.discard(name)
             self._model_errors.pop(name, None)
+            previous_override = self._override_dirs.pop(name, None)
+            if source_path is not None:
+                self._override_dirs[name] = source_path
             # new versions are ready before the old ones stop taking requests
             merged = dict(plan.versions)
             retiring = [mv for v, mv in old.items() if mv.state is ModelState.READY]
@@ -206,9 +260,18 @@ class ModelManager:
             for mv in plan.versions.values():
                 log.info("model '%s' version %d is READY", name, mv.version)
             await self._retire(retiring, merged)
+            if previous_override is not None:
+                remove_override_folder(previous_override)
 
-    async def unload(self, name: str) -> None:
-        """Stop serving every version of ``name``; in-flight requests finish first (bounded)."""
+    async def unload(self, name: str, unload_dependents: bool = False) -> None:
+        """Stop serving every version of ``name``; in-flight requests finish first (bounded).
+
+        With ``unload_dependents`` the loaded ensembles that use ``name`` are unloaded too.
+        Unloading a name nobody knows is a no-op, as in Triton.
+        """
+        if unload_dependents:
+            for dependent in self.dependents(name):
+                await self.unload(dependent, unload_dependents=True)
         async with self._lock(name):
             versions = self._versions.get(name, {})
             live = [mv for mv in versions.values() if mv.state is ModelState.READY]
@@ -216,6 +279,42 @@ class ModelManager:
                 mv.state = ModelState.UNLOADING
             await self._retire(live, {})
             self._model_errors.pop(name, None)
+            override = self._override_dirs.pop(name, None)
+            if override is not None:
+                remove_override_folder(override)
+
+    def dependents(self, name: str) -> list[str]:
+        """Loaded ensembles with a step that calls ``name``."""
+        found = []
+        for other, versions in self._versions.items():
+            for mv in versions.values():
+                if (
+                    mv.state is ModelState.READY
+                    and mv.config is not None
+                    and any(step.model_name == name for step in mv.config.ensemble_scheduling.step)
+                ):
+                    found.append(other)
+                    break
+        return found
+
+    async def poll(self) -> watch.Changes:
+        """POLL mode: apply what changed on disk since the last scan (added models load,
+        removed ones unload, changed ones reload; a failed reload keeps the old one serving)."""
+        current = await asyncio.to_thread(watch.snapshot, self.repositories)
+        changes = watch.diff(self._fingerprints, current)
+        self._fingerprints = current
+        if changes:
+            log.info(
+                "repository changes: added %s, removed %s, changed %s",
+                changes.added,
+                changes.removed,
+                changes.changed,
+            )
+        await asyncio.gather(
+            *(self.load(n, quiet=True) for n in changes.added + changes.changed),
+            *(self.unload(n) for n in changes.removed),
+        )
+        return changes
 
     async def unload_all(self) -> None:
         await asyncio.gather(*(self.unload(n) for n in list(self._versions)))
@@ -250,8 +349,9 @@ class ModelManager:
         else:
             source = repository.find_model(self.repositories, name)
         if source is None:
-            raise ModelLoadError("failed to poll from model repository")
+            raise InternalError("failed to poll from model repository")
         config = self._read_config(source, override)
+        _check_file_fields(config)
         available = repository.version_numbers(source.path)
         if not available:
             raise ModelLoadError(f"at least one version must be available under {source.path}")
@@ -350,3 +450,14 @@ class ModelManager:
         mv.labels = labels
         mv.scheduler = build_scheduler(config, instances, mv.stats, signature)
         return mv
+
+
+def _check_file_fields(config: ModelConfig) -> None:
+    """A config (from disk or from a load request) names files only inside the model folder."""
+    if config.default_model_filename:
+        check_relative_file(config.default_model_filename, "default_model_filename")
+    for filename in config.cc_model_filenames.values():
+        check_relative_file(filename, "cc_model_filenames entry")
+    for out in config.output:
+        if out.label_filename:
+            check_relative_file(out.label_filename, "label_filename")

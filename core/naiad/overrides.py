@@ -1,0 +1,90 @@
+"""Model folders written from a load request's ``file:<path>`` parameters.
+
+Triton's load API can carry a whole model as base64 ``file:`` parameters; Triton once wrote them
+wherever the path pointed (CVE-2023-31036). Here every file lands inside a fresh private
+temporary folder: relative paths only, no ``..``, no absolute paths, no backslashes, no symlinks
+followed, no file written twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import InvalidArgument
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-][A-Za-z0-9_.\- ]{0,254}$")
+
+
+def check_model_name(name: str) -> None:
+    """A model name is one plain path component: it names a folder of the repository."""
+    if not name or name in (".", "..") or name.startswith(".") or not _NAME.match(name):
+        raise InvalidArgument(
+            f"invalid model name '{name}': use letters, digits, '_', '-', '.' and spaces, not "
+            "starting with '.'"
+        )
+
+
+def check_relative_file(path: str, what: str) -> None:
+    """Refuse anything that could reach outside the folder it is resolved against."""
+    if (
+        not path
+        or "\\" in path
+        or "\x00" in path
+        or path.startswith("/")
+        or os.path.isabs(path)
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        raise InvalidArgument(f"{what} '{path}' must be a relative path inside the model folder")
+
+
+def write_override_folder(name: str, files: dict[str, str]) -> Path:
+    """Write ``files`` (path -> base64) to ``<private tmp>/<name>/`` and return that folder.
+
+    Raises InvalidArgument for unsafe paths or bad base64; nothing is left behind on failure.
+    """
+    check_model_name(name)
+    root = Path(tempfile.mkdtemp(prefix="naiad-override-"))
+    model_dir = root / name
+    try:
+        model_dir.mkdir(mode=0o700)
+        for rel, encoded in files.items():
+            check_relative_file(rel, "file override")
+            if not isinstance(encoded, str):
+                raise InvalidArgument(f"file override '{rel}' must be a base64 string")
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidArgument(f"file override '{rel}' is not valid base64: {exc}") from exc
+            target = model_dir.joinpath(*rel.split("/"))
+            parent = target.parent
+            parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # every folder on the way was made by us just now: refuse anything else
+            if parent.resolve() != parent or model_dir.resolve() not in (
+                parent.resolve(),
+                *parent.resolve().parents,
+            ):
+                raise InvalidArgument(f"file override '{rel}' escapes the model folder")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                fd = os.open(target, flags, 0o600)
+            except FileExistsError as exc:
+                raise InvalidArgument(f"file override '{rel}' is given twice") from exc
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return model_dir
+
+
+def remove_override_folder(model_dir: Path) -> None:
+    """Delete a folder made by :func:`write_override_folder` (its private parent included)."""
+    root = model_dir.parent
+    if root.name.startswith("naiad-override-"):
+        shutil.rmtree(root, ignore_errors=True)
