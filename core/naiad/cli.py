@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--http-address", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     _flag(p, "--allow-http", True, "serve HTTP")
+    _flag(
+        p,
+        "--allow-client-shm",
+        True,
+        "let clients register system shared memory regions (Triton now defaults to false)",
+    )
     p.add_argument(
         "--model-control-mode",
         choices=[m.value for m in ControlMode],
@@ -110,6 +117,7 @@ def serve_config(args: argparse.Namespace):
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,
         exit_timeout=args.exit_timeout_secs,
+        allow_client_shm=args.allow_client_shm,
         max_input_size=args.http_max_input_size,
         server_id=args.server_id,
         plugins=list(args.plugin),
@@ -137,11 +145,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> int:
         server = Server(serve_config(args))
         try:
-            await server.serve()
+            code = await server.serve()
         except SystemExit as exc:
             await server.stop()
             return int(exc.code or 1)
-        return 0
+        if code:  # --exit-timeout-secs ran out: leave without waiting for in-flight work
+            sys.stderr.flush()
+            os._exit(code)
+        return code
 
     if uvloop is not None:
         return uvloop.run(main())

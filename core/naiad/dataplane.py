@@ -6,17 +6,21 @@ nothing here knows about HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from . import __version__
 from .config import model_config_from_json, model_config_to_json
-from .errors import InvalidArgument, NotFound, Unavailable, Unsupported
+from .errors import InvalidArgument, NaiadError, NotFound, Unavailable, Unsupported
 from .inference import InferRequest, InferResponse
 from .models import ModelManager, ModelState, ModelVersion
+from .shm import SharedMemoryManager
 from .tensors import numpy_to_protocol
+from .trace import TraceSettings
 
 EXTENSIONS = [
     "classification",
@@ -30,6 +34,7 @@ EXTENSIONS = [
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
     "logging",
 ]
 
@@ -46,15 +51,32 @@ class ServerOptions:
     strict_readiness: bool = True
     control_mode: ControlMode = ControlMode.NONE
     extensions: list[str] = field(default_factory=lambda: list(EXTENSIONS))
+    #: ``--allow-client-shm``: shared memory register/unregister allowed (naiad's default: yes)
+    allow_client_shm: bool = True
 
 
 class DataPlane:
-    def __init__(self, models: ModelManager, options: ServerOptions | None = None) -> None:
+    def __init__(
+        self,
+        models: ModelManager,
+        options: ServerOptions | None = None,
+        *,
+        shm: SharedMemoryManager | None = None,
+        trace: TraceSettings | None = None,
+    ) -> None:
         self.models = models
         self.options = options or ServerOptions()
+        #: registered system shared memory regions (the ``system_shared_memory`` extension)
+        self.shm = shm if shm is not None else SharedMemoryManager()
+        #: trace settings (stored and reported; requests are not traced yet)
+        self.trace = trace if trace is not None else TraceSettings()
         #: set once start-up loading finished; cleared when shutting down
         self.started = False
+        #: set on SIGTERM: health answers "Server exiting", new inferences are refused
         self.exiting = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # ---- health and metadata -------------------------------------------------------------------
 
@@ -116,13 +138,35 @@ class DataPlane:
 
     async def infer(self, request: InferRequest, mv: ModelVersion | None = None) -> InferResponse:
         """Validate, schedule and post-process one request."""
+        if self.exiting:
+            raise Unavailable("Server exiting")
         if mv is None:
             mv = self.models.resolve(request.model_name, request.model_version)
         mv.signature.validate(request)
-        response = await mv.scheduler.infer(request)
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            response = await mv.scheduler.infer(request)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
         response.model_version = mv.version
         self._finish(request, response, mv)
         return response
+
+    @property
+    def inflight(self) -> int:
+        """Inferences accepted and not yet answered, over every transport."""
+        return self._inflight
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait (up to ``timeout`` s) until no inference is in flight; False if some still are."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            return self._inflight == 0
+        return True
 
     def _finish(self, request: InferRequest, response: InferResponse, mv: ModelVersion) -> None:
         """Select the requested outputs, apply classification, note datatypes."""
@@ -200,18 +244,33 @@ class DataPlane:
         self._check_explicit()
         if files:
             raise Unsupported("file overrides in the load request are not supported yet")
-        override = model_config_from_json(config_json) if config_json is not None else None
-        await self.models.load(name, override)
+        try:
+            override = model_config_from_json(config_json) if config_json is not None else None
+            await self.models.load(name, override)
+        except NaiadError as exc:
+            raise _load_failed(name, exc) from exc
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._check_explicit()
         await self.models.unload(name)
 
 
-def classify(
-    array: np.ndarray, k: int, labels: list[str] | None, batched: bool, name: str
-) -> np.ndarray:
-    """Triton's classification extension: top-k ``"value:index[:label]"`` strings per item."""
+def _load_failed(name: str, exc: NaiadError) -> NaiadError:
+    """A load error worded as Triton's: ``failed to load '{m}', <why>`` (same status)."""
+    message = exc.message
+    if "failed to load" in message:
+        return exc
+    prefix = f"load failed for model '{name}': "
+    if message.startswith(prefix):
+        message = message[len(prefix) :]
+    return type(exc)(f"failed to load '{name}', {message}")
+
+
+def top_classes(array: np.ndarray, k: int, batched: bool, name: str) -> list[list[tuple[int, Any]]]:
+    """The top-``k`` ``(index, value)`` pairs of each batch item, highest value first.
+
+    Shared by the V2 classification extension (:func:`classify`) and the legacy v1 API.
+    """
     if array.dtype.kind not in "iuf" or array.dtype == np.float16:
         raise InvalidArgument(
             f"class result not available for output due to unsupported type '{array.dtype}' "
@@ -219,11 +278,18 @@ def classify(
         )
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
     k = min(k, rows.shape[1])
-    out = np.empty((rows.shape[0], k), dtype=np.object_)
-    for r, row in enumerate(rows):
-        top = np.argsort(-row, kind="stable")[:k]
-        for j, idx in enumerate(top):
-            value = row[idx]
+    return [[(int(idx), row[idx]) for idx in np.argsort(-row, kind="stable")[:k]] for row in rows]
+
+
+def classify(
+    array: np.ndarray, k: int, labels: list[str] | None, batched: bool, name: str
+) -> np.ndarray:
+    """Triton's classification extension: top-k ``"value:index[:label]"`` strings per item."""
+    tops = top_classes(array, k, batched, name)
+    k = len(tops[0]) if tops else 0
+    out = np.empty((len(tops), k), dtype=np.object_)
+    for r, top in enumerate(tops):
+        for j, (idx, value) in enumerate(top):
             text = f"{value:f}" if array.dtype.kind == "f" else str(int(value))
             text = f"{text}:{idx}"
             if labels is not None and idx < len(labels):

@@ -32,6 +32,8 @@ class ServerConfig:
     strict_readiness: bool = True
     exit_on_error: bool = True
     exit_timeout: float = 30.0
+    #: ``--allow-client-shm``: clients may register shared memory (default true, see docs)
+    allow_client_shm: bool = True
     max_input_size: int = 64 * 1024 * 1024
     server_id: str = "triton"
     plugins: list[str] = field(default_factory=list)
@@ -55,6 +57,7 @@ class Server:
                 server_id=config.server_id,
                 strict_readiness=config.strict_readiness,
                 control_mode=config.control_mode,
+                allow_client_shm=config.allow_client_shm,
             ),
         )
         self._runner: web.AppRunner | None = None
@@ -90,15 +93,34 @@ class Server:
                 raise SystemExit(1)
         log.info("naiad is ready")
 
-    async def stop(self) -> None:
-        """Stop taking requests, let in-flight ones finish (up to --exit-timeout-secs), unload."""
+    async def stop(self) -> bool:
+        """Shut down as Triton does on SIGTERM, within ``--exit-timeout-secs``.
+
+        New inferences are refused with 503 "Server exiting" (health answers the same) while
+        in-flight ones finish; then the HTTP port closes, models unload and shared memory is
+        unmapped. Returns False when the timeout ran out with inferences still in flight (the
+        caller then exits at once, with status 1).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.exit_timeout
         self.dataplane.exiting = True
+        if not await self.dataplane.wait_idle(deadline - loop.time()):
+            log.error(
+                "Exit timeout expired. Exiting immediately. (%d inferences in flight)",
+                self.dataplane.inflight,
+            )
+            self.dataplane.shm.close()
+            return False
         if self._runner is not None:
             await self._runner.cleanup()
         await self.models.unload_all()
+        unmapped = self.dataplane.shm.close()
+        if unmapped:
+            log.info("unmapped %d shared memory regions", unmapped)
+        return True
 
-    async def serve(self) -> None:
-        """Run until SIGINT/SIGTERM."""
+    async def serve(self) -> int:
+        """Run until SIGINT/SIGTERM; the exit status (1: in-flight work outlived the timeout)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,4 +128,4 @@ class Server:
         await self.start()
         await stop.wait()
         log.info("shutting down")
-        await self.stop()
+        return 0 if await self.stop() else 1

@@ -9,34 +9,23 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import orjson
 from aiohttp import web
 
 from ..dataplane import DataPlane
-from ..errors import InvalidArgument, NaiadError
-from . import codec
+from ..errors import InvalidArgument, NaiadError, Unavailable
+from ..shm import ShmLease
+from . import codec, extensions, legacy
+from .common import DATAPLANE, MAX_INPUT, error_response, json_body, json_response
+
+_json = json_response
+_json_body = json_body
 
 log = logging.getLogger(__name__)
-
-DATAPLANE = web.AppKey("dataplane", DataPlane)
-MAX_INPUT = web.AppKey("max_input_size", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _EMPTY_OK = web.Response(status=200)
 _COMPRESS_IN_THREAD = 1 << 16
-
-
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    """Triton's error form: ``{"error": "..."}`` with a JSON content type."""
-    return web.Response(
-        status=status,
-        body=orjson.dumps({"error": message}),
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 @web.middleware
@@ -57,38 +46,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _json(obj: object) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), content_type="application/json")
-
-
 def _version(request: web.Request) -> int:
     v = request.match_info.get("version")
     return int(v) if v is not None else -1
-
-
-async def _json_body(request: web.Request) -> dict:
-    """An optional JSON object body (empty body = {})."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise InvalidArgument("the request body must be a JSON object")
-    return obj
 
 
 # ---- health and metadata ------------------------------------------------------------------------
 
 
 async def health_live(request: web.Request) -> web.Response:
-    return web.Response(status=200 if request.app[DATAPLANE].live() else 400)
+    dp = request.app[DATAPLANE]
+    if dp.exiting:
+        raise Unavailable("Server exiting")
+    return web.Response(status=200 if dp.live() else 400)
 
 
 async def health_ready(request: web.Request) -> web.Response:
-    return web.Response(status=200 if request.app[DATAPLANE].ready() else 400)
+    dp = request.app[DATAPLANE]
+    if dp.exiting:
+        raise Unavailable("Server exiting")
+    return web.Response(status=200 if dp.ready() else 400)
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -137,9 +114,13 @@ async def infer(request: web.Request) -> web.Response:
         headers.get("Inference-Header-Content-Length"), len(body)
     )
     raw_input = _raw_input(mv) if header_length == 0 else None
-    req = codec.parse_infer_request(body, header_length, name, version, raw_input=raw_input)
-    response = await dp.infer(req, mv)
-    payload, json_length = codec.encode_infer_response(req, response)
+    lease = dp.shm.lease()
+    try:
+        payload, json_length = await _run_infer(
+            dp, mv, lease, body, header_length, name, version, raw_input
+        )
+    finally:
+        lease.release()  # after the request's arrays over shared memory are gone
     out_headers = {}
     if json_length is not None:
         out_headers["Inference-Header-Content-Length"] = str(json_length)
@@ -156,6 +137,25 @@ async def infer(request: web.Request) -> web.Response:
                 payload = codec.compress(payload, chosen)
             out_headers["Content-Encoding"] = chosen
     return web.Response(body=payload, headers=out_headers, content_type=content_type)
+
+
+async def _run_infer(
+    dp: DataPlane,
+    mv,
+    lease: ShmLease,
+    body: bytes,
+    header_length: int | None,
+    name: str,
+    version: int,
+    raw_input: tuple[str, str, list[int]] | None,
+) -> tuple[bytes, int | None]:
+    """Parse, infer and encode; shared-memory regions are read and written through ``lease``."""
+    req = codec.parse_infer_request(
+        body, header_length, name, version, shm_reader=lease.read, raw_input=raw_input
+    )
+    lease.reserve(req.outputs)
+    response = await dp.infer(req, mv)
+    return codec.encode_infer_response(req, response, shm_writer=lease.write)
 
 
 def _raw_input(mv) -> tuple[str, str, list[int]] | None:
@@ -212,6 +212,8 @@ async def repository_named_unsupported(request: web.Request) -> web.Response:
 
 _M = "/v2/models/{model}"
 _MV = "/v2/models/{model}/versions/{version:[0-9]+}"
+_SHM = "/v2/systemsharedmemory"
+_CUDA = "/v2/cudasharedmemory"
 
 
 def routes() -> list[web.RouteDef]:
@@ -237,6 +239,34 @@ def routes() -> list[web.RouteDef]:
             web.get(prefix + "/config", model_config),
             web.get(prefix + "/stats", model_stats),
         ]
+    table += [
+        # system shared memory; CUDA shared memory answers as a GPU-less Triton does
+        web.get(_SHM + "/status", extensions.shm_status),
+        web.get(_SHM + "/region/{region}/status", extensions.shm_status),
+        web.post(_SHM + "/region/{region}/register", extensions.shm_register),
+        web.post(_SHM + "/unregister", extensions.shm_unregister),
+        web.post(_SHM + "/region/{region}/unregister", extensions.shm_unregister),
+        web.get(_CUDA + "/status", extensions.cuda_shm_status),
+        web.get(_CUDA + "/region/{region}/status", extensions.cuda_shm_status),
+        web.post(_CUDA + "/region/{region}/register", extensions.cuda_shm_register),
+        web.post(_CUDA + "/unregister", extensions.cuda_shm_unregister),
+        web.post(_CUDA + "/region/{region}/unregister", extensions.cuda_shm_unregister),
+        # trace settings (stored, not acted on)
+        web.get("/v2/trace/setting", extensions.trace_setting),
+        web.post("/v2/trace/setting", extensions.trace_setting),
+        web.get(_M + "/trace/setting", extensions.trace_setting),
+        web.post(_M + "/trace/setting", extensions.trace_setting),
+        # the legacy TRTIS v1 API: NV-Status on every answer, bare 400 for unknown /api paths
+        web.route("*", "/api/health/{mode}", legacy.health),
+        web.route("*", "/api/status", legacy.status),
+        web.route("*", "/api/status/{model}", legacy.status),
+        web.route("*", "/api/infer/{model}", legacy.infer),
+        web.route("*", "/api/infer/{model}/{version:[0-9]+}", legacy.infer),
+        web.route("*", "/api/modelcontrol/{action:load|unload}/{model}", legacy.model_control),
+        web.route("*", "/api/sharedmemorycontrol/{tail:.*}", legacy.shm_control),
+        web.route("*", "/api/repository/index", legacy.repository_index),
+        web.route("*", "/api{tail:(/.*)?}", legacy.unknown),
+    ]
     return table
 
 
@@ -245,5 +275,6 @@ def make_app(dataplane: DataPlane, *, max_input_size: int = 64 * 1024 * 1024) ->
     app = web.Application(middlewares=[error_middleware], client_max_size=max_input_size)
     app[DATAPLANE] = dataplane
     app[MAX_INPUT] = max_input_size
+    app[legacy.LEGACY] = legacy.LegacyState()
     app.add_routes(routes())
     return app

@@ -206,6 +206,10 @@ def _uint(key: str, value: Any) -> int:
     return value
 
 
+def _is_uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _parse_input(
     item: Any,
     binary: memoryview,
@@ -266,12 +270,11 @@ def _parse_input(
             raise InvalidArgument(f"shared memory is not enabled for input '{name}'")
         size = params.get("shared_memory_byte_size")
         shm_offset = params.get("shared_memory_offset", 0)
-        if (
-            not isinstance(size, int)
-            or not isinstance(shm_offset, int)
-            or size < 0
-            or shm_offset < 0
-        ):
+        if not isinstance(region, str):
+            raise _field_error(
+                "shared_memory_region", "attempt to access JSON non-string as string"
+            )
+        if not _is_uint(size) or not _is_uint(shm_offset):
             raise InvalidArgument(
                 f"input '{name}' must give an unsigned 'shared_memory_byte_size' (and offset)"
             )
@@ -350,7 +353,7 @@ def _parse_output(item: Any) -> RequestedOutput:
             )
         size = params.get("shared_memory_byte_size")
         offset = params.get("shared_memory_offset", 0)
-        if not isinstance(region, str) or not isinstance(size, int) or not isinstance(offset, int):
+        if not isinstance(region, str) or not _is_uint(size) or not _is_uint(offset):
             raise InvalidArgument(
                 f"output '{out.name}' must give 'shared_memory_byte_size' with its region"
             )
