@@ -41,6 +41,8 @@ class RunningServer:
     process: subprocess.Popen
     port: int
     log_path: Path
+    #: the metrics port (``--metrics-port``), None when metrics are off
+    metrics_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -50,6 +52,11 @@ class RunningServer:
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """``http://127.0.0.1:PORT/metrics`` of this server's metrics endpoint."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -87,6 +94,17 @@ def start_server(
     ]
     for r in repos:
         cmd += ["--model-repository", str(r)]
+    # a free metrics port too (never 8002), unless the test chose one
+    metrics_port = None
+    if not any(a.startswith("--metrics-port") for a in args):
+        metrics_port = free_port()
+        cmd += ["--metrics-port", str(metrics_port)]
+    else:
+        for i, a in enumerate(args):
+            if a.startswith("--metrics-port="):
+                metrics_port = int(a.partition("=")[2])
+            elif a == "--metrics-port" and i + 1 < len(args):
+                metrics_port = int(args[i + 1])
     cmd += list(args)
     log_path = log_dir / f"naiad-{port}.log"
     log_file = open(log_path, "wb")
@@ -96,7 +114,7 @@ def start_server(
         [str(ROOT / "tests" / "plugins"), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    server = RunningServer(proc, port, log_path)
+    server = RunningServer(proc, port, log_path, metrics_port)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

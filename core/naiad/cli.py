@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -99,8 +98,83 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--id", default="triton", dest="server_id", help="server name in metadata")
     p.add_argument("--plugin", action="append", default=[], help="extra plugin module to load")
-    p.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
+    add_metrics_arguments(p)
+    add_log_arguments(p)
+
+
+def add_metrics_arguments(p: argparse.ArgumentParser) -> None:
+    """Triton's metrics flags (docs/metrics.md)."""
+    _flag(p, "--allow-metrics", True, "serve Prometheus metrics on --metrics-port")
+    _flag(p, "--allow-gpu-metrics", True, "export GPU metrics (needs naiad[gpu] and a GPU)")
+    _flag(p, "--allow-cpu-metrics", True, "export CPU and memory metrics")
+    p.add_argument("--metrics-port", type=int, default=8002, help="metrics port (default 8002)")
+    p.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="ADDRESS",
+        help="address the metrics port binds (default: the --http-address)",
+    )
+    p.add_argument(
+        "--metrics-interval-ms",
+        type=int,
+        default=2000,
+        metavar="MS",
+        help="how often CPU and GPU metrics are read (default 2000)",
+    )
+    p.add_argument(
+        "--metrics-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metrics option, e.g. counter_latencies=false (repeatable)",
+    )
+
+
+def add_log_arguments(p: argparse.ArgumentParser) -> None:
+    """Triton's logging flags; /v2/logging changes the same settings at run time."""
+    p.add_argument(
+        "--log-verbose", type=int, default=0, metavar="LEVEL", help="verbose level (default 0)"
+    )
     _flag(p, "--log-info", True, "log info messages")
+    _flag(p, "--log-warning", True, "log warning messages")
+    _flag(p, "--log-error", True, "log error messages")
+    p.add_argument(
+        "--log-format",
+        choices=["default", "ISO8601"],
+        default="default",
+        help="log line format (default: default)",
+    )
+    p.add_argument(
+        "--log-file", default="", metavar="PATH", help="write the log here, not to the console"
+    )
+
+
+def metrics_config(args: argparse.Namespace):
+    """The metrics part of the server config; raises ValueError for a bad --metrics-config."""
+    from .metrics import MetricsConfig, apply_metrics_config
+
+    config = MetricsConfig(
+        allow_metrics=args.allow_metrics,
+        allow_gpu_metrics=args.allow_gpu_metrics,
+        allow_cpu_metrics=args.allow_cpu_metrics,
+        port=args.metrics_port,
+        address=args.metrics_address,
+        interval_ms=args.metrics_interval_ms,
+    )
+    return apply_metrics_config(config, args.metrics_config)
+
+
+def log_settings(args: argparse.Namespace):
+    from .logs import LogSettings
+
+    return LogSettings(
+        log_file=args.log_file,
+        log_info=args.log_info,
+        log_warning=args.log_warning,
+        log_error=args.log_error,
+        log_verbose_level=max(0, args.log_verbose),
+        log_format=args.log_format,
+    )
 
 
 def serve_config(args: argparse.Namespace):
@@ -121,29 +195,32 @@ def serve_config(args: argparse.Namespace):
         max_input_size=args.http_max_input_size,
         server_id=args.server_id,
         plugins=list(args.plugin),
+        metrics=metrics_config(args),
     )
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = (
-        logging.DEBUG if args.log_verbose else (logging.INFO if args.log_info else logging.WARNING)
-    )
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname).1s %(name)s: %(message)s", stream=sys.stderr
-    )
+    from .logs import configure_logging
+
+    configure_logging(log_settings(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server
 
-    _setup_logging(args)
+    try:
+        _setup_logging(args)
+        config = serve_config(args)
+    except ValueError as exc:
+        print(f"naiad: error: {exc}", file=sys.stderr)
+        return 2
     try:
         import uvloop
     except ImportError:
         uvloop = None
 
     async def main() -> int:
-        server = Server(serve_config(args))
+        server = Server(config)
         try:
             code = await server.serve()
         except SystemExit as exc:

@@ -12,6 +12,8 @@ from aiohttp import web
 
 from .dataplane import ControlMode, DataPlane, ServerOptions
 from .http import make_app
+from .http.metrics import start_metrics_site
+from .metrics import Metrics, MetricsConfig
 from .models import ModelManager
 from .plugins import build_backend_registry
 
@@ -37,6 +39,7 @@ class ServerConfig:
     max_input_size: int = 64 * 1024 * 1024
     server_id: str = "triton"
     plugins: list[str] = field(default_factory=list)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 class Server:
@@ -61,6 +64,10 @@ class Server:
             ),
         )
         self._runner: web.AppRunner | None = None
+        self.metrics: Metrics | None = None
+        if config.metrics.allow_metrics:
+            self.metrics = Metrics(self.models, config.metrics)
+        self._metrics_runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -77,6 +84,8 @@ class Server:
             site = web.TCPSite(self._runner, cfg.http_address, cfg.http_port, reuse_address=True)
             await site.start()
             log.info("HTTP service listening on %s:%d", cfg.http_address, cfg.http_port)
+        if self.metrics is not None:
+            await self._start_metrics()
         if cfg.control_mode is ControlMode.EXPLICIT:
             names = cfg.load_models
             if "*" in names:
@@ -114,10 +123,30 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.models.unload_all()
+        await self._stop_metrics()
         unmapped = self.dataplane.shm.close()
         if unmapped:
             log.info("unmapped %d shared memory regions", unmapped)
         return True
+
+    async def _start_metrics(self) -> None:
+        assert self.metrics is not None
+        mc = self.config.metrics
+        address = mc.address or self.config.http_address
+        await self.metrics.start()
+        try:
+            self._metrics_runner = await start_metrics_site(self.metrics, address, mc.port)
+        except OSError as exc:
+            log.error("failed to start Metrics Service at %s:%d: %s", address, mc.port, exc)
+            raise SystemExit(1) from exc
+        log.info("Started Metrics Service at %s:%d", address, mc.port)
+
+    async def _stop_metrics(self) -> None:
+        runner, self._metrics_runner = self._metrics_runner, None
+        if runner is not None:
+            await runner.cleanup()
+        if self.metrics is not None:
+            await self.metrics.stop()
 
     async def serve(self) -> int:
         """Run until SIGINT/SIGTERM; the exit status (1: in-flight work outlived the timeout)."""
