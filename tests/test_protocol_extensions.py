@@ -238,6 +238,35 @@ def test_trace_settings(server_factory, example_repo):
     c.close()
 
 
+# ---- logging settings ----------------------------------------------------------------------------
+
+
+def test_log_settings(server_factory, example_repo):
+    srv = server_factory(example_repo)
+    c = httpclient.InferenceServerClient(srv.url)
+    assert c.get_log_settings() == {
+        "log_file": "",
+        "log_info": True,
+        "log_warning": True,
+        "log_error": True,
+        "log_verbose_level": 0,
+        "log_format": "default",
+    }
+    got = c.update_log_settings({"log_verbose_level": 1, "log_info": False})
+    assert got["log_verbose_level"] == 1 and got["log_info"] is False
+    assert got["log_warning"] is True  # the full set comes back
+    for body, status in (
+        ({"log_verbose_level": -1}, 400),
+        ({"log_info": "yes"}, 400),
+        ({"log_format": "json"}, 400),
+        ({"log_file": "/tmp/elsewhere.log"}, 501),
+    ):
+        got_status, _, payload = raw(srv, "POST", "/v2/logging", json.dumps(body).encode())
+        assert got_status == status and json.loads(payload)["error"], body
+    assert c.get_log_settings()["log_verbose_level"] == 1
+    c.close()
+
+
 # ---- lifecycle ----------------------------------------------------------------------------------
 
 SLEEP_CONFIG = """backend: "test_sleep"

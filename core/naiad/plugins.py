@@ -24,9 +24,7 @@ from .errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "naiad.backends"
-#: naiad's own plugins, registered first through the same hook a third party uses:
-#: ``python`` (and platform ``custom``), a CustomInstance in the version folder's ``model.py``
-BUILTIN_PLUGINS: tuple[str, ...] = ("naiad.python_backend",)
+BUILTIN_PLUGINS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +90,6 @@ _INSTALL_HINTS = {
     "tensorrt": " (pip install naiad-backend-tensorrt)",
     "tensorrt_plan": " (pip install naiad-backend-tensorrt)",
     "caffe2_netdef": " (pip install naiad-backend-caffe2)",
-    "image_preprocess": " (pip install naiad-custom-example)",
 }
 
 

@@ -251,11 +251,13 @@ def routes() -> list[web.RouteDef]:
         web.post(_CUDA + "/region/{region}/register", extensions.cuda_shm_register),
         web.post(_CUDA + "/unregister", extensions.cuda_shm_unregister),
         web.post(_CUDA + "/region/{region}/unregister", extensions.cuda_shm_unregister),
-        # trace settings (stored, not acted on)
+        # trace settings (stored, not acted on) and logging settings
         web.get("/v2/trace/setting", extensions.trace_setting),
         web.post("/v2/trace/setting", extensions.trace_setting),
         web.get(_M + "/trace/setting", extensions.trace_setting),
         web.post(_M + "/trace/setting", extensions.trace_setting),
+        web.get("/v2/logging", extensions.log_setting),
+        web.post("/v2/logging", extensions.log_setting),
         # the legacy TRTIS v1 API: NV-Status on every answer, bare 400 for unknown /api paths
         web.route("*", "/api/health/{mode}", legacy.health),
         web.route("*", "/api/status", legacy.status),

@@ -1,8 +1,8 @@
-"""Handlers of Triton's HTTP extensions beyond inference: shared memory and trace.
+"""Handlers of Triton's HTTP extensions beyond inference: shared memory, trace and logging.
 
 Each parses the request, calls the data plane's transport-free object (the
-:class:`~naiad.shm.SharedMemoryManager`, the :class:`~naiad.trace.TraceSettings`) and
-serialises; the route table lives in :mod:`naiad.http.app`.
+:class:`~naiad.shm.SharedMemoryManager`, the :class:`~naiad.trace.TraceSettings`, the
+:mod:`naiad.logs` settings) and serialises; the route table lives in :mod:`naiad.http.app`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import logs
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, Unsupported
 from .common import DATAPLANE, error_response, json_body, json_response
@@ -111,3 +112,13 @@ async def trace_setting(request: web.Request) -> web.Response:
         body = await json_body(request)
         return json_response(dp.trace.update(body, model))
     return json_response(dp.trace.get(model))
+
+
+# ---- logging settings ---------------------------------------------------------------------------
+
+
+async def log_setting(request: web.Request) -> web.Response:
+    if request.method == "POST":
+        body = await json_body(request)
+        return json_response(logs.update_settings(body))
+    return json_response(logs.get_settings())

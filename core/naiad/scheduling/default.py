@@ -40,10 +40,7 @@ class DefaultScheduler(Scheduler):
         stats.pending += 1
         self._done.clear()
         try:
-            try:
-                instance = await self._idle.get()
-            finally:
-                stats.pending -= 1  # Triton's pending count: requests not yet executing
+            instance = await self._idle.get()
             try:
                 result = await instance.executor.run(instance.run, [request])
             finally:
@@ -72,6 +69,7 @@ class DefaultScheduler(Scheduler):
             raise
         finally:
             self._inflight -= 1
+            stats.pending -= 1
             if self._inflight == 0:
                 self._done.set()
 

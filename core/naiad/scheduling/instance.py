@@ -41,15 +41,8 @@ class Instance:
         self.executor = Worker(f"naiad-{self.name}")
         self._custom = isinstance(backend, CustomInstance)
 
-    def run(
-        self, requests: Sequence[InferRequest], extra_outputs: Sequence[str] = ()
-    ) -> BatchResult:
-        """Execute ``requests`` as one batch. Runs on the instance thread.
-
-        ``extra_outputs`` are model outputs outside the signature that every execution must
-        produce (implicit state); they come back in each response's outputs, unconverted, for
-        the scheduler to take out.
-        """
+    def run(self, requests: Sequence[InferRequest]) -> BatchResult:
+        """Execute ``requests`` as one batch. Runs on the instance thread."""
         start = time.monotonic_ns()
         if self._custom:
             try:
@@ -59,7 +52,7 @@ class Instance:
             end = time.monotonic_ns()
             return BatchResult(list(responses), start, 0, end - start, 0)
         try:
-            inputs, wanted = self._gather(requests, extra_outputs)
+            inputs, wanted = self._gather(requests)
             t_input = time.monotonic_ns()
             produced = self.backend.execute(inputs, wanted)
             t_infer = time.monotonic_ns()
@@ -78,9 +71,7 @@ class Instance:
         end = time.monotonic_ns()
         return BatchResult(responses, start, t_input - start, t_infer - t_input, end - t_infer)
 
-    def _gather(
-        self, requests: Sequence[InferRequest], extra_outputs: Sequence[str] = ()
-    ) -> tuple[dict[str, np.ndarray], list[str]]:
+    def _gather(self, requests: Sequence[InferRequest]) -> tuple[dict[str, np.ndarray], list[str]]:
         sig = self.signature
         batching = sig.max_batch_size > 0
         if len(requests) == 1:
@@ -102,7 +93,6 @@ class Instance:
             for n in names:
                 if n not in wanted:
                     wanted.append(n)
-        wanted.extend(n for n in extra_outputs if n not in wanted)
         return inputs, wanted
 
     def _scatter(
@@ -116,11 +106,8 @@ class Instance:
                 raise InternalError(
                     f"model '{sig.model_name}' did not produce requested output '{name}'"
                 )
-            spec = sig.outputs.get(name)
+            spec = sig.outputs[name]
             array = np.asarray(produced[name])
-            if spec is None:  # an extra output (implicit state): the scheduler takes it
-                outputs[name] = array
-                continue
             dtype = spec.numpy_dtype
             if array.dtype != dtype:
                 if spec.datatype == "BYTES":
