@@ -12,6 +12,7 @@ from ..backend import CustomInstance, InferenceBackend
 from ..errors import InternalError, NaiadError
 from ..inference import InferRequest, InferResponse
 from ..signature import Signature
+from .custom_outputs import check_custom_outputs
 from .worker import Worker
 
 
@@ -41,37 +42,74 @@ class Instance:
         self.executor = Worker(f"naiad-{self.name}")
         self._custom = isinstance(backend, CustomInstance)
 
-    def run(self, requests: Sequence[InferRequest]) -> BatchResult:
-        """Execute ``requests`` as one batch. Runs on the instance thread."""
+    def run(
+        self, requests: Sequence[InferRequest], extra_outputs: Sequence[str] = ()
+    ) -> BatchResult:
+        """Execute ``requests`` as one batch. Runs on the instance thread.
+
+        ``extra_outputs`` are model outputs outside the signature that every execution must
+        produce (implicit state); they come back in each response's outputs, unconverted, for
+        the scheduler to take out.
+        """
         start = time.monotonic_ns()
         if self._custom:
-            try:
-                responses = self.backend.execute_requests(requests)  # type: ignore[attr-defined]
-            except Exception as exc:
-                responses = [exc] * len(requests)
-            end = time.monotonic_ns()
-            return BatchResult(list(responses), start, 0, end - start, 0)
+            return self._run_custom(requests, start, extra_outputs)
         try:
-            inputs, wanted = self._gather(requests)
+            inputs, wanted = self._gather(requests, extra_outputs)
             t_input = time.monotonic_ns()
             produced = self.backend.execute(inputs, wanted)
             t_infer = time.monotonic_ns()
             responses = self._scatter(requests, produced, wanted)
         except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, NaiadError)
-                else InternalError(
-                    f"{type(exc).__name__} in model '{self.signature.model_name}' instance "
-                    f"'{self.name}': {exc}"
-                )
-            )
+            error = self._as_error(exc)
             now = time.monotonic_ns()
             return BatchResult([error] * len(requests), start, 0, now - start, 0)
         end = time.monotonic_ns()
         return BatchResult(responses, start, t_input - start, t_infer - t_input, end - t_infer)
 
-    def _gather(self, requests: Sequence[InferRequest]) -> tuple[dict[str, np.ndarray], list[str]]:
+    def _run_custom(
+        self, requests: Sequence[InferRequest], start: int, extra_outputs: Sequence[str] = ()
+    ) -> BatchResult:
+        """A :class:`CustomInstance` sees the requests themselves; its outputs are checked
+        (``extra_outputs`` pass through unconverted, as in :meth:`run`)."""
+        try:
+            responses = list(self.backend.execute_requests(requests))  # type: ignore[attr-defined]
+            if len(responses) != len(requests):
+                raise InternalError(
+                    f"custom backend of model '{self.signature.model_name}' returned "
+                    f"{len(responses)} responses for {len(requests)} requests"
+                )
+        except Exception as exc:
+            responses = [exc] * len(requests)
+        t_infer = time.monotonic_ns()
+        checked: list[InferResponse | Exception] = []
+        for request, response in zip(requests, responses, strict=True):
+            if isinstance(response, Exception):
+                checked.append(self._as_error(response))
+                continue
+            try:
+                response.outputs = check_custom_outputs(
+                    self.signature, request, response.outputs, extra_outputs
+                )
+            except NaiadError as exc:
+                checked.append(exc)
+                continue
+            checked.append(response)
+        end = time.monotonic_ns()
+        return BatchResult(checked, start, 0, t_infer - start, end - t_infer)
+
+    def _as_error(self, exc: Exception) -> NaiadError:
+        """A backend's exception as a NaiadError that names the model and the instance."""
+        if isinstance(exc, NaiadError):
+            return exc
+        return InternalError(
+            f"{type(exc).__name__} in model '{self.signature.model_name}' instance "
+            f"'{self.name}': {exc}"
+        )
+
+    def _gather(
+        self, requests: Sequence[InferRequest], extra_outputs: Sequence[str] = ()
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
         sig = self.signature
         batching = sig.max_batch_size > 0
         if len(requests) == 1:
@@ -93,6 +131,7 @@ class Instance:
             for n in names:
                 if n not in wanted:
                     wanted.append(n)
+        wanted.extend(n for n in extra_outputs if n not in wanted)
         return inputs, wanted
 
     def _scatter(
@@ -106,8 +145,11 @@ class Instance:
                 raise InternalError(
                     f"model '{sig.model_name}' did not produce requested output '{name}'"
                 )
-            spec = sig.outputs[name]
+            spec = sig.outputs.get(name)
             array = np.asarray(produced[name])
+            if spec is None:  # an extra output (implicit state): the scheduler takes it
+                outputs[name] = array
+                continue
             dtype = spec.numpy_dtype
             if array.dtype != dtype:
                 if spec.datatype == "BYTES":
