@@ -10,7 +10,20 @@
                      -> output [16]; weights from numpy.random.default_rng(0), the same
                      arithmetic as the anchors' mlp.onnx (shared/anchors/models/make_mlp.py)
 
-All four batch (max_batch_size 8, variable first dimension in the ONNX graph) and use platform
+Stateful models (sequence batcher; START/READY/END/CORRID are control inputs the server feeds):
+
+    simple_sequence           Triton's: INT32 INPUT [1] -> OUTPUT = READY * (INPUT + START);
+                              Direct strategy, no CORRID (uint64 and string ids)
+    simple_dyna_sequence      Triton's: OUTPUT = READY * (INPUT + START + END * CORRID);
+                              Oldest strategy, CORRID TYPE_UINT64, 2 instances
+    simple_string_dyna_sequence
+                              Triton QA's dyna_sequence accumulator with a TYPE_STRING CORRID:
+                              acc = INPUT on START else acc + INPUT; OUTPUT = acc, plus the id
+                              parsed as an integer on END. The accumulator is implicit state.
+    simple_sequence_implicit  the seed's simple_sequence accumulator (acc = INPUT on START, else
+                              acc + INPUT; READY 0 leaves it) as implicit state; Direct
+
+All batch (max_batch_size 8, variable first dimension in the ONNX graph) and use platform
 onnxruntime_onnx. Opset 13, IR version 8, so any onnxruntime >= 1.10 loads them; the files are
 byte-identical on every run.
 
@@ -18,7 +31,7 @@ Usage:
     python examples/make_models.py [DIR]      # default DIR: examples/model_repository
 
 Needs numpy and onnx; when onnxruntime is importable each model is also run once and checked.
-Only the four model folders are replaced; anything else in DIR is left alone. Import this file
+Only the example model folders are replaced; anything else in DIR is left alone. Import this file
 by path to reuse the builders (write_simple(repo), ..., write_all(repo)).
 """
 
@@ -152,6 +165,123 @@ def build_mlp():
                   [_io("output", TensorProto.FLOAT, [DIM])], "mlp", weights)
 
 
+# ---------------------------------------------------------------------------- sequence models
+
+def _seq_io(name: str, elem_type: int, batching: bool = True) -> object:
+    from onnx import helper
+
+    if not batching:  # max_batch_size 0: each tensor is [1]
+        return helper.make_tensor_value_info(name, elem_type, [1])
+    return _io(name, elem_type, [1])
+
+
+def _flag(name: str, out: str) -> object:
+    """An INT32 0/1 control as BOOL."""
+    from onnx import TensorProto, helper
+
+    return helper.make_node("Cast", [name], [out], to=TensorProto.BOOL, name=f"{out}_cast")
+
+
+def build_simple_sequence():
+    """OUTPUT = READY * (INPUT + START): Triton's stateless simple_sequence."""
+    from onnx import TensorProto, helper
+
+    i32 = TensorProto.INT32
+    nodes = [helper.make_node("Add", ["INPUT", "START"], ["sum"], name="add_start"),
+             helper.make_node("Mul", ["READY", "sum"], ["OUTPUT"], name="mask_ready")]
+    return _model(nodes, [_seq_io(n, i32) for n in ("INPUT", "START", "READY")],
+                  [_seq_io("OUTPUT", i32)], "simple_sequence")
+
+
+def build_simple_dyna_sequence():
+    """OUTPUT = READY * (INPUT + START + END * CORRID), CORRID UINT64 (low 32 bits used)."""
+    from onnx import TensorProto, helper
+
+    i32 = TensorProto.INT32
+    nodes = [
+        helper.make_node("Cast", ["CORRID"], ["corrid"], to=i32, name="corrid_int32"),
+        helper.make_node("Mul", ["END", "corrid"], ["end_corrid"], name="end_corrid"),
+        helper.make_node("Add", ["INPUT", "START"], ["sum0"], name="add_start"),
+        helper.make_node("Add", ["sum0", "end_corrid"], ["sum"], name="add_corrid"),
+        helper.make_node("Mul", ["READY", "sum"], ["OUTPUT"], name="mask_ready"),
+    ]
+    inputs = [_seq_io(n, i32) for n in ("INPUT", "START", "END", "READY")]
+    inputs.append(_seq_io("CORRID", TensorProto.UINT64))
+    return _model(nodes, inputs, [_seq_io("OUTPUT", i32)], "simple_dyna_sequence")
+
+
+def build_sequence_accumulator(corrid_type: int | None = None, batching: bool = True):
+    """An INT32 accumulator kept as implicit state (INPUT_STATE in, OUTPUT_STATE out).
+
+    READY 1, START 1: acc = INPUT; READY 1, START 0: acc += INPUT; READY 0: unchanged.
+    OUTPUT = acc; with ``corrid_type`` (ONNX element type of CORRID; STRING ids are parsed as
+    integers) the model also takes END, and OUTPUT = acc + CORRID on the END request.
+    ``batching=False`` gives tensors without a batch dimension (for max_batch_size 0).
+    """
+    from onnx import TensorProto, helper
+
+    i32 = TensorProto.INT32
+    nodes = [
+        _flag("START", "start"), _flag("READY", "ready"),
+        helper.make_node("Mul", ["INPUT_STATE", "zero"], ["zeros"], name="zeros"),
+        helper.make_node("Where", ["start", "zeros", "INPUT_STATE"], ["base"], name="reset"),
+        helper.make_node("Add", ["base", "INPUT"], ["summed"], name="accumulate"),
+        helper.make_node("Where", ["ready", "summed", "INPUT_STATE"], ["OUTPUT_STATE"],
+                         name="keep_when_not_ready"),
+    ]
+    zero = helper.make_tensor("zero", i32, [], [0])
+    inputs = [_seq_io(n, i32, batching) for n in ("INPUT", "START", "READY", "INPUT_STATE")]
+    if corrid_type is None:
+        nodes.append(helper.make_node("Identity", ["OUTPUT_STATE"], ["OUTPUT"], name="output"))
+    else:
+        inputs += [_seq_io("END", i32, batching), _seq_io("CORRID", corrid_type, batching)]
+        nodes += [
+            helper.make_node("Cast", ["CORRID"], ["corrid"], to=i32, name="corrid_int32"),
+            helper.make_node("Mul", ["END", "corrid"], ["end_corrid"], name="end_corrid"),
+            helper.make_node("Add", ["OUTPUT_STATE", "end_corrid"], ["OUTPUT"], name="output"),
+        ]
+    outputs = [_seq_io("OUTPUT", i32, batching), _seq_io("OUTPUT_STATE", i32, batching)]
+    return _model(nodes, inputs, outputs, "sequence_accumulator", [zero])
+
+
+def _control(name: str, kind: str) -> str:
+    value = ("data_type: TYPE_UINT64" if kind == "CORRID" else "int32_false_true: [ 0, 1 ]")
+    return (f'    {{\n      name: "{name}"\n      control [\n        {{\n'
+            f"          kind: CONTROL_SEQUENCE_{kind}\n          {value}\n        }}\n"
+            "      ]\n    }")
+
+
+def sequence_config(name: str, controls: list[str], *, strategy: str = "",
+                    corrid_type: str = "TYPE_UINT64", implicit_state: bool = False,
+                    idle_us: int = 0, instances: int = 0, extra: str = "") -> str:
+    """A Triton-style config of the INT32 INPUT/OUTPUT [1] sequence models above.
+
+    ``controls``: control names among START, END, READY, CORRID (the tensor names equal the
+    kinds); ``strategy``: "" (Direct, Triton's default), or an ``oldest { ... }`` / ``direct
+    { ... }`` block; ``implicit_state``: add the INPUT_STATE/OUTPUT_STATE ``state`` entry;
+    ``instances``: the CPU instance count (0: left to the backend's default, as Triton's
+    simple_sequence does); ``extra``: config text put before ``instance_group``.
+    """
+    blocks = [f"  max_sequence_idle_microseconds: {idle_us}"] if idle_us else []
+    if strategy:
+        blocks.append(f"  {strategy}")
+    body = ",\n".join(_control(c, c) for c in controls).replace("TYPE_UINT64", corrid_type)
+    blocks.append(f"  control_input [\n{body}\n  ]")
+    if implicit_state:
+        blocks.append(
+            "  state [\n    {\n      input_name: \"INPUT_STATE\"\n"
+            "      output_name: \"OUTPUT_STATE\"\n      data_type: TYPE_INT32\n"
+            "      dims: [ 1 ]\n      initial_state: {\n        data_type: TYPE_INT32\n"
+            "        dims: [ 1 ]\n        zero_data: true\n        name: \"zero\"\n"
+            "      }\n    }\n  ]")
+    return (_config(name, [("INPUT", "TYPE_INT32", [1])], [("OUTPUT", "TYPE_INT32", [1])])
+            .replace("input [", "sequence_batching {\n" + "\n".join(blocks) + "\n}\ninput [", 1)
+            + extra
+            + "instance_group [\n  {\n"
+            + (f"    count: {instances}\n" if instances else "")
+            + "    kind: KIND_CPU\n  }\n]\n")
+
+
 # ---------------------------------------------------------------------------- repository
 
 def write_simple(repo: Path) -> Path:
@@ -176,11 +306,48 @@ def write_mlp(repo: Path) -> Path:
         "mlp", [("input", "TYPE_FP32", [DIM])], [("output", "TYPE_FP32", [DIM])]))
 
 
+def write_model(repo: Path, name: str, model, config: str) -> Path:
+    """Write any ONNX ``model`` with its ``config`` text as ``repo/name`` (tests build variants
+    of the models above this way)."""
+    return _write(repo, name, model, config)
+
+
+def write_simple_sequence(repo: Path, name: str = "simple_sequence") -> Path:
+    return _write(repo, name, build_simple_sequence(),
+                  sequence_config(name, ["START", "READY"]))
+
+
+def write_simple_dyna_sequence(repo: Path, name: str = "simple_dyna_sequence") -> Path:
+    # Triton's parameter execute_delay_ms (its custom backend sleeps) means nothing to ONNX
+    return _write(repo, name, build_simple_dyna_sequence(), sequence_config(
+        name, ["START", "END", "READY", "CORRID"], idle_us=10_000_000, instances=2,
+        strategy="oldest {\n    max_candidate_sequences: 1024\n"
+                 "    max_queue_delay_microseconds: 10000\n  }"))
+
+
+def write_simple_string_dyna_sequence(repo: Path,
+                                      name: str = "simple_string_dyna_sequence") -> Path:
+    from onnx import TensorProto
+
+    return _write(repo, name, build_sequence_accumulator(TensorProto.STRING), sequence_config(
+        name, ["START", "END", "READY", "CORRID"], corrid_type="TYPE_STRING",
+        implicit_state=True, idle_us=10_000_000, instances=2,
+        strategy="oldest {\n    max_candidate_sequences: 1024\n"
+                 "    max_queue_delay_microseconds: 10000\n  }"))
+
+
+def write_simple_sequence_implicit(repo: Path, name: str = "simple_sequence_implicit") -> Path:
+    return _write(repo, name, build_sequence_accumulator(), sequence_config(
+        name, ["START", "READY"], implicit_state=True))
+
+
 def write_all(repo: Path) -> list[Path]:
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
     return [write(repo) for write in (write_simple, write_simple_string, write_simple_identity,
-                                      write_mlp)]
+                                      write_mlp, write_simple_sequence, write_simple_dyna_sequence,
+                                      write_simple_string_dyna_sequence,
+                                      write_simple_sequence_implicit)]
 
 
 def self_check(repo: Path) -> None:
@@ -202,6 +369,23 @@ def self_check(repo: Path) -> None:
     assert (run("simple_identity", {"INPUT0": words})[0] == words).all(), "simple_identity"
     x = np.random.default_rng(1).standard_normal((3, DIM)).astype(np.float32)
     assert np.allclose(run("mlp", {"input": x})[0], mlp_numpy(x), atol=1e-5), "mlp"
+    col = lambda *v: np.array(v, dtype=np.int32).reshape(-1, 1)  # noqa: E731
+    x, start, ready, end = col(5, 7, 9), col(1, 0, 0), col(1, 1, 0), col(0, 1, 0)
+    out = run("simple_sequence", {"INPUT": x, "START": start, "READY": ready})[0]
+    assert (out == col(6, 7, 0)).all(), "simple_sequence"
+    ids = np.array([[3], [1000], [4]], dtype=np.uint64)
+    out = run("simple_dyna_sequence", {"INPUT": x, "START": start, "READY": ready, "END": end,
+                                       "CORRID": ids})[0]
+    assert (out == col(6, 1007, 0)).all(), "simple_dyna_sequence"
+    state = col(100, 20, 3)
+    out, acc = run("simple_sequence_implicit", {"INPUT": x, "START": start, "READY": ready,
+                                                "INPUT_STATE": state})
+    assert (acc == col(5, 27, 3)).all() and (out == acc).all(), "simple_sequence_implicit"
+    sids = np.array([["3"], ["1002"], ["4"]], dtype=object)
+    out, acc = run("simple_string_dyna_sequence", {
+        "INPUT": x, "START": start, "READY": ready, "END": end, "CORRID": sids,
+        "INPUT_STATE": state})
+    assert (acc == col(5, 27, 3)).all() and (out == col(5, 1029, 3)).all(), "string dyna"
 
 
 def main(argv: list[str]) -> None:

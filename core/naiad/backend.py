@@ -119,22 +119,86 @@ class InferenceBackend:
 
 
 class CustomInstance(InferenceBackend):
-    """One instance of a custom backend, which sees whole requests rather than a batched tensor.
+    """One instance of a custom backend: your own Python code as a model, seeing whole requests.
 
-    Override :meth:`execute_requests`. Each request's tensors keep their own shapes, so a custom
-    step can take variable-size inputs (an image per request, say) and produce outputs of any
-    shape; the scheduler still groups requests into one call when a batcher is configured.
-    The model config's ``parameters`` are in ``self.parameters``.
+    Where :class:`InferenceBackend` gets one batched tensor per input, a custom instance gets the
+    *requests* the scheduler grouped together, each with its own tensors and shapes. That suits
+    steps that work item by item (decode an image, tokenize a string), take variable-size inputs,
+    or call another library per request. It is the Python counterpart of TRTIS's ``CustomInstance``
+    (``Create`` / ``Execute`` / destructor) and of the ``initialize`` / ``execute`` / ``finalize``
+    of Triton's Python backend.
+
+    Override, all optional but one of the two ``execute`` methods:
+
+    - :meth:`initialize`: check ``self.config`` and read ``self.parameters`` (the config's
+      ``parameters``); acquire resources. Raise :class:`naiad.ModelLoadError` with a message that
+      names what is wrong, and the model becomes UNAVAILABLE with that reason.
+    - :meth:`execute`: one request's inputs -> its outputs. The default
+      :meth:`execute_requests` calls it once per request, and one request's failure never
+      fails the others of its group.
+    - :meth:`execute_requests`: the whole group at once, when batching pays off (stack the
+      requests' tensors, run once, split the results).
+    - :meth:`finalize`: release what :meth:`initialize` acquired.
+
+    Every method runs on the instance's own worker thread, never on the event loop, so blocking
+    work (decoding, file reads, a framework call) is fine, and an instance never sees two calls at
+    once. Each instance is a separate object (``instance_group`` count), so instance state needs no
+    locks. An input of a request has the request's full shape: with ``max_batch_size > 0`` its
+    first dimension is that request's batch size. Return outputs with the same leading batch
+    dimension; naiad converts them to the config's data types, checks their shapes against the
+    config, and answers with an error naming the model and the output when they do not fit.
+
+    Select a custom backend in ``config.pbtxt`` with ``backend: "<name>"`` (the class's
+    ``name``), or ``platform: "custom"`` / ``backend: "python"`` for a ``model.py`` in the version
+    folder (see ``docs/writing-a-backend.md``).
     """
 
     @property
     def parameters(self) -> dict[str, str]:
+        """The config's ``parameters``, as ``key -> string_value``."""
         return {key: value.string_value for key, value in self.config.parameters.items()}
+
+    def initialize(self) -> None:
+        """Set the instance up from ``self.config`` and ``self.parameters`` (TRTIS: ``Create``).
+
+        Called once, on the instance's thread, before any request.
+        """
+
+    def finalize(self) -> None:
+        """Release what :meth:`initialize` acquired (TRTIS: the destructor). Called once."""
+
+    def load(self) -> None:
+        """Calls :meth:`initialize`; custom backends override that instead."""
+        self.initialize()
+
+    def unload(self) -> None:
+        """Calls :meth:`finalize`; custom backends override that instead."""
+        self.finalize()
+
+    def execute(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> Mapping[str, np.ndarray]:
+        """Run one request.
+
+        :param inputs: input name -> array with the request's own shape (batch dimension first
+            when ``max_batch_size > 0``). BYTES tensors are numpy object arrays of ``bytes``.
+        :param outputs: the output names this request wants.
+        :return: output name -> array. Outputs not asked for are dropped; a missing one is an
+            error. Raise :class:`naiad.InvalidArgument` for a bad request (HTTP 400); any other
+            exception becomes an internal error (HTTP 500) naming the model.
+        """
+        raise NotImplementedError(
+            f"custom backend {type(self).__name__} implements neither execute() nor "
+            "execute_requests()"
+        )
 
     def execute_requests(self, requests: Sequence[InferRequest]) -> list[InferResponse | Exception]:
         """Run a group of requests; return one response (or exception) per request, in order.
 
-        The default calls :meth:`execute` once per request, which is all most custom steps need.
+        The group has one request unless the model has ``dynamic_batching`` and several requests
+        were waiting (TRTIS's payloads of one ``Execute`` call). The default calls
+        :meth:`execute` once per request, which is all most custom steps need. Return an
+        exception in a request's place to fail that request alone; raising fails the group.
         """
         from .inference import InferResponse
 

@@ -20,11 +20,13 @@ from .config import (
     ConfigError,
     ModelConfig,
     fill_platform_backend,
+    is_ensemble,
     normalize_model_config,
     parse_model_config,
     select_versions,
     validate_model_config,
 )
+from .ensemble_loader import EnsembleLinker
 from .errors import (
     InternalError,
     InvalidArgument,
@@ -41,6 +43,7 @@ from .overrides import (
 )
 from .plugins import BackendRegistry
 from .scheduling import Instance, Scheduler, build_scheduler
+from .scheduling.ensemble import EnsembleScheduler
 from .signature import Signature
 from .stats import ModelStats
 
@@ -109,6 +112,8 @@ class ModelManager:
         #: POLL mode: model name -> fingerprint of its folder at the last scan
         self._fingerprints: dict[str, str] = {}
         self._load_slots = asyncio.Semaphore(max(load_thread_count, 1))
+        #: ensembles: composing models loaded first, then checked against
+        self._ensembles = EnsembleLinker(self)
 
     # ---- queries (loop thread, no awaits) ----------------------------------------------------
 
@@ -226,6 +231,8 @@ class ModelManager:
                     plan = await asyncio.to_thread(
                         self._prepare, name, config_override, source_path
                     )
+                if is_ensemble(plan.config):
+                    await self._ensembles.link(name, plan.config, plan.versions)
             except NaiadError as exc:
                 self._loading.discard(name)
                 if source_path is not None:
@@ -356,6 +363,8 @@ class ModelManager:
         if not available:
             raise ModelLoadError(f"at least one version must be available under {source.path}")
         fill_platform_backend(config, source.path / str(available[-1]))
+        if is_ensemble(config):
+            return self._prepare_ensemble(config, source, available)
         backend_cls = self.backends.find(config.platform, config.backend)
         normalize_model_config(
             config,
@@ -391,6 +400,36 @@ class ModelManager:
                     inst.unload()
             raise
         return _Plan(config, versions)
+
+    def _prepare_ensemble(
+        self, config: ModelConfig, source: repository.ModelSource, available: list[int]
+    ) -> _Plan:
+        """An ensemble: no backend and no instances, an :class:`EnsembleScheduler` per version.
+        The checks against the composing models follow on the loop (:class:`EnsembleLinker`)."""
+        normalize_model_config(config, model_name=source.name, gpu_count=self.gpu_count)
+        selected = select_versions(config.version_policy, available)
+        if not selected:
+            raise ModelLoadError(f"no version is available for model '{source.name}'")
+        validate_model_config(config)
+        signature = Signature.from_config(config)
+        versions = {v: self._build_ensemble_version(config, source, v, signature) for v in selected}
+        return _Plan(config, versions)
+
+    def _build_ensemble_version(
+        self,
+        config: ModelConfig,
+        source: repository.ModelSource,
+        version: int,
+        signature: Signature,
+    ) -> ModelVersion:
+        mv = ModelVersion(source.name, version, ModelState.READY, "", config, signature)
+        mv.labels = {
+            out.name: repository.read_labels(source.path, out.label_filename)
+            for out in config.output
+            if out.label_filename
+        }
+        mv.scheduler = EnsembleScheduler(config, self, mv.stats, signature)
+        return mv
 
     def _read_config(
         self, source: repository.ModelSource, override: ModelConfig | None

@@ -24,7 +24,9 @@ from .errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "naiad.backends"
-BUILTIN_PLUGINS: tuple[str, ...] = ()
+#: naiad's own plugins, registered first through the same hook a third party uses:
+#: ``python`` (and platform ``custom``), a CustomInstance in the version folder's ``model.py``
+BUILTIN_PLUGINS: tuple[str, ...] = ("naiad.python_backend",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ _INSTALL_HINTS = {
     "tensorrt": " (pip install naiad-backend-tensorrt)",
     "tensorrt_plan": " (pip install naiad-backend-tensorrt)",
     "caffe2_netdef": " (pip install naiad-backend-caffe2)",
+    "image_preprocess": " (pip install naiad-custom-example)",
 }
 
 

@@ -9,5 +9,13 @@ from .default import DefaultScheduler
 from .dynamic import DynamicBatcher
 from .factory import build_scheduler
 from .instance import Instance
+from .sequence import SequenceBatcher
 
-__all__ = ["DefaultScheduler", "DynamicBatcher", "Instance", "Scheduler", "build_scheduler"]
+__all__ = [
+    "DefaultScheduler",
+    "DynamicBatcher",
+    "Instance",
+    "Scheduler",
+    "SequenceBatcher",
+    "build_scheduler",
+]

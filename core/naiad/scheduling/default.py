@@ -40,7 +40,10 @@ class DefaultScheduler(Scheduler):
         stats.pending += 1
         self._done.clear()
         try:
-            instance = await self._idle.get()
+            try:
+                instance = await self._idle.get()
+            finally:
+                stats.pending -= 1  # Triton's pending count: requests not yet executing
             try:
                 result = await instance.executor.run(instance.run, [request])
             finally:
@@ -69,7 +72,6 @@ class DefaultScheduler(Scheduler):
             raise
         finally:
             self._inflight -= 1
-            stats.pending -= 1
             if self._inflight == 0:
                 self._done.set()
 

@@ -303,6 +303,8 @@ class DynamicBatcher(Scheduler):
             except ValueError:
                 level.delayed.remove(e)
             self._queued -= 1
+        # Triton's pending count covers requests not yet executing
+        self._stats.pending -= len(batch)
         requests = [e.request for e in batch]
         loop = asyncio.get_running_loop()
 
@@ -360,6 +362,7 @@ class DynamicBatcher(Scheduler):
 
     def _fail_queued(self, e: _Entry, error: NaiadError) -> None:
         self._queued -= 1
+        self._stats.pending -= 1
         self._stats.record_failure(time.monotonic_ns() - e.arrived, "REJECTED")
         e.result = error
         if self._preserve_ordering:
@@ -371,6 +374,7 @@ class DynamicBatcher(Scheduler):
     def _forget(self, e: _Entry) -> None:
         """A cancelled entry leaves the queue without being run."""
         self._queued -= 1
+        self._stats.pending -= 1
         e.result = asyncio.CancelledError()
         if self._preserve_ordering:
             while self._release and self._release[0].result is not None:
@@ -380,7 +384,6 @@ class DynamicBatcher(Scheduler):
 
     def _done_one(self) -> None:
         self._inflight -= 1
-        self._stats.pending -= 1
         if self._inflight == 0:
             self._drained.set()
 
