@@ -79,7 +79,20 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="with explicit control, a model to load at start ('*' = all; repeatable)",
     )
-    p.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS")
+    p.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="with --model-control-mode=poll, seconds between repository scans (default 15)",
+    )
+    p.add_argument(
+        "--model-load-thread-count",
+        type=int,
+        default=4,
+        metavar="N",
+        help="models loaded in parallel (default 4)",
+    )
     _flag(p, "--strict-model-config", False, "require a complete config.pbtxt (no auto-complete)")
     p.add_argument(
         "--disable-auto-complete-config",
@@ -196,6 +209,8 @@ def serve_config(args: argparse.Namespace):
         server_id=args.server_id,
         plugins=list(args.plugin),
         metrics=metrics_config(args),
+        repository_poll_secs=args.repository_poll_secs,
+        model_load_thread_count=args.model_load_thread_count,
     )
 
 

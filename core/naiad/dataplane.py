@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .config import model_config_from_json, model_config_to_json
-from .errors import InvalidArgument, NaiadError, NotFound, Unavailable, Unsupported
+from .errors import InvalidArgument, NaiadError, NotFound, Unavailable
 from .inference import InferRequest, InferResponse
 from .models import ModelManager, ModelState, ModelVersion
 from .shm import SharedMemoryManager
@@ -242,17 +242,15 @@ class DataPlane:
     ) -> None:
         """Load (or reload) ``name``; ``config_json`` overrides its config.pbtxt."""
         self._check_explicit()
-        if files:
-            raise Unsupported("file overrides in the load request are not supported yet")
         try:
             override = model_config_from_json(config_json) if config_json is not None else None
-            await self.models.load(name, override)
+            await self.models.load(name, override, files=files)
         except NaiadError as exc:
             raise _load_failed(name, exc) from exc
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._check_explicit()
-        await self.models.unload(name)
+        await self.models.unload(name, unload_dependents=unload_dependents)
 
 
 def _load_failed(name: str, exc: NaiadError) -> NaiadError:

@@ -39,6 +39,8 @@ class ServerConfig:
     max_input_size: int = 64 * 1024 * 1024
     server_id: str = "triton"
     plugins: list[str] = field(default_factory=list)
+    repository_poll_secs: float = 15.0
+    model_load_thread_count: int = 4
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
@@ -53,6 +55,7 @@ class Server:
             self.backends,
             auto_complete=config.auto_complete,
             unload_timeout=config.exit_timeout,
+            load_thread_count=config.model_load_thread_count,
         )
         self.dataplane = DataPlane(
             self.models,
@@ -64,6 +67,7 @@ class Server:
             ),
         )
         self._runner: web.AppRunner | None = None
+        self._poller: asyncio.Task | None = None
         self.metrics: Metrics | None = None
         if config.metrics.allow_metrics:
             self.metrics = Metrics(self.models, config.metrics)
@@ -95,6 +99,8 @@ class Server:
         else:
             await self.models.load_all()
         self.dataplane.started = True
+        if cfg.control_mode is ControlMode.POLL and cfg.repository_poll_secs > 0:
+            self._poller = asyncio.create_task(self._poll_forever(cfg.repository_poll_secs))
         if cfg.exit_on_error and not self.models.all_ready():
             failed = [e for e in self.models.index() if e.get("state") == "UNAVAILABLE"]
             if failed:
@@ -113,6 +119,9 @@ class Server:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.exit_timeout
         self.dataplane.exiting = True
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
         if not await self.dataplane.wait_idle(deadline - loop.time()):
             log.error(
                 "Exit timeout expired. Exiting immediately. (%d inferences in flight)",
@@ -123,11 +132,20 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.models.unload_all()
-        await self._stop_metrics()
         unmapped = self.dataplane.shm.close()
         if unmapped:
             log.info("unmapped %d shared memory regions", unmapped)
+        await self._stop_metrics()
         return True
+
+    async def _poll_forever(self, interval: float) -> None:
+        """POLL mode: rescan the repositories every ``interval`` s (scans run off the loop)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.models.poll()
+            except Exception:  # a poll that fails must not stop later polls
+                log.exception("repository poll failed")
 
     async def _start_metrics(self) -> None:
         assert self.metrics is not None

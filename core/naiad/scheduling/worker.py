@@ -45,6 +45,9 @@ class Worker:
                     loop.call_soon_threadsafe(callback, result, error)
                 except RuntimeError:  # the loop closed while we ran: nobody is waiting
                     pass
+            # drop this job's references before waiting: a batch's tensors must not stay
+            # alive in an idle worker
+            item = fn = args = callback = result = error = None
 
     def call_soon(
         self,
