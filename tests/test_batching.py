@@ -34,6 +34,24 @@ def one(ms: float, batch: int = 1):
     return [inp]
 
 
+def wait_pending(srv, model: str, count: int, timeout: float = 20.0) -> bool:
+    """Wait until the metrics show at least ``count`` queued requests for ``model``."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = urlopen(srv.metrics_url, timeout=5).read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name == "nv_inference_pending_request_count":
+                for sample in family.samples:
+                    if sample.labels.get("model") == model and sample.value >= count:
+                        return True
+        time.sleep(0.02)
+    return False
+
+
 def stats(client, name):
     return client.get_inference_statistics(name)["model_stats"][0]
 
@@ -150,10 +168,10 @@ def test_queue_full_is_rejected(start):
         )
     )
     calls = Calls(srv.url)
-    calls.send("busy", "small", one(800))
-    time.sleep(0.3)  # the first request is executing; the queue is empty
+    calls.send("busy", "small", one(1500))
+    time.sleep(0.5)  # the first request is executing; the queue is empty
     calls.send("queued", "small", one(1))
-    time.sleep(0.2)
+    assert wait_pending(srv, "small", 1)
     with pytest.raises(InferenceServerException) as info:
         client.infer("small", one(1))
     assert "Exceeds maximum queue size" in info.value.message()
@@ -217,11 +235,12 @@ def test_priorities_served_in_order(start):
         )
     )
     calls = Calls(srv.url)
-    calls.send("busy", "prio", one(600))
-    time.sleep(0.2)
+    calls.send("busy", "prio", one(1500))
+    time.sleep(0.5)  # the busy request is executing: the others queue behind it
     for i in range(3):
         calls.send(f"low{i}", "prio", one(1), priority=2)
-        time.sleep(0.05)
+        # each low request is queued before the next is sent, so their order is known
+        assert wait_pending(srv, "prio", i + 1)
     calls.send("high", "prio", one(1), priority=1)
     results = calls.join()
     order = {k: int(r.as_numpy("OUTPUT1")[0, 0]) for k, r in results.items()}
