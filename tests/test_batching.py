@@ -63,6 +63,7 @@ class Calls:
         self.url = url
         self.threads: list[threading.Thread] = []
         self.results: dict[int, object] = {}
+        self.done_at: dict[object, float] = {}
 
     def send(self, key, model, inputs, **kwargs):
         def run():
@@ -72,6 +73,7 @@ class Calls:
             except InferenceServerException as exc:
                 self.results[key] = exc
             finally:
+                self.done_at[key] = time.monotonic()
                 c.close()
 
         t = threading.Thread(target=run)
@@ -274,12 +276,17 @@ def test_preserve_ordering(start):
             r, "ordered", "dynamic_batching { preserve_ordering: true }", max_batch_size=1, count=2
         )
     )
-    calls = Calls(srv.url)
-    calls.send("first", "ordered", one(500))
-    time.sleep(0.1)
-    calls.send("second", "ordered", one(1))
-    results = calls.join()
-    # the second finished executing first but was answered after the first
-    assert int(results["second"].as_numpy("OUTPUT1")[0, 0]) > int(
-        results["first"].as_numpy("OUTPUT1")[0, 0]
-    )
+    for _attempt in range(3):
+        calls = Calls(srv.url)
+        calls.send("slow", "ordered", one(800))
+        time.sleep(0.2)
+        calls.send("fast", "ordered", one(1))
+        results = calls.join()
+        slow_seq = int(results["slow"].as_numpy("OUTPUT1")[0, 0])
+        fast_seq = int(results["fast"].as_numpy("OUTPUT1")[0, 0])
+        if slow_seq < fast_seq:  # the slow request arrived first, as intended
+            break
+    else:
+        pytest.skip("the machine never delivered the slow request first")
+    # the fast one finished executing long before the slow one, but was answered after it
+    assert calls.done_at["fast"] >= calls.done_at["slow"]
