@@ -22,6 +22,7 @@ The smallest useful backend::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,23 @@ class InferenceBackend:
         """The model file named by ``default_model_filename`` in the version folder."""
         filename = self.config.default_model_filename or self.default_model_filename
         return self.version_path / filename
+
+    def cpu_share(self) -> int:
+        """This process's usable CPUs divided among this model's instances (at least 1).
+
+        A fair default for a framework's intra-op thread count: the instances of all
+        ``instance_group`` entries are counted (``count`` per GPU for ``KIND_GPU`` groups), and
+        usable CPUs respect taskset / cgroup CPU sets. Other models are not taken into account.
+        """
+        if hasattr(os, "sched_getaffinity"):
+            cpus = len(os.sched_getaffinity(0))
+        else:  # pragma: no cover - macOS, Windows
+            cpus = os.cpu_count() or 1
+        default = type(self).default_instance_count
+        instances = sum(
+            (g.count or default) * (len(g.gpus) or 1) for g in self.config.instance_group
+        )
+        return max(1, cpus // max(1, instances or default))
 
     @classmethod
     def auto_complete_config(cls, config: ModelConfig, version_path: Path) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ModelLoadError
 
 #: protocol name -> numpy dtype (BYTES -> object)
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -171,3 +173,102 @@ def byte_size(array: np.ndarray, datatype: str) -> int:
             total += 4 + len(item)
         return total
     return array.size * ITEM_SIZES[datatype]
+
+
+# ---------------------------------------------------------------------------- model signatures
+# What a framework says about a model's tensors, checked against (or filled into) the config the
+# same way by every backend that can read a signature (TensorFlow SavedModel, torch.export, ...).
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTensor:
+    """An input or output as the framework describes it."""
+
+    name: str
+    #: protocol datatype (``"FP32"``, ``"BYTES"``, ...); ``""`` when Triton has no equivalent
+    datatype: str
+    #: sizes, -1 for a variable one; None when the framework does not know the rank
+    dims: tuple[int, ...] | None
+
+    @property
+    def batchable(self) -> bool:
+        """Rank >= 1 with a variable first dimension, which a batch dimension needs."""
+        return bool(self.dims) and self.dims[0] == -1
+
+
+def config_datatype(io: Any) -> str:
+    """The ``TYPE_*`` name of a ModelInput / ModelOutput's ``data_type``."""
+    enum = io.DESCRIPTOR.fields_by_name["data_type"].enum_type
+    return enum.values_by_number[io.data_type].name
+
+
+def check_config_tensor(
+    model: str, kind: str, io: Any, tensor: ModelTensor, max_batch_size: int, framework: str
+) -> None:
+    """Raise :class:`ModelLoadError` unless the config entry ``io`` can describe ``tensor``.
+
+    ``kind`` is ``"input"`` or ``"output"``; ``framework`` names the model kind in messages.
+    Datatypes must be equal. Shapes compare ``reshape.shape`` (else ``dims``), with the batch
+    dimension prepended when ``max_batch_size > 0``, which the model must have as a variable
+    first dimension; ranks must be equal and each fixed model size must equal the config's (a
+    model's -1 matches anything). A model scalar matches ``dims: [1]`` without batching, and a
+    tensor of unknown rank matches any shape.
+    """
+    want = protocol_to_config(tensor.datatype) if tensor.datatype else "TYPE_INVALID"
+    got = config_datatype(io)
+    if got != want:
+        raise ModelLoadError(
+            f"model '{model}': {kind} '{tensor.name}' has data_type {got} in the configuration "
+            f"but the {framework} model expects {want}"
+        )
+    if tensor.dims is None:
+        return
+    model_dims = list(tensor.dims)
+    dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
+    if max_batch_size > 0 and not tensor.batchable:
+        raise ModelLoadError(
+            f"model '{model}': max_batch_size is {max_batch_size} but {kind} '{tensor.name}' has "
+            f"no variable-size first (batch) dimension in the {framework} model: shape "
+            f"{model_dims}"
+        )
+    if not model_dims and max_batch_size == 0 and dims in ([], [1]):
+        return
+    full = ([-1] if max_batch_size > 0 else []) + dims
+    if len(full) != len(model_dims) or any(
+        m not in (-1, c) for m, c in zip(model_dims, full, strict=True)
+    ):
+        raise ModelLoadError(
+            f"model '{model}': {kind} '{tensor.name}' has shape {model_dims} in the {framework} "
+            f"model but the configuration gives {full}"
+            + (" (batch dimension first)" if max_batch_size > 0 else "")
+        )
+
+
+def fill_config_tensor(io: Any, tensor: ModelTensor, max_batch_size: int) -> None:
+    """Fill ``data_type`` (when unset) and ``dims`` (when empty) of ``io`` from ``tensor``.
+
+    Dims drop the batch dimension when ``max_batch_size > 0``; a scalar (per batch item) becomes
+    ``dims: [1]`` with ``reshape { shape: [] }``. Raises :class:`ModelLoadError` for a datatype
+    Triton has no name for, or an unknown rank (such a tensor must be described in the config).
+    """
+    if config_datatype(io) == "TYPE_INVALID":
+        if not tensor.datatype:
+            raise ModelLoadError(
+                f"tensor '{tensor.name}' has a datatype naiad cannot serve; describe it in the "
+                "configuration or change the model"
+            )
+        enum = io.DESCRIPTOR.fields_by_name["data_type"].enum_type
+        io.data_type = enum.values_by_name[protocol_to_config(tensor.datatype)].number
+    if len(io.dims) or io.HasField("reshape"):
+        return
+    if tensor.dims is None:
+        raise ModelLoadError(
+            f"the rank of tensor '{tensor.name}' is unknown in the model; give its dims in the "
+            "configuration"
+        )
+    dims = list(tensor.dims[1:] if max_batch_size > 0 else tensor.dims)
+    if dims:
+        io.dims.extend(dims)
+    else:
+        io.dims.append(1)
+        io.reshape.SetInParent()
