@@ -39,7 +39,7 @@ from ..stats import ModelStats
 from .base import Scheduler
 from .instance import BatchResult, Instance
 from .sequence_inputs import SequenceInputs
-from .sequence_slots import Entry, LiveSequence, LoopTimer, Runner, Slot
+from .sequence_slots import BatchRule, Entry, LiveSequence, LoopTimer, Runner, Slot
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +64,25 @@ class SequenceBatcher(Scheduler):
         self._stats = stats
         self._sig = signature
         self._io = SequenceInputs(config, model_path)
-        self._max_batch = max(config.max_batch_size, 1)
+        max_batch = max(config.max_batch_size, 1)
         self._oldest = sb.HasField("oldest")
         if self._oldest:
-            slots = sb.oldest.max_candidate_sequences or self._max_batch
-            preferred = sorted(set(sb.oldest.preferred_batch_size)) or [self._max_batch]
-            self._preferred = frozenset(preferred)
-            self._max_preferred = max(preferred)
-            self._delay_ns = sb.oldest.max_queue_delay_microseconds * 1000
-            self._min_utilization = 0.0
+            slots = sb.oldest.max_candidate_sequences or max_batch
+            preferred = set(sb.oldest.preferred_batch_size) or {max_batch}
+            delay_us, utilization = sb.oldest.max_queue_delay_microseconds, 0.0
         else:
-            slots = self._max_batch
-            self._preferred = frozenset()
-            self._max_preferred = self._max_batch
-            self._delay_ns = sb.direct.max_queue_delay_microseconds * 1000
-            self._min_utilization = sb.direct.minimum_slot_utilization
+            slots, preferred = max_batch, set()
+            delay_us = sb.direct.max_queue_delay_microseconds
+            utilization = sb.direct.minimum_slot_utilization
+        self._rule = BatchRule(
+            max_batch,
+            frozenset(preferred),
+            max(preferred, default=max_batch),
+            delay_us * 1000,
+            utilization,
+            tuple(s.name for s in signature.inputs.values() if -1 in s.dims and not s.optional),
+            any(s.optional for s in signature.inputs.values()),
+        )
         self._idle_ns = (sb.max_sequence_idle_microseconds or 1_000_000) * 1000
         self._runners = [Runner(inst, i, slots) for i, inst in enumerate(instances)]
         #: free slots as (slot index, instance position): slot 0 of every instance first
@@ -89,10 +93,6 @@ class SequenceBatcher(Scheduler):
         #: sequences that hold a slot and may go idle
         self._held: set[LiveSequence] = set()
         self._backlog: deque[LiveSequence] = deque()
-        self._shape_checked = [
-            s.name for s in signature.inputs.values() if -1 in s.dims and not s.optional
-        ]
-        self._has_optional = any(s.optional for s in signature.inputs.values())
         self._inflight = 0
         self._closed = False
         self._drained = asyncio.Event()
@@ -257,63 +257,12 @@ class SequenceBatcher(Scheduler):
         ready = self._ready(runner)
         if not ready:
             return
-        if self._oldest:
-            picks, wait_until = self._form_oldest(ready, now)
-        else:
-            picks, wait_until = self._form_direct(ready, now)
+        rule = self._rule
+        picks, wait_until = rule.oldest(ready, now) if self._oldest else rule.direct(ready, now)
         if picks:
             self._execute(runner, picks)
         elif wait_until:
             self._wake.arm(wait_until)
-
-    def _form_direct(self, ready: list[Slot], now: int) -> tuple[list[Slot | None], int]:
-        """Batch positions 0..highest ready slot; None marks a filler position."""
-        if self._delay_ns and self._min_utilization > 0:
-            oldest = min(s.seq.queue[0].arrived for s in ready)  # type: ignore[union-attr]
-            waited = now - oldest
-            full_enough = len(ready) / self._max_batch >= self._min_utilization
-            if waited <= self._delay_ns and not full_enough:
-                return [], oldest + self._delay_ns + 1
-        first = ready[0].seq.queue[0].request  # type: ignore[union-attr]
-        picks: list[Slot | None] = [None] * (ready[-1].index + 1)
-        for slot in ready:
-            if slot is ready[0] or self._compatible(first, slot.seq.queue[0].request):  # type: ignore[union-attr]
-                picks[slot.index] = slot
-        return picks, 0
-
-    def _form_oldest(self, ready: list[Slot], now: int) -> tuple[list[Slot | None], int]:
-        """The dynamic batcher's rule over the oldest ready requests, one per sequence."""
-        ready.sort(key=lambda s: s.seq.queue[0].arrived)  # type: ignore[union-attr]
-        batch: list[Slot | None] = []
-        best = -1
-        cannot_grow = False
-        first = ready[0].seq.queue[0].request  # type: ignore[union-attr]
-        for slot in ready:
-            if len(batch) + 1 > self._max_batch:
-                cannot_grow = True
-                break
-            if batch and not self._compatible(first, slot.seq.queue[0].request):  # type: ignore[union-attr]
-                cannot_grow = True
-                break
-            batch.append(slot)
-            if len(batch) in self._preferred:
-                best = len(batch)
-        oldest = ready[0].seq.queue[0].arrived  # type: ignore[union-attr]
-        delay = self._delay_ns
-        delay_passed = delay > 0 and now - oldest >= delay
-        if best > 0 and not delay_passed:
-            return batch[:best], 0
-        if cannot_grow or len(batch) >= self._max_preferred or delay == 0 or delay_passed:
-            return batch, 0
-        return [], oldest + delay
-
-    def _compatible(self, a: InferRequest, b: InferRequest) -> bool:
-        if self._has_optional and a.inputs.keys() != b.inputs.keys():
-            return False
-        for name in self._shape_checked:
-            if a.inputs[name].shape != b.inputs[name].shape:
-                return False
-        return True
 
     # ---- execution -----------------------------------------------------------------------------
 
@@ -330,6 +279,7 @@ class SequenceBatcher(Scheduler):
             seq = slot.seq
             assert seq is not None
             entry = seq.queue.popleft()
+            self._stats.pending -= 1  # Triton's pending count: requests not yet executing
             seq.busy = True
             req = entry.request
             inputs = dict(req.inputs)
@@ -384,13 +334,14 @@ class SequenceBatcher(Scheduler):
             seq.busy = False
             seq.last_active = end
             response = result.responses[position]
+            if not isinstance(response, BaseException):
+                response = self._keep_state(seq, response)
             if isinstance(response, BaseException):
                 stats.record_failure(end - e.arrived, "BACKEND")
                 if not isinstance(response, NaiadError):
                     response = InternalError(str(response))
                 self._answer(e, response)
             else:
-                self._keep_state(seq, response)
                 stats.record_success(
                     end - e.arrived,
                     result.start_ns - e.arrived,
@@ -402,15 +353,23 @@ class SequenceBatcher(Scheduler):
                 self._answer(e, response)
             self._settle(seq)
 
-    def _keep_state(self, seq: LiveSequence, response: InferResponse) -> None:
+    def _keep_state(
+        self, seq: LiveSequence, response: InferResponse
+    ) -> InferResponse | InternalError:
         """Move the state outputs out of the response into the sequence (a copy: the batch's
-        output array may be reused by the backend)."""
+        output array may be reused by the backend); a missing one fails the request."""
         if not self._io.states:
-            return
+            return response
         outputs = response.outputs
+        missing = [s.output_name for s in self._io.states if s.output_name not in outputs]
+        if missing:
+            return InternalError(
+                f"model '{self._sig.model_name}' did not produce state output '{missing[0]}'"
+            )
         seq.state = {
             s.input_name: np.array(outputs.pop(s.output_name), copy=True) for s in self._io.states
         }
+        return response
 
     # ---- answers -------------------------------------------------------------------------------
 
@@ -424,13 +383,14 @@ class SequenceBatcher(Scheduler):
             e.future.set_result(result)
 
     def _fail(self, e: Entry, error: NaiadError, reason: str = "REJECTED") -> None:
+        """Answer a request that leaves a queue without running."""
+        self._stats.pending -= 1
         if not e.future.done():  # a cancelled one was counted when its client left
             self._stats.record_failure(time.monotonic_ns() - e.arrived, reason)
         self._answer(e, error)
 
     def _done_one(self) -> None:
         self._inflight -= 1
-        self._stats.pending -= 1
         if self._inflight == 0:
             self._drained.set()
 

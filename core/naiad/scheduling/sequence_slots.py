@@ -1,4 +1,5 @@
-"""The sequence batcher's bookkeeping: requests, slots, instances, live sequences, timers.
+"""The sequence batcher's bookkeeping (requests, slots, instances, live sequences, timers) and
+its batch formation rules.
 
 Plain objects owned by :class:`naiad.scheduling.sequence.SequenceBatcher` and touched only on
 the event loop thread.
@@ -10,6 +11,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -103,3 +105,72 @@ class LoopTimer:
             self._handle.cancel()
             self._handle = None
             self._at = 0
+
+
+def _head(slot: Slot) -> Entry:
+    assert slot.seq is not None
+    return slot.seq.queue[0]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRule:
+    """When and how ready slots become a batch (``shared/reference/scheduling.md`` §4.3-4.4).
+
+    Every method takes the slots of one instance whose sequence has a request ready, and returns
+    ``(picks, wait_until)``: the batch (None marks a filler position), or ``[]`` and the
+    monotonic ns at which to look again (0: when something changes).
+    """
+
+    max_batch: int
+    preferred: frozenset[int]
+    max_preferred: int
+    delay_ns: int
+    min_utilization: float
+    #: inputs whose shapes must match to share a batch (variable dims)
+    shape_checked: tuple[str, ...]
+    has_optional: bool
+
+    def direct(self, ready: list[Slot], now: int) -> tuple[list[Slot | None], int]:
+        """Positions 0..highest ready slot; a slot with nothing compatible ready is a filler.
+        With a delay and a minimum utilisation, wait for enough ready slots."""
+        if self.delay_ns and self.min_utilization > 0:
+            oldest = min(_head(s).arrived for s in ready)
+            full_enough = len(ready) / self.max_batch >= self.min_utilization
+            if now - oldest <= self.delay_ns and not full_enough:
+                return [], oldest + self.delay_ns + 1
+        first = _head(ready[0]).request
+        picks: list[Slot | None] = [None] * (ready[-1].index + 1)
+        for slot in ready:
+            if slot is ready[0] or self.compatible(first, _head(slot).request):
+                picks[slot.index] = slot
+        return picks, 0
+
+    def oldest(self, ready: list[Slot], now: int) -> tuple[list[Slot | None], int]:
+        """The dynamic batcher's rule over the oldest ready requests, one per sequence."""
+        ready.sort(key=lambda s: _head(s).arrived)
+        batch: list[Slot | None] = []
+        best = -1
+        cannot_grow = False
+        first = _head(ready[0]).request
+        for slot in ready:
+            if len(batch) + 1 > self.max_batch or (
+                batch and not self.compatible(first, _head(slot).request)
+            ):
+                cannot_grow = True
+                break
+            batch.append(slot)
+            if len(batch) in self.preferred:
+                best = len(batch)
+        oldest = _head(ready[0]).arrived
+        delay = self.delay_ns
+        delay_passed = delay > 0 and now - oldest >= delay
+        if best > 0 and not delay_passed:
+            return batch[:best], 0
+        if cannot_grow or len(batch) >= self.max_preferred or delay == 0 or delay_passed:
+            return batch, 0
+        return [], oldest + delay
+
+    def compatible(self, a: InferRequest, b: InferRequest) -> bool:
+        if self.has_optional and a.inputs.keys() != b.inputs.keys():
+            return False
+        return all(a.inputs[n].shape == b.inputs[n].shape for n in self.shape_checked)
