@@ -487,7 +487,12 @@ class ModelManager:
         mv = ModelVersion(source.name, version, ModelState.READY, "", config, signature)
         mv.instances = instances
         mv.labels = labels
-        mv.scheduler = build_scheduler(config, instances, mv.stats, signature)
+        try:
+            mv.scheduler = build_scheduler(config, instances, mv.stats, signature)
+        except BaseException:
+            for inst in instances:  # loaded but never served: release them
+                inst.unload()
+            raise
         return mv
 
 
