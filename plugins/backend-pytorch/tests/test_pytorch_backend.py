@@ -399,7 +399,7 @@ def test_config_that_does_not_fit_the_model(tmp_path):
         loaded(vp, config("max_batch_size: 1"))
 
 
-def test_torchscript_helpers_warn_only_where_torch_does():
+def test_quiet_jit_hides_torchscript_deprecation():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         quiet_jit(torch.jit.trace, mlp(), torch.randn(1, 16))
