@@ -71,6 +71,52 @@ def test_unknown_model_and_version(client, server):
     assert status == 404 and json.loads(body) == {"error": "Not Found"}
 
 
+@pytest.mark.parametrize("version", ["9223372036854775808", "1" * 5000, "0" * 30 + "1" * 25])
+def test_version_beyond_int64_is_400(client, server, version):
+    """Found by tests/test_openapi_fuzz.py: a version of thousands of digits was a 500 (Python's
+    int() limit); Triton's std::stol refuses anything beyond int64 as INVALID_ARG."""
+    for path in ("", "/ready", "/config", "/stats"):
+        status, _, body = raw(server, "GET", f"/v2/models/simple/versions/{version}{path}")
+        assert status == 400, (path, body[:200])
+        message = json.loads(body)["error"]
+        assert message.startswith("failed to get model version from specified version string")
+    status, _, body = raw(server, "POST", f"/v2/models/simple/versions/{version}/infer", b"{}")
+    assert status == 400
+    assert "version should be an integral value > 0" in json.loads(body)["error"]
+    # leading zeros still name the version
+    status, _, _ = raw(server, "GET", "/v2/models/simple/versions/" + "0" * 40 + "1")
+    assert status == 200
+    status, _, _ = raw(server, "GET", "/v2/models/simple/versions/9223372036854775807")
+    assert status == 404
+
+
+def test_json_float_for_integer_tensor_is_refused(server):
+    """1.5 for an INT32 input was silently truncated to 1 (numpy); Triton refuses it."""
+
+    def body(value):
+        return json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "INPUT0",
+                        "datatype": "INT32",
+                        "shape": [1, 16],
+                        "data": [value] + [0] * 15,
+                    },
+                    {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+                ]
+            }
+        ).encode()
+
+    for value in (1.5, 1.0, 1e300):
+        status, _, payload = raw(server, "POST", "/v2/models/simple/infer", body(value))
+        assert status == 400, payload
+        assert "must hold integers" in json.loads(payload)["error"]
+    status, _, payload = raw(server, "POST", "/v2/models/simple/infer", body(7))
+    assert status == 200
+    assert json.loads(payload)["outputs"][0]["data"][0] == 8
+
+
 # ---- inference ----------------------------------------------------------------------------------
 
 

@@ -211,6 +211,18 @@ def test_infer_strings(server):
     assert out == [i + 1 for i in range(16)]
 
 
+def test_infer_version_beyond_int64(server):
+    """A version of thousands of digits was an INTERNAL "internal error: ValueError"."""
+    a, b, _ = simple_inputs()
+    for version in ("1" * 5000, "9223372036854775808"):
+        status, st, _, _ = v1_infer(
+            server, "simple", SIMPLE_HEADER, a.tobytes() + b.tobytes(), path_suffix=f"/{version}"
+        )
+        assert status == 400
+        assert st.code == RequestStatusCode.INVALID_ARG
+        assert "version should be an integral value > 0" in st.msg
+
+
 def test_infer_errors(server, client):
     a, b, _ = simple_inputs()
     good = a.tobytes() + b.tobytes()

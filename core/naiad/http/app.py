@@ -47,8 +47,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _version(request: web.Request) -> int:
-    v = request.match_info.get("version")
-    return int(v) if v is not None else -1
+    return codec.parse_model_version(request.match_info.get("version"))
 
 
 # ---- health and metadata ------------------------------------------------------------------------

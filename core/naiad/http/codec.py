@@ -77,6 +77,26 @@ def compress(body: bytes, encoding: str) -> bytes:
     return zlib.compress(body)
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def parse_model_version(text: str | None) -> int:
+    """A version from the URL (the routes let only digits through); -1 when there is none.
+
+    One that does not fit a signed 64-bit integer is Triton's INVALID_ARG (its ``std::stol``
+    fails), not a Python ``int()`` of thousands of digits.
+    """
+    if text is None:
+        return -1
+    digits = text.lstrip("0")
+    if not text.isdigit() or len(digits) > 19 or int(digits or "0") > _INT64_MAX:
+        raise InvalidArgument(
+            f"failed to get model version from specified version string '{text}' "
+            "(details: stol), version should be an integral value > 0"
+        )
+    return int(digits or "0")
+
+
 def parse_header_length(value: str | None, body_length: int) -> int | None:
     if value is None:
         return None
@@ -316,6 +336,9 @@ def json_to_array(data: Any, datatype: str, shape: list[int], name: str) -> np.n
             raise InvalidArgument(f"BOOL input '{name}' must hold true/false in JSON 'data'")
     elif any(isinstance(x, (bool, str)) or x is None or isinstance(x, (dict, list)) for x in flat):
         raise InvalidArgument(f"{datatype} input '{name}' must hold numbers in JSON 'data'")
+    elif datatype not in ("FP32", "FP64") and any(isinstance(x, float) for x in flat):
+        # numpy would truncate 1.5 to 1; Triton refuses a non-integer for an integer tensor
+        raise InvalidArgument(f"{datatype} input '{name}' must hold integers in JSON 'data'")
     try:
         array = np.array(flat, dtype=dtype)
     except (OverflowError, ValueError, TypeError) as exc:

@@ -39,6 +39,7 @@ from ..legacy_pb import (
 from ..shm import ShmLease
 from ..stats import Duration
 from . import legacy_codec as lc
+from .codec import parse_model_version
 from .common import DATAPLANE
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ async def infer(request: web.Request, request_id: int) -> web.Response:
         log.debug("malformed NV-InferRequest: %s", exc)
         raise _BareBadRequest from exc
     name = request.match_info["model"]
-    version = int(request.match_info.get("version", -1))
+    version = parse_model_version(request.match_info.get("version"))
     lease = dp.shm.lease()
     try:
         out_header, blobs = await _infer(request, header, name, version, lease)
