@@ -6,7 +6,9 @@ adaptive batching, on the anchors' MLP and on make_convnet.py's conv net (issue 
 
 Models (bench/make_batching_repo.py; each with and without dynamic batching, one CPU instance):
   mlp_batch / mlp_nobatch          16->64->16 MLP, max_batch_size 64
-  convnet_batch / convnet_nobatch  ResNet-style conv net, 3x224x224 FP32, max_batch_size 16
+  convnet_batch / convnet_nobatch  ResNet-style conv net, 3x224x224 FP32, max_batch_size 16,
+                                   --conv-threads onnxruntime intra-op threads (default 1, in
+                                   every server and in-process; 0 = naiad's default)
 Servers, started together on 127.0.0.1 (free ports from --port, default 27500):
   naiad     the --kind onnx repository (onnxruntime backend)
   triton    tritonserver 2.51.0, the --kind python repository (MLP in numpy; conv net: onnxruntime
@@ -21,7 +23,11 @@ starts; answers checked (bench/check_outputs.py); then
                  call, 3 windows of -i ms, no stability gate; the servers' statistics give the
                  average batch per execution
   loadgen.py     JSON (MLServer has no binary extension): naiad vs MLServer on mlp_batch,
-                 mlp_nobatch, convnet_batch (naiad also --binary on convnet_batch)
+                 mlp_nobatch, convnet_batch (JSON conv net at concurrency <= 8 only: 3 MB bodies);
+                 naiad also --binary on convnet_batch
+After each conv-net level, the conv net in-process at round(naiad's average batch), under the same
+machine load: the tables give server / in-process. --render ROWS... prints the tables of earlier
+runs (medians over all of them).
 Each level runs the servers in turn; -r repeats everything and the tables show medians. Stops
 every server by PID at the end. Raw rows: OUT/rows.jsonl; tables: OUT/tables.md.
 """
@@ -34,7 +40,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 
 import benchlib as B
 
@@ -46,7 +54,9 @@ VERSIONS = {
 }
 
 
-def start_mlserver(port: int, out, repo_onnx, batch_time: float, conv_max: int) -> B.Server:
+def start_mlserver(
+    port: int, out, repo_onnx, batch_time: float, conv_max: int, conv_threads: int
+) -> B.Server:
     """MLServer with adaptive batching: the anchors' runtime, our own model-settings."""
     venv = B.VENVS / "mlserver"
     B.need(venv / "bin" / "mlserver", "MLServer venv")
@@ -72,7 +82,7 @@ def start_mlserver(port: int, out, repo_onnx, batch_time: float, conv_max: int) 
             indent=2,
         )
     )
-    threads = max(1, os.cpu_count() or 1)
+    threads = conv_threads if conv_threads > 0 else max(1, os.cpu_count() or 1)
     specs = {
         "mlp_batch": ("mlp_batch", 16, 64, 1),
         "mlp_nobatch": ("mlp_nobatch", 16, 0, 1),
@@ -133,10 +143,24 @@ def main() -> int:
     ap.add_argument("--inprocess-seconds", type=float, default=3)
     ap.add_argument("--delay-us", type=int, default=0, help="max_queue_delay_microseconds (0)")
     ap.add_argument("--conv-max-batch", type=int, default=16)
+    ap.add_argument(
+        "--conv-threads",
+        type=int,
+        default=1,
+        help="conv net intra-op threads everywhere (0: naiad's default, CPUs/instances)",
+    )
     ap.add_argument("--mlserver-batch-time", type=float, default=0.001)
     ap.add_argument("--port", type=int, default=27500)
     ap.add_argument("--out")
+    ap.add_argument(
+        "--render",
+        nargs="+",
+        metavar="ROWS",
+        help="only print the tables of earlier rows.jsonl files (medians over all)",
+    )
     a = ap.parse_args()
+    if a.render:
+        return rerender(a.render, a)
     concs = [int(c) for c in a.concurrency.split(",")]
     fams = a.models.split(",")
     pa_models = [m for m in PA_MODELS if m.split("_")[0] in fams]
@@ -152,21 +176,22 @@ def main() -> int:
         rows.append(row)
         with open(rows_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if row.get("failed"):
-            B.log(f"  {row['target']} {row['model']} c={row['concurrency']}: FAILED {row['error']}")
-        else:
-            B.log(
-                f"  {row['target']} {row['model']} {row.get('protocol', 'pa')} "
-                f"c={row['concurrency']}: {row['infer_per_s']:.0f} infer/s "
-                f"p50 {row['p50_ms']:.2f} p99 {row['p99_ms']:.2f} ms "
-                f"batch {B.fmt(row.get('avg_batch'), 2)} srv {B.fmt(row.get('server_cpu_pct'))}% "
-                f"mach {B.fmt(row.get('machine_cpu_pct'))}%"
-            )
+        if row.get("tool") not in ("settings", "note", "done"):
+            B.log_row(row)
+
+    keep(dict(vars(a), tool="settings", rev=B.naiad_rev()))
 
     npy = str(B.NAIAD_VENV / "bin" / "python")
     repo_onnx, repo_py = out / "repo-onnx", out / "repo-python"
     mk = str(B.BENCH / "make_batching_repo.py")
-    common = ["--delay-us", str(a.delay_us), "--conv-max-batch", str(a.conv_max_batch)]
+    common = [
+        "--delay-us",
+        str(a.delay_us),
+        "--conv-max-batch",
+        str(a.conv_max_batch),
+        "--conv-threads",
+        str(a.conv_threads),
+    ]
     subprocess.run(
         [npy, mk, str(repo_onnx), "--kind", "onnx", *common], check=True, stdout=subprocess.DEVNULL
     )
@@ -180,32 +205,9 @@ def main() -> int:
     # ---------------------------------------------------------------- in-process (quiet machine)
     inproc_sizes = sorted({1, 2, 4, 8, a.conv_max_batch})
     if "convnet" in fams and not a.no_inprocess:
-        B.log("# in-process conv net")
-        jl = out / "inprocess.jsonl"
-        for _ in range(a.repeat):
-            r = subprocess.run(
-                [
-                    npy,
-                    str(B.BENCH / "inprocess_convnet.py"),
-                    "-b",
-                    ",".join(map(str, inproc_sizes)),
-                    "-s",
-                    str(a.inprocess_seconds),
-                    "--onnx",
-                    str(repo_onnx / "convnet_batch" / "1" / "model.onnx"),
-                    "--json",
-                    str(jl),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode:
-                notes.append(f"inprocess_convnet.py failed: {r.stderr[-400:]}")
-        if jl.exists():
-            for line in jl.read_text().splitlines():
-                row = json.loads(line)
-                row.update(target="in-process", concurrency=0)
-                keep(row)
+        B.log("# in-process conv net (sweep)")
+        for row in inprocess(npy, repo_onnx, inproc_sizes, a.inprocess_seconds, a.conv_threads):
+            keep(dict(row, target="in-process", concurrency=0, sweep=True))
 
     with B.Servers() as S:
         srv: dict[str, B.Server] = {}
@@ -217,7 +219,14 @@ def main() -> int:
             srv["triton"] = S.add(B.start_triton(repo_py, base + 10, out, PA_MODELS))
         if "mlserver" in want:
             srv["mlserver"] = S.add(
-                start_mlserver(base + 20, out, repo_onnx, a.mlserver_batch_time, a.conv_max_batch)
+                start_mlserver(
+                    base + 20,
+                    out,
+                    repo_onnx,
+                    a.mlserver_batch_time,
+                    a.conv_max_batch,
+                    a.conv_threads,
+                )
             )
         B.log(f"servers up in {time.monotonic() - t0:.0f} s")
 
@@ -267,19 +276,27 @@ def main() -> int:
                 B.log(f"# round {rnd}/{a.repeat}: perf_analyzer")
                 for model in pa_models:
                     for c in concs:
+                        batches = []
                         for name in ("naiad", "triton"):
                             if name in srv:
-                                keep(
-                                    B.run_pa(
-                                        srv[name],
-                                        model,
-                                        c,
-                                        a.interval,
-                                        out / "pa",
-                                        f"{name}-r{rnd}",
-                                        timeout=120 + 3 * a.interval / 100,
-                                    )
+                                row = B.run_pa(
+                                    srv[name],
+                                    model,
+                                    c,
+                                    a.interval,
+                                    out / "pa",
+                                    f"{name}-r{rnd}",
+                                    timeout=120 + 3 * a.interval / 100,
                                 )
+                                keep(row)
+                                batches.append(row.get("avg_batch") or 1.0)
+                        if model.startswith("convnet") and not a.no_inprocess and batches:
+                            # the ceiling at the batch size the server formed, measured now
+                            b = max(1, round(batches[0]))
+                            for row in inprocess(
+                                npy, repo_onnx, [b], a.inprocess_seconds, a.conv_threads
+                            ):
+                                keep(dict(row, target="in-process", model=model, concurrency=c))
             if not a.no_loadgen:
                 B.log(f"# round {rnd}/{a.repeat}: loadgen (JSON)")
                 lg = [(m, "16", True, False) for m in ("mlp_nobatch", "mlp_batch") if "mlp" in fams]
@@ -290,6 +307,8 @@ def main() -> int:
                     ]
                 for model, shape, _check, binary in lg:
                     for c in concs:
+                        if model.startswith("convnet") and not binary and c > 8:
+                            continue  # 3 MB JSON bodies: at c > 8 few or none finish in -s
                         for name in ("naiad", "mlserver"):
                             if name not in srv or (binary and name == "mlserver"):
                                 continue
@@ -309,6 +328,10 @@ def main() -> int:
                                 )
                             )
     elapsed = time.monotonic() - t_start
+    for n in notes:
+        keep({"tool": "note", "text": n})
+    keep({"tool": "done", "elapsed": elapsed})
+    rows = [r for r in rows if r.get("tool") not in ("settings", "note", "done")]
     text = render(rows, a, notes, elapsed, concs)
     (out / "tables.md").write_text(text)
     print(text)
@@ -316,31 +339,70 @@ def main() -> int:
     return 0
 
 
-def _interp(inproc: dict[int, dict], b: float):
-    """In-process images/s at (fractional) batch b: linear between the measured sizes."""
-    sizes = sorted(inproc)
-    if not sizes:
-        return None
-    if b <= sizes[0]:
-        return inproc[sizes[0]]["infer_per_s"]
-    for lo, hi in zip(sizes, sizes[1:], strict=False):
-        if lo <= b <= hi:
-            t = (b - lo) / (hi - lo)
-            return inproc[lo]["infer_per_s"] * (1 - t) + inproc[hi]["infer_per_s"] * t
-    return inproc[sizes[-1]]["infer_per_s"]
+def inprocess(npy: str, repo_onnx, sizes: list[int], seconds: float, threads: int) -> list[dict]:
+    """bench/inprocess_convnet.py on the repository's conv net file: one row per batch size."""
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as tmp:
+        r = subprocess.run(
+            [
+                npy,
+                str(B.BENCH / "inprocess_convnet.py"),
+                "-b",
+                ",".join(map(str, sizes)),
+                "-s",
+                str(seconds),
+                "-w",
+                "1",
+                "--threads",
+                str(threads),
+                "--onnx",
+                str(repo_onnx / "convnet_batch" / "1" / "model.onnx"),
+                "--json",
+                tmp.name,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode:
+            B.log(f"inprocess_convnet.py failed: {r.stderr[-400:]}")
+            return []
+        rows = [json.loads(line) for line in open(tmp.name) if line.strip()]
+    for row in rows:
+        B.log(
+            f"  in-process batch {row['batch']}: {row['infer_per_s']:.1f} img/s "
+            f"p50 {row['p50_ms']:.1f} ms/call"
+        )
+    return rows
+
+
+def rerender(paths: list[str], a) -> int:
+    """The tables of earlier runs' rows.jsonl files together (medians over all their runs)."""
+    rows, settings, notes, elapsed = B.load_rows(paths)
+    for key, value in (settings[0] if settings else {}).items():
+        if key not in ("tool", "render", "out"):
+            setattr(a, key, value)
+    runs = Counter(
+        (r.get("tool"), r.get("target"), r.get("model"), r.get("protocol"), r.get("concurrency"))
+        for r in rows
+    )
+    a.repeat = max(runs.values()) if runs else 0
+    notes.append("rendered from " + ", ".join(paths))
+    print(render(rows, a, notes, elapsed, [int(c) for c in str(a.concurrency).split(",")]))
+    return 0
 
 
 def render(rows, a, notes, elapsed, concs) -> str:
     parts = [
         f"# batching {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"machine: {B.machine_info()}",
+        f"naiad commit: {getattr(a, 'rev', None) or B.naiad_rev()}",
         "naiad: " + B.pkg_versions(B.NAIAD_VENV / "bin" / "python", VERSIONS["naiad"]),
         "triton venv: " + B.pkg_versions(B.TRITON_VENV / "bin" / "python", VERSIONS["triton"]),
         "mlserver venv: "
         + B.pkg_versions(B.VENVS / "mlserver" / "bin" / "python", VERSIONS["mlserver"]),
         f"settings: perf_analyzer window {a.interval} ms x3; loadgen {a.seconds} s + {a.warmup} s; "
-        f"max_queue_delay {a.delay_us} us; conv max_batch_size {a.conv_max_batch}; "
-        f"MLServer max_batch_time {a.mlserver_batch_time} s; rounds {a.repeat}; "
+        f"max_queue_delay {a.delay_us} us; conv max_batch_size {a.conv_max_batch}, "
+        f"intra-op threads {a.conv_threads or 'default'}; "
+        f"MLServer max_batch_time {a.mlserver_batch_time} s; rounds (runs per row) {a.repeat}; "
         f"total {elapsed:.0f} s",
         "",
     ]
@@ -464,25 +526,31 @@ def render(rows, a, notes, elapsed, concs) -> str:
         parts += [f"- failed: {k}: {v['error']}" for k, v in lagg.items() if v.get("failed")]
     ip = [r for r in rows if r["tool"] == "inprocess"]
     if ip:
-        iagg = B.aggregate(ip, ("batch",))
-        inproc = {k[0]: v for k, v in iagg.items() if not v.get("failed")}
-        head = ["batch", "images/s", "(min-max)", "p50 ms/call", "p99 ms/call"]
-        out = [
-            [
-                str(b),
-                B.fmt(v["infer_per_s"], 1),
-                f"{v['min']:.1f}-{v['max']:.1f}" if v["runs"] > 1 else "",
-                B.fmt(v["p50_ms"], 1),
-                B.fmt(v["p99_ms"], 1),
-            ]
-            for b, v in sorted(inproc.items())
-        ]
+        iagg = B.aggregate([r for r in ip if r.get("sweep")], ("batch",))
+        head = ["batch", "images/s", "(min-max)", "p50 ms/call", "p99 ms/call", "process cpu%"]
+        out = []
+        for (b,), v in sorted(iagg.items()):
+            if v.get("failed"):
+                continue
+            cpu = B.med([r.get("cpu_pct") for r in ip if r.get("sweep") and r["batch"] == b])
+            out.append(
+                [
+                    str(b),
+                    B.fmt(v["infer_per_s"], 1),
+                    f"{v['min']:.1f}-{v['max']:.1f}" if v["runs"] > 1 else "",
+                    B.fmt(v["p50_ms"], 1),
+                    B.fmt(v["p99_ms"], 1),
+                    B.fmt(cpu),
+                ]
+            )
         parts += [
-            "## conv net in-process (onnxruntime, same session options as naiad)",
+            "## conv net in-process, before the servers start (onnxruntime, naiad's "
+            "session options)",
             "",
             B.md_table(head, out, left=1),
             "",
         ]
+        live = B.aggregate([r for r in ip if not r.get("sweep")], ("model", "concurrency"))
         head = [
             "server model",
             "conc",
@@ -491,18 +559,26 @@ def render(rows, a, notes, elapsed, concs) -> str:
             "p50 ms",
             "p99 ms",
             "avg batch",
-            "in-process img/s at that batch",
+            "in-process batch",
+            "in-process img/s (p50 ms/call)",
             "server ÷ in-process",
         ]
         out = []
         for model in ("convnet_nobatch", "convnet_batch"):
             for c in concs:
+                ref = live.get((model, c))
+                ref_b = B.med(
+                    [
+                        r["batch"]
+                        for r in ip
+                        if not r.get("sweep") and r["model"] == model and r["concurrency"] == c
+                    ]
+                )
                 for t in ("naiad", "triton"):
                     x = agg.get((t, model, c))
                     if not x or x.get("failed"):
                         continue
-                    b = x.get("avg_batch") or 1.0
-                    ref = _interp(inproc, b)
+                    ok = ref and not ref.get("failed")
                     out.append(
                         [
                             model,
@@ -511,16 +587,18 @@ def render(rows, a, notes, elapsed, concs) -> str:
                             B.fmt(x["infer_per_s"], 1),
                             B.fmt(x["p50_ms"], 1),
                             B.fmt(x["p99_ms"], 1),
-                            B.fmt(b, 2),
-                            B.fmt(ref, 1),
-                            f"{x['infer_per_s'] / ref:.2f}" if ref else "-",
+                            B.fmt(x.get("avg_batch") or 1.0, 2),
+                            B.fmt(ref_b),
+                            f"{ref['infer_per_s']:.1f} ({ref['p50_ms']:.1f})" if ok else "-",
+                            B.ratio(x, ref) if ok else "-",
                         ]
                     )
         parts += [
-            "## conv net: server vs in-process at the same batch size",
+            "## conv net: server vs in-process at the batch size naiad formed",
             "",
-            "(in-process figure linearly interpolated between the measured batch sizes "
-            "at the server's average batch per execution)",
+            "(in-process = inprocess_convnet.py at round(naiad's average batch per "
+            "execution), run right after the two servers' perf_analyzer level, so the "
+            "machine's load is the same)",
             "",
             B.md_table(head, out),
             "",

@@ -201,6 +201,17 @@ def wait_ready(srv: Server, models: list[str], timeout: float = 180.0) -> None:
         time.sleep(0.3)
 
 
+def _naiad_ports(exe: Path, port: int) -> list[str]:
+    """Triton's layout for the other endpoints naiad has (gRPC = HTTP + 1, metrics = HTTP + 2),
+    so that a default port (8001, 8002) taken by other work on the machine cannot stop it."""
+    text = subprocess.run([str(exe), "serve", "--help"], capture_output=True, text=True).stdout
+    flags = []
+    for flag, offset in (("--grpc-port", 1), ("--metrics-port", 2)):
+        if flag in text:
+            flags += [flag, str(port + offset)]
+    return flags
+
+
 def start_naiad(
     repo: Path,
     port: int,
@@ -222,6 +233,7 @@ def start_naiad(
         "--http-port",
         str(port),
         "--exit-on-error=false",
+        *_naiad_ports(exe, port),
         *(extra or []),
     ]
     f = open(logp, "wb")
@@ -518,9 +530,14 @@ def aggregate(rows: list[dict], key_fields: tuple[str, ...]) -> dict:
         groups.setdefault(tuple(r.get(k) for k in key_fields), []).append(r)
     out = {}
     for k, runs in groups.items():
-        ok = [r for r in runs if not r.get("failed")]
+        ok = [r for r in runs if not r.get("failed") and r.get("p50_ms") is not None]
         if not ok:
-            out[k] = {"failed": True, "error": runs[-1].get("error", "failed"), "runs": 0}
+            last = runs[-1]
+            err = last.get("error") or (
+                f"no request that started in the {last.get('seconds')} s window completed "
+                f"({last.get('requests')} requests)"
+            )
+            out[k] = {"failed": True, "error": err, "runs": 0}
             continue
         a = {
             f: med([r.get(f) for r in ok])
@@ -602,6 +619,18 @@ def machine_info() -> str:
     )
 
 
+def naiad_rev() -> str:
+    """The checkout's commit, and whether core/ or plugins/ had uncommitted changes."""
+
+    def git(*args):
+        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return r.stdout.strip()
+
+    head = git("log", "-1", "--format=%h %cI")
+    dirty = git("status", "--porcelain", "--", "core", "plugins")
+    return f"{head}{' + uncommitted changes in core/ or plugins/' if dirty else ''}" or "?"
+
+
 def pkg_versions(python: Path, pkgs: list[str]) -> str:
     code = (
         "import importlib.metadata as m, sys\n"
@@ -626,3 +655,38 @@ def new_outdir(kind: str, out: str | None) -> Path:
 
 def tempdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def load_rows(paths: list[str]) -> tuple[list[dict], list[dict], list[str], float]:
+    """(measurement rows, settings rows, notes, total seconds) of one or more rows.jsonl files."""
+    rows, settings, notes, elapsed = [], [], [], 0.0
+    for path in paths:
+        for line in open(path):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            tool = r.get("tool")
+            if tool == "settings":
+                settings.append(r)
+            elif tool == "note":
+                if r["text"] not in notes:
+                    notes.append(r["text"])
+            elif tool == "done":
+                elapsed += r.get("elapsed", 0.0)
+            else:
+                rows.append(r)
+    return rows, settings, notes, elapsed
+
+
+def log_row(row: dict) -> None:
+    if row.get("failed") or row.get("p50_ms") is None:
+        why = row.get("error") or f"{row.get('requests')} requests completed"
+        log(f"  {row['target']} {row['model']} c={row['concurrency']}: FAILED {why}")
+        return
+    log(
+        f"  {row['target']} {row['model']} {row.get('protocol', 'pa')} "
+        f"c={row['concurrency']}: {row['infer_per_s']:.0f} infer/s "
+        f"p50 {row['p50_ms']:.2f} p99 {row['p99_ms']:.2f} ms "
+        f"batch {fmt(row.get('avg_batch'), 2)} srv {fmt(row.get('server_cpu_pct'))}% "
+        f"mach {fmt(row.get('machine_cpu_pct'))}%"
+    )

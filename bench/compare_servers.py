@@ -21,7 +21,7 @@ Every level runs each server in turn (interleaved, so drift hits all alike); -r 
 thing and the tables show medians. CPU columns: cli = the client process, srv = the server's
 process tree, other = the rest of the machine (high = a disturbed run). Ratios are naiad ÷ other.
 Stops every server by PID at the end (also on Ctrl-C). Raw rows: OUT/rows.jsonl; tables:
-OUT/tables.md.
+OUT/tables.md; --render ROWS... prints the tables of earlier runs (medians over all).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import benchlib as B
 
@@ -69,7 +70,15 @@ def main() -> int:
     ap.add_argument("--no-loadgen", action="store_true", help="skip loadgen")
     ap.add_argument("--port", type=int, default=27000)
     ap.add_argument("--out", help="results folder (default bench/results/DATE-compare)")
+    ap.add_argument(
+        "--render",
+        nargs="+",
+        metavar="ROWS",
+        help="only print the tables of earlier rows.jsonl files (medians over all)",
+    )
     a = ap.parse_args()
+    if a.render:
+        return rerender(a.render, a)
     concs = [int(c) for c in a.concurrency.split(",")]
     want = [s for s in ORDER if s in a.servers.split(",")]
     out = B.new_outdir("compare", a.out)
@@ -82,15 +91,10 @@ def main() -> int:
         rows.append(row)
         with open(rows_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if row.get("failed"):
-            B.log(f"  {row['target']} {row['model']} c={row['concurrency']}: FAILED {row['error']}")
-        else:
-            B.log(
-                f"  {row['target']} {row['model']} {row.get('protocol', 'pa')} "
-                f"c={row['concurrency']}: {row['infer_per_s']:.0f} infer/s "
-                f"p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms "
-                f"srv {B.fmt(row.get('server_cpu_pct'))}% mach {B.fmt(row.get('machine_cpu_pct'))}%"
-            )
+        if row.get("tool") not in ("settings", "note", "done"):
+            B.log_row(row)
+
+    keep(dict(vars(a), tool="settings", rev=B.naiad_rev()))
 
     # ---------------------------------------------------------------- repositories
     repo_onnx, repo_py = out / "repo-onnx", out / "repo-python"
@@ -190,6 +194,10 @@ def main() -> int:
     # servers stopped here
 
     elapsed = time.monotonic() - t_start
+    for n in notes:
+        keep({"tool": "note", "text": n})
+    keep({"tool": "done", "elapsed": elapsed})
+    rows = [r for r in rows if r.get("tool") not in ("settings", "note", "done")]
     text = render(rows, a, notes, elapsed)
     (out / "tables.md").write_text(text)
     print(text)
@@ -197,16 +205,33 @@ def main() -> int:
     return 0
 
 
+def rerender(paths: list[str], a) -> int:
+    """The tables of earlier runs' rows.jsonl files together (medians over all their runs)."""
+    rows, settings, notes, elapsed = B.load_rows(paths)
+    for key, value in (settings[0] if settings else {}).items():
+        if key not in ("tool", "render", "out"):
+            setattr(a, key, value)
+    runs = Counter(
+        (r.get("tool"), r.get("target"), r.get("model"), r.get("protocol"), r.get("concurrency"))
+        for r in rows
+    )
+    a.repeat = max(runs.values()) if runs else 0
+    notes.append("rendered from " + ", ".join(paths))
+    print(render(rows, a, notes, elapsed))
+    return 0
+
+
 def render(rows, a, notes, elapsed) -> str:
     parts = [
         f"# compare_servers {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"machine: {B.machine_info()}",
+        f"naiad commit: {getattr(a, 'rev', None) or B.naiad_rev()}",
         "naiad: " + B.pkg_versions(B.NAIAD_VENV / "bin" / "python", NAIAD_PKGS),
         "triton venv: "
         + B.pkg_versions(B.TRITON_VENV / "bin" / "python", ["nvidia-pytriton", "numpy"]),
         f"settings: perf_analyzer window {a.interval} ms x3, "
         f"loadgen {a.seconds} s + {a.warmup} s warm-up, "
-        f"concurrency {a.concurrency}, rounds {a.repeat}; total {elapsed:.0f} s",
+        f"concurrency {a.concurrency}, rounds (runs per row) {a.repeat}; total {elapsed:.0f} s",
         "",
     ]
     pa = [r for r in rows if r["tool"] == "perf_analyzer"]

@@ -3,6 +3,7 @@
 
     python bench/make_batching_repo.py OUT_DIR [--kind onnx|python] [--delay-us 0]
                                        [--mlp-max-batch 64] [--conv-max-batch 16]
+                                       [--conv-threads 1]
 
     mlp_batch        anchors' 16->64->16 MLP, max_batch_size 64, dynamic_batching
     mlp_nobatch      the same without dynamic_batching (default scheduler)
@@ -14,7 +15,9 @@
   python model (numpy, anchors/models/make_repo.py), the conv net make_convnet.py's model.py
   (onnxruntime inside the stub).
 dynamic_batching is Triton's default form, `dynamic_batching { }` (max_queue_delay 0), or with
---delay-us N `max_queue_delay_microseconds: N`. One KIND_CPU instance each. Needs numpy and onnx.
+--delay-us N `max_queue_delay_microseconds: N`. One KIND_CPU instance each. The conv net gets
+parameters intra_op_thread_count = --conv-threads (default 1; 0 leaves naiad's default, the CPUs
+divided by the instances, which make_convnet's model.py follows too). Needs numpy and onnx.
 """
 
 from __future__ import annotations
@@ -50,7 +53,12 @@ def _set_batching(cfg_path: Path, dynamic: bool, delay_us: int) -> None:
 
 
 def write(
-    out: Path, kind: str, delay_us: int = 0, mlp_max_batch: int = 64, conv_max_batch: int = 16
+    out: Path,
+    kind: str,
+    delay_us: int = 0,
+    mlp_max_batch: int = 64,
+    conv_max_batch: int = 16,
+    conv_threads: int = 1,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in MODELS:
@@ -76,7 +84,7 @@ def write(
                 make_repo._config(name, head, mlp_max_batch, io_in, io_out, False, 1)
             )
         else:
-            make_convnet.write_model(str(out), name, kind, conv_max_batch, False, 1)
+            make_convnet.write_model(str(out), name, kind, conv_max_batch, False, 1, conv_threads)
         _set_batching(mdir / "config.pbtxt", dynamic, delay_us)
         print(f"wrote {mdir} ({kind}, {'dynamic batching' if dynamic else 'no batching'})")
 
@@ -88,8 +96,14 @@ def main():
     ap.add_argument("--delay-us", type=int, default=0)
     ap.add_argument("--mlp-max-batch", type=int, default=64)
     ap.add_argument("--conv-max-batch", type=int, default=16)
+    ap.add_argument(
+        "--conv-threads",
+        type=int,
+        default=1,
+        help="conv net intra-op threads (parameters intra_op_thread_count; 0: default)",
+    )
     a = ap.parse_args()
-    write(Path(a.out), a.kind, a.delay_us, a.mlp_max_batch, a.conv_max_batch)
+    write(Path(a.out), a.kind, a.delay_us, a.mlp_max_batch, a.conv_max_batch, a.conv_threads)
 
 
 if __name__ == "__main__":
