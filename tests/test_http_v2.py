@@ -292,3 +292,35 @@ def test_repository_index(client):
     by_name = {e["name"]: e for e in index}
     assert by_name["simple"]["state"] == "READY"
     assert by_name["simple"]["version"] == "1"
+
+
+def test_large_json_tensor_round_trip(server_factory, tmp_path):
+    """A JSON body big enough to be parsed off the event loop gives exact results."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    repo = tmp_path / "repo"
+    (repo / "big_identity" / "1").mkdir(parents=True)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["X"], ["Y"])],
+        "big_identity",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.save(model, repo / "big_identity" / "1" / "model.onnx")
+    (repo / "big_identity" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        'input [{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }]\n'
+        'output [{ name: "Y" data_type: TYPE_FP32 dims: [ -1 ] }]\n'
+    )
+    srv = server_factory(repo)
+    c = httpclient.InferenceServerClient(srv.url, network_timeout=60)
+    x = np.random.default_rng(5).standard_normal(150_000).astype(np.float32)
+    inp = httpclient.InferInput("X", [x.size], "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)  # ~3 MB of JSON numbers
+    out = httpclient.InferRequestedOutput("Y", binary_data=False)
+    result = c.infer("big_identity", [inp], outputs=[out])
+    np.testing.assert_array_equal(result.as_numpy("Y"), x)
+    assert c.is_server_live()
+    c.close()

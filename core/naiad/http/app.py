@@ -26,6 +26,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _EMPTY_OK = web.Response(status=200)
 _COMPRESS_IN_THREAD = 1 << 16
+#: JSON request parts larger than this are parsed off the event loop
+_JSON_IN_THREAD = 1 << 18
 
 
 @web.middleware
@@ -148,12 +150,25 @@ async def _run_infer(
     version: int,
     raw_input: tuple[str, str, list[int]] | None,
 ) -> tuple[bytes, int | None]:
-    """Parse, infer and encode; shared-memory regions are read and written through ``lease``."""
-    req = codec.parse_infer_request(
-        body, header_length, name, version, shm_reader=lease.read, raw_input=raw_input
-    )
+    """Parse, infer and encode; shared-memory regions are read and written through ``lease``.
+
+    A large JSON part (an image sent as JSON numbers, say) is parsed and its answer encoded on
+    a worker thread, so one big request never stalls the event loop.
+    """
+    json_size = len(body) if header_length is None else header_length
+    big = json_size > _JSON_IN_THREAD
+    args = (body, header_length, name, version)
+    kwargs = {"shm_reader": lease.read, "raw_input": raw_input}
+    if big:
+        req = await asyncio.to_thread(codec.parse_infer_request, *args, **kwargs)
+    else:
+        req = codec.parse_infer_request(*args, **kwargs)
     lease.reserve(req.outputs)
     response = await dp.infer(req, mv)
+    if big:
+        return await asyncio.to_thread(
+            codec.encode_infer_response, req, response, shm_writer=lease.write
+        )
     return codec.encode_infer_response(req, response, shm_writer=lease.write)
 
 

@@ -304,13 +304,48 @@ def _parse_input(
 
 
 def json_to_array(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
-    """A tensor from JSON ``data`` (flat or nested, row-major)."""
+    """A tensor from JSON ``data`` (flat or nested, row-major).
+
+    Numbers are converted and type-checked by numpy in C (a per-element Python check cost
+    ~1 µs per element, 190 ms for a 3×224×224 image).
+    """
     if datatype in ("FP16", "BF16"):
         raise InvalidArgument(
             f"receiving {datatype} data via JSON is not supported. Please use the binary data "
             f"format for input '{name}'"
         )
     count = element_count(shape)
+    if datatype == "BYTES":
+        return _json_bytes(data, shape, count, name)
+    dtype = NUMPY_DTYPES[datatype]
+    try:
+        raw = np.array(data)
+    except (ValueError, OverflowError, TypeError):  # ragged nesting, or nesting too deep
+        raw = None
+    if raw is None or raw.size != count:
+        got = "ragged or too deeply nested data" if raw is None else f"{raw.size} elements"
+        raise InternalError(
+            f"Unable to parse 'data': Shape does not match true shape of 'data' field for "
+            f"input '{name}' (shape {shape} has {count} elements, data has {got})"
+        )
+    kind = raw.dtype.kind
+    if count:
+        if datatype == "BOOL":
+            if kind != "b":
+                raise InvalidArgument(f"BOOL input '{name}' must hold true/false in JSON 'data'")
+        elif kind not in "iuf":
+            raise InvalidArgument(f"{datatype} input '{name}' must hold numbers in JSON 'data'")
+        elif kind == "f" and dtype.kind in "iu":
+            # numpy would truncate 1.5 to 1; Triton refuses a non-integer for an integer tensor
+            raise InvalidArgument(f"{datatype} input '{name}' must hold integers in JSON 'data'")
+        elif kind in "iu" and dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            if raw.min() < info.min or raw.max() > info.max:
+                raise InvalidArgument(f"data of input '{name}' does not fit {datatype}")
+    return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def _json_bytes(data: Any, shape: list[int], count: int, name: str) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
     flat = data
@@ -322,27 +357,11 @@ def json_to_array(data: Any, datatype: str, shape: list[int], name: str) -> np.n
             f"Unable to parse 'data': Shape does not match true shape of 'data' field for "
             f"input '{name}' (shape {shape} has {count} elements, data has {len(flat)})"
         )
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=np.object_)
-        for i, x in enumerate(flat):
-            if isinstance(x, str):
-                array[i] = x.encode("utf-8")
-            else:
-                raise InvalidArgument(f"BYTES input '{name}' must hold strings in JSON 'data'")
-        return array.reshape(shape)
-    dtype = NUMPY_DTYPES[datatype]
-    if datatype == "BOOL":
-        if not all(isinstance(x, bool) for x in flat):
-            raise InvalidArgument(f"BOOL input '{name}' must hold true/false in JSON 'data'")
-    elif any(isinstance(x, (bool, str)) or x is None or isinstance(x, (dict, list)) for x in flat):
-        raise InvalidArgument(f"{datatype} input '{name}' must hold numbers in JSON 'data'")
-    elif datatype not in ("FP32", "FP64") and any(isinstance(x, float) for x in flat):
-        # numpy would truncate 1.5 to 1; Triton refuses a non-integer for an integer tensor
-        raise InvalidArgument(f"{datatype} input '{name}' must hold integers in JSON 'data'")
-    try:
-        array = np.array(flat, dtype=dtype)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise InvalidArgument(f"data of input '{name}' does not fit {datatype}: {exc}") from exc
+    array = np.empty(count, dtype=np.object_)
+    for i, x in enumerate(flat):
+        if not isinstance(x, str):
+            raise InvalidArgument(f"BYTES input '{name}' must hold strings in JSON 'data'")
+        array[i] = x.encode("utf-8")
     return array.reshape(shape)
 
 
