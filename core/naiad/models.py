@@ -110,7 +110,7 @@ class ModelManager:
         #: private folders written from load requests' file overrides
         self._override_dirs: dict[str, Path] = {}
         #: POLL mode: model name -> fingerprint of its folder at the last scan
-        self._fingerprints: dict[str, str] = {}
+        self._fingerprints: dict[str, int] = {}
         self._load_slots = asyncio.Semaphore(max(load_thread_count, 1))
         #: ensembles: composing models loaded first, then checked against
         self._ensembles = EnsembleLinker(self)

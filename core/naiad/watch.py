@@ -7,7 +7,6 @@ a scan is plain ``os.scandir`` work and runs off the event loop.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,27 +14,31 @@ from pathlib import Path
 from .repository import scan_repositories
 
 
-def fingerprint(model_dir: Path) -> str:
-    """A digest that changes when anything under ``model_dir`` is added, removed or modified."""
-    h = hashlib.blake2b(digest_size=16)
-    stack = [(str(model_dir), "")]
+def fingerprint(model_dir: Path) -> int:
+    """A value that changes when anything under ``model_dir`` is added, removed or modified.
+
+    Only compared within one process (it uses Python's ``hash``), so it is cheap: one
+    ``stat`` per entry and no formatting.
+    """
+    items: list[tuple] = []
+    stack = [str(model_dir)]
     while stack:
-        path, rel = stack.pop()
+        path = stack.pop()
         try:
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
+            entries = list(os.scandir(path))
         except OSError:
             continue
         for entry in entries:
-            name = f"{rel}/{entry.name}"
             try:
-                st = entry.stat(follow_symlinks=True)
+                st = entry.stat()
             except OSError:
                 continue
             is_dir = entry.is_dir()
-            h.update(f"{name}\0{int(is_dir)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            items.append((entry.path, is_dir, st.st_size, st.st_mtime_ns))
             if is_dir:
-                stack.append((entry.path, name))
-    return h.hexdigest()
+                stack.append(entry.path)
+    items.sort()
+    return hash(tuple(items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,7 @@ class Changes:
         return bool(self.added or self.removed or self.changed)
 
 
-def snapshot(repositories: list[Path]) -> dict[str, str]:
+def snapshot(repositories: list[Path]) -> dict[str, int]:
     """model name -> fingerprint, for every model folder (duplicates excluded)."""
     scan = scan_repositories(repositories)
     return {
@@ -58,7 +61,7 @@ def snapshot(repositories: list[Path]) -> dict[str, str]:
     }
 
 
-def diff(before: dict[str, str], after: dict[str, str]) -> Changes:
+def diff(before: dict[str, int], after: dict[str, int]) -> Changes:
     return Changes(
         added=sorted(set(after) - set(before)),
         removed=sorted(set(before) - set(after)),
