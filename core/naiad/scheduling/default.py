@@ -35,7 +35,8 @@ class DefaultScheduler(Scheduler):
     def __init__(self, instances: list[Instance], stats: ModelStats) -> None:
         if not instances:
             raise ValueError("a scheduler needs at least one instance")
-        self._idle: list[Instance] = list(instances)
+        #: idle instances, longest idle first: sequential requests rotate over the instances
+        self._idle: deque[Instance] = deque(instances)
         self._queue: deque[_Pending] = deque()
         self._stats = stats
         self._inflight = 0
@@ -73,7 +74,7 @@ class DefaultScheduler(Scheduler):
             if entry.future.done():  # its client went away while it was queued
                 self._finished()
                 continue
-            instance = self._idle.pop()
+            instance = self._idle.popleft()
             self._start(loop, instance, entry)
 
     def _start(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: _Pending) -> None:
