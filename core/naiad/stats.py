@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import InternalError, NaiadError
+
+if TYPE_CHECKING:
+    from .inference import InferResponse
+    from .scheduling.instance import BatchResult
 
 
 @dataclass(slots=True)
@@ -72,6 +79,31 @@ class ModelStats:
         self.compute_output.add(output_ns)
         self.inference_count += items
         self.last_inference = time.time_ns() // 1_000_000
+
+    def record_outcome(
+        self,
+        outcome: InferResponse | BaseException,
+        arrived_ns: int,
+        end_ns: int,
+        result: BatchResult,
+        share: int,
+        items: int,
+    ) -> InferResponse | NaiadError:
+        """Count one request of an execution: a success with its ``1/share`` of the batch's
+        compute times, or a BACKEND failure. Returns what the caller gets: the response, or the
+        error as a NaiadError (anything else is wrapped as an internal error)."""
+        if isinstance(outcome, BaseException):
+            self.record_failure(end_ns - arrived_ns, "BACKEND")
+            return outcome if isinstance(outcome, NaiadError) else InternalError(str(outcome))
+        self.record_success(
+            end_ns - arrived_ns,
+            result.start_ns - arrived_ns,
+            result.input_ns // share,
+            result.infer_ns // share,
+            result.output_ns // share,
+            items,
+        )
+        return outcome
 
     def record_failure(self, total_ns: int, reason: str = "OTHER") -> None:
         self.fail.add(total_ns)

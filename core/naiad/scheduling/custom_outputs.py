@@ -35,8 +35,7 @@ def check_custom_outputs(
     for name in [*wanted, *extra_outputs]:
         if name not in produced:
             raise InternalError(
-                f"custom backend of model '{signature.model_name}' did not produce output "
-                f"'{name}'"
+                f"custom backend of model '{signature.model_name}' did not produce output '{name}'"
             )
         spec = signature.outputs.get(name)
         array = np.asarray(produced[name])

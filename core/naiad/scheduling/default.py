@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import deque
 
-from ..errors import InternalError, NaiadError, Unavailable
+from ..errors import InternalError, Unavailable
 from ..inference import InferRequest, InferResponse
 from ..stats import ModelStats
 from .base import Scheduler
@@ -92,28 +92,15 @@ class DefaultScheduler(Scheduler):
         stats = self._stats
         request = entry.request
         end = time.monotonic_ns()
-        outcome: InferResponse | BaseException
         if result is None:
-            outcome = error or InternalError("execution failed")
-        else:
-            outcome = result.responses[0]
-        if isinstance(outcome, BaseException):
-            stats.record_failure(end - entry.arrived, "BACKEND")
-            if not isinstance(outcome, NaiadError):
-                outcome = InternalError(str(outcome))
-        else:
-            assert result is not None
+            result = BatchResult([error or InternalError("execution failed")], end, 0, 0, 0)
+        elif not isinstance(result.responses[0], BaseException):
             stats.record_execution(
                 request.batch_size, result.input_ns, result.infer_ns, result.output_ns
             )
-            stats.record_success(
-                end - entry.arrived,
-                result.start_ns - entry.arrived,
-                result.input_ns,
-                result.infer_ns,
-                result.output_ns,
-                request.batch_size,
-            )
+        outcome = stats.record_outcome(
+            result.responses[0], entry.arrived, end, result, 1, request.batch_size
+        )
         if not entry.future.done():
             if isinstance(outcome, BaseException):
                 entry.future.set_exception(outcome)

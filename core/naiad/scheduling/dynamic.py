@@ -331,20 +331,9 @@ class DynamicBatcher(Scheduler):
             stats.record_execution(total, result.input_ns, result.infer_ns, result.output_ns)
         n = len(batch)
         for e, response in zip(batch, result.responses, strict=True):
-            if isinstance(response, BaseException):
-                stats.record_failure(end - e.arrived, "BACKEND")
-                if not isinstance(response, NaiadError):
-                    response = InternalError(str(response))
-            else:
-                stats.record_success(
-                    end - e.arrived,
-                    result.start_ns - e.arrived,
-                    result.input_ns // n,
-                    result.infer_ns // n,
-                    result.output_ns // n,
-                    e.request.batch_size,
-                )
-            e.result = response
+            e.result = stats.record_outcome(
+                response, e.arrived, end, result, n, e.request.batch_size
+            )
             if not self._preserve_ordering:
                 self._answer(e)
         if self._preserve_ordering:

@@ -336,21 +336,7 @@ class SequenceBatcher(Scheduler):
             response = result.responses[position]
             if not isinstance(response, BaseException):
                 response = self._keep_state(seq, response)
-            if isinstance(response, BaseException):
-                stats.record_failure(end - e.arrived, "BACKEND")
-                if not isinstance(response, NaiadError):
-                    response = InternalError(str(response))
-                self._answer(e, response)
-            else:
-                stats.record_success(
-                    end - e.arrived,
-                    result.start_ns - e.arrived,
-                    result.input_ns // n,
-                    result.infer_ns // n,
-                    result.output_ns // n,
-                    1,
-                )
-                self._answer(e, response)
+            self._answer(e, stats.record_outcome(response, e.arrived, end, result, n, 1))
             self._settle(seq)
 
     def _keep_state(
