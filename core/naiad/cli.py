@@ -62,6 +62,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "--allow-http", True, "serve HTTP")
     _flag(
         p,
+        "--http-fast-path",
+        True,
+        "answer inference, health, metadata and config on naiad's lean HTTP/1.1 front; "
+        "false = aiohttp answers everything (naiad only)",
+    )
+    _flag(
+        p,
         "--allow-client-shm",
         True,
         "let clients register system shared memory regions (Triton now defaults to false)",
@@ -205,6 +212,7 @@ def serve_config(args: argparse.Namespace):
         exit_on_error=args.exit_on_error,
         exit_timeout=args.exit_timeout_secs,
         allow_client_shm=args.allow_client_shm,
+        http_fast_path=args.http_fast_path,
         max_input_size=args.http_max_input_size,
         server_id=args.server_id,
         plugins=list(args.plugin),

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .dataplane import ControlMode, DataPlane, ServerOptions
 from .http import make_app
+from .http.fast import FastSite
 from .http.metrics import start_metrics_site
 from .metrics import Metrics, MetricsConfig
 from .models import ModelManager
@@ -37,6 +38,8 @@ class ServerConfig:
     #: ``--allow-client-shm``: clients may register shared memory (default true, see docs)
     allow_client_shm: bool = True
     max_input_size: int = 64 * 1024 * 1024
+    #: ``--http-fast-path``: the hot V2 requests skip aiohttp's machinery (naiad.http.fast)
+    http_fast_path: bool = True
     server_id: str = "triton"
     plugins: list[str] = field(default_factory=list)
     repository_poll_secs: float = 15.0
@@ -85,7 +88,19 @@ class Server:
                 shutdown_timeout=cfg.exit_timeout,
             )
             await self._runner.setup()
-            site = web.TCPSite(self._runner, cfg.http_address, cfg.http_port, reuse_address=True)
+            site: web.BaseSite
+            if cfg.http_fast_path:
+                site = FastSite(
+                    self._runner,
+                    cfg.http_address,
+                    cfg.http_port,
+                    self.dataplane,
+                    max_input=cfg.max_input_size,
+                )
+            else:
+                site = web.TCPSite(
+                    self._runner, cfg.http_address, cfg.http_port, reuse_address=True
+                )
             await site.start()
             log.info("HTTP service listening on %s:%d", cfg.http_address, cfg.http_port)
         if self.metrics is not None:

@@ -6,28 +6,19 @@ Handlers only parse, call the :class:`~naiad.dataplane.DataPlane`, and serialise
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ..dataplane import DataPlane
-from ..errors import InvalidArgument, NaiadError, Unavailable
-from ..shm import ShmLease
-from . import codec, extensions, legacy
+from ..errors import InvalidArgument, NaiadError
+from . import codec, extensions, handlers, legacy
 from .common import DATAPLANE, MAX_INPUT, error_response, json_body, json_response
 
 _json = json_response
 _json_body = json_body
 
-log = logging.getLogger(__name__)
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_EMPTY_OK = web.Response(status=200)
-_COMPRESS_IN_THREAD = 1 << 16
-#: JSON request parts larger than this are parsed off the event loop
-_JSON_IN_THREAD = 1 << 18
 
 
 @web.middleware
@@ -35,8 +26,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except NaiadError as exc:
-        headers = {"Accept-Encoding": "gzip, deflate"} if "compression" in exc.message else None
-        return error_response(int(exc.status), exc.message, headers)
+        return _response(handlers.naiad_error_answer(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -44,8 +34,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as exc:  # the server keeps serving whatever a handler did
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        return _response(handlers.internal_error_answer(exc, request.method, request.path))
+
+
+def _response(answer: handlers.Answer) -> web.Response:
+    status, body, content_type, headers = answer
+    return web.Response(status=status, body=body, content_type=content_type, headers=headers)
 
 
 def _version(request: web.Request) -> int:
@@ -56,17 +50,11 @@ def _version(request: web.Request) -> int:
 
 
 async def health_live(request: web.Request) -> web.Response:
-    dp = request.app[DATAPLANE]
-    if dp.exiting:
-        raise Unavailable("Server exiting")
-    return web.Response(status=200 if dp.live() else 400)
+    return web.Response(status=handlers.health_status(request.app[DATAPLANE], ready=False))
 
 
 async def health_ready(request: web.Request) -> web.Response:
-    dp = request.app[DATAPLANE]
-    if dp.exiting:
-        raise Unavailable("Server exiting")
-    return web.Response(status=200 if dp.ready() else 400)
+    return web.Response(status=handlers.health_status(request.app[DATAPLANE], ready=True))
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -101,87 +89,20 @@ async def infer(request: web.Request) -> web.Response:
     dp = request.app[DATAPLANE]
     name = request.match_info["model"]
     version = _version(request)
-    mv = dp.resolve(name, version)
-    body = await request.read()
+    mv = dp.resolve(name, version)  # an unknown model fails before its body is read
     headers = request.headers
-    encoding = headers.get("Content-Encoding")
-    if encoding and encoding != "identity":
-        limit = request.app[MAX_INPUT]
-        if len(body) > _COMPRESS_IN_THREAD:
-            body = await asyncio.to_thread(codec.decompress, body, encoding, limit)
-        else:
-            body = codec.decompress(body, encoding, limit)
-    header_length = codec.parse_header_length(
-        headers.get("Inference-Header-Content-Length"), len(body)
+    status, payload, content_type, out_headers = await handlers.infer(
+        dp,
+        mv,
+        name,
+        version,
+        await request.read(),
+        max_input=request.app[MAX_INPUT],
+        content_encoding=headers.get("Content-Encoding"),
+        header_length=headers.get("Inference-Header-Content-Length"),
+        accept_encoding=headers.get("Accept-Encoding"),
     )
-    raw_input = _raw_input(mv) if header_length == 0 else None
-    lease = dp.shm.lease()
-    try:
-        payload, json_length = await _run_infer(
-            dp, mv, lease, body, header_length, name, version, raw_input
-        )
-    finally:
-        lease.release()  # after the request's arrays over shared memory are gone
-    out_headers = {}
-    if json_length is not None:
-        out_headers["Inference-Header-Content-Length"] = str(json_length)
-        content_type = "application/octet-stream"
-    else:
-        content_type = "application/json"
-    accept = headers.get("Accept-Encoding")
-    if accept:
-        chosen = codec.choose_encoding(accept)
-        if chosen is not None:
-            if len(payload) > _COMPRESS_IN_THREAD:
-                payload = await asyncio.to_thread(codec.compress, payload, chosen)
-            else:
-                payload = codec.compress(payload, chosen)
-            out_headers["Content-Encoding"] = chosen
-    return web.Response(body=payload, headers=out_headers, content_type=content_type)
-
-
-async def _run_infer(
-    dp: DataPlane,
-    mv,
-    lease: ShmLease,
-    body: bytes,
-    header_length: int | None,
-    name: str,
-    version: int,
-    raw_input: tuple[str, str, list[int]] | None,
-) -> tuple[bytes, int | None]:
-    """Parse, infer and encode; shared-memory regions are read and written through ``lease``.
-
-    A large JSON part (an image sent as JSON numbers, say) is parsed and its answer encoded on
-    a worker thread, so one big request never stalls the event loop.
-    """
-    json_size = len(body) if header_length is None else header_length
-    big = json_size > _JSON_IN_THREAD
-    args = (body, header_length, name, version)
-    kwargs = {"shm_reader": lease.read, "raw_input": raw_input}
-    if big:
-        req = await asyncio.to_thread(codec.parse_infer_request, *args, **kwargs)
-    else:
-        req = codec.parse_infer_request(*args, **kwargs)
-    lease.reserve(req.outputs)
-    response = await dp.infer(req, mv)
-    if big:
-        return await asyncio.to_thread(
-            codec.encode_infer_response, req, response, shm_writer=lease.write
-        )
-    return codec.encode_infer_response(req, response, shm_writer=lease.write)
-
-
-def _raw_input(mv) -> tuple[str, str, list[int]] | None:
-    sig = mv.signature
-    if len(sig.inputs) != 1:
-        return None
-    spec = next(iter(sig.inputs.values()))
-    dims = list(spec.dims)
-    if spec.datatype != "BYTES" and dims.count(-1) > 1:
-        return None
-    shape = ([1] if sig.max_batch_size > 0 else []) + dims
-    return spec.name, spec.datatype, shape
+    return web.Response(status=status, body=payload, headers=out_headers, content_type=content_type)
 
 
 # ---- model repository ---------------------------------------------------------------------------

@@ -1,0 +1,500 @@
+"""A lean HTTP/1.1 front for the requests clients send in a loop, in front of the aiohttp app.
+
+aiohttp spends about 100 µs of Python on every request (request and response objects, a task,
+a stream reader, header multidicts, its writer) — more than naiad's whole inference path for a
+small model, and on one core that caps the server at a few thousand requests a second. This
+front reads each connection itself and answers the hot V2 requests — inference, health, server
+and model metadata, model readiness, configuration and statistics — by calling the same
+functions as the aiohttp handlers (:mod:`naiad.http.handlers`), so the answers are the same.
+
+Everything else — another route or method, a query string or a percent-escape in the path,
+``Transfer-Encoding``, ``Expect``, ``Upgrade``, HTTP/1.0, a repeated header, a body over the
+size limit, a head it cannot parse with certainty — makes the front hand the connection, with
+every byte read so far, to aiohttp's own ``RequestHandler`` for the rest of its life. aiohttp
+stays the complete implementation of the API; the front only answers what it fully understands.
+
+Requests on one connection are answered one at a time and in order (as aiohttp does), so a
+pipelining client gets its answers in the order it asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import re
+import socket
+import time
+from email.utils import formatdate
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+
+from ..dataplane import DataPlane
+from ..errors import NaiadError
+from . import codec, handlers
+
+#: a head that has not ended within this many bytes goes to aiohttp (which answers 400 / 431)
+MAX_HEAD = 16 * 1024
+#: input buffered beyond this while a request runs pauses reading from the socket
+READ_AHEAD = 1 << 20
+#: bodies at least this large are written as a separate buffer instead of joined to the head
+_JOIN_LIMIT = 1 << 16
+
+_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[^\x00-\x1f\x7f]|\t)*?)[ \t]*")
+_SERVER = SERVER_SOFTWARE.encode()
+_STATUS = {s.value: b"%d %s" % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
+_NOT_OURS = object()
+
+# what the route of a request is, after parsing
+_LIVE, _READY, _SERVER_META, _ALL_STATS, _META, _MODEL_READY, _CONFIG, _STATS, _INFER = range(9)
+_GET_TAILS = {b"": _META, b"ready": _MODEL_READY, b"config": _CONFIG, b"stats": _STATS}
+_FIXED_GET = {
+    b"/v2/health/live": _LIVE,
+    b"/v2/health/ready": _READY,
+    b"/v2": _SERVER_META,
+    b"/v2/models/stats": _ALL_STATS,
+}
+
+
+class _Date:
+    """The ``Date`` header value, formatted once a second."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = formatdate(now, usegmt=True).encode()
+        return self.value
+
+
+class _Request:
+    """One parsed request head, waiting for (or with) its body."""
+
+    __slots__ = ("route", "name", "version", "headers", "keep_alive", "body_start", "end")
+
+    def __init__(self, route, name, version, headers, keep_alive, body_start, end) -> None:
+        self.route = route
+        self.name = name
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body_start = body_start
+        self.end = end
+
+
+def parse_head(buf: bytes | bytearray, max_input: int) -> _Request | None | object:
+    """The request at the start of ``buf``; None while its head is incomplete, ``_NOT_OURS``
+    when aiohttp must answer it."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return _NOT_OURS if len(buf) > MAX_HEAD else None
+    if end > MAX_HEAD:
+        return _NOT_OURS
+    lines = bytes(buf[:end]).split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+        return _NOT_OURS
+    method, target = parts[0], parts[1]
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        m = _HEADER.fullmatch(line)
+        if m is None:
+            return _NOT_OURS
+        key = m.group(1).lower()
+        if key in headers:
+            return _NOT_OURS
+        headers[key] = m.group(2)
+    if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
+        return _NOT_OURS
+    route = _route(method, target)
+    if route is _NOT_OURS:
+        return _NOT_OURS
+    length = headers.get(b"content-length", b"0")
+    if not length.isdigit() or len(length) > 18 or int(length) > max_input:
+        return _NOT_OURS
+    keep_alive = True
+    connection = headers.get(b"connection")
+    if connection is not None:
+        tokens = {t.strip() for t in connection.lower().split(b",")}
+        if b"upgrade" in tokens:
+            return _NOT_OURS
+        keep_alive = b"close" not in tokens
+    kind, name, version = route  # type: ignore[misc]
+    body_start = end + 4
+    return _Request(kind, name, version, headers, keep_alive, body_start, body_start + int(length))
+
+
+def _route(method: bytes, target: bytes) -> tuple[int, str, bytes | None] | object:
+    """(route, model name, version digits) of the hot V2 requests, ``_NOT_OURS`` otherwise.
+
+    It mirrors the aiohttp route table (``app.routes``) for the paths it takes: a model name is
+    one non-empty path segment, a version only digits.
+    """
+    if not target.startswith(b"/v2") or not target.isascii():
+        return _NOT_OURS
+    if b"%" in target or b"?" in target or b"#" in target or b"/." in target or b"//" in target:
+        return _NOT_OURS
+    fixed = _FIXED_GET.get(target)
+    if fixed is not None:
+        return (fixed, "", None) if method == b"GET" else _NOT_OURS
+    if not target.startswith(b"/v2/models/"):
+        return _NOT_OURS
+    segments = target[11:].split(b"/")
+    name = segments[0]
+    if not name or b"{" in name or b"}" in name:
+        return _NOT_OURS
+    version = None
+    rest = segments[1:]
+    if rest and rest[0] == b"versions":
+        if len(rest) < 2 or not rest[1].isdigit():
+            return _NOT_OURS
+        version = rest[1]
+        rest = rest[2:]
+    if len(rest) > 1:
+        return _NOT_OURS
+    tail = rest[0] if rest else b""
+    if not tail and rest:  # a trailing slash
+        return _NOT_OURS
+    if tail == b"infer":
+        kind = _INFER if method == b"POST" else _NOT_OURS
+    else:
+        kind = _GET_TAILS.get(tail, _NOT_OURS) if method == b"GET" else _NOT_OURS
+    if kind is _NOT_OURS:
+        return _NOT_OURS
+    return kind, name.decode(), version
+
+
+class FastFront:
+    """What every fast connection of one site shares."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        aiohttp_server: web.Server,
+        *,
+        max_input: int,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.dataplane = dataplane
+        self.aiohttp_server = aiohttp_server
+        self.max_input = max_input
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[FastProtocol] = set()
+        self.date = _Date()
+        self.closing = False
+        self.handed_off = 0  # connections given to aiohttp (for tests and curiosity)
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeper = loop.call_later(self.keepalive_timeout / 4, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close connections idle for longer than the keep-alive timeout (as aiohttp does)."""
+        deadline = loop.time() - self.keepalive_timeout
+        for conn in list(self.connections):
+            conn.close_if_idle(deadline)
+        self._sweeper = loop.call_later(self.keepalive_timeout / 4, self._sweep, loop)
+
+    def close(self) -> None:
+        """Stop: idle connections close now, busy ones after their answer."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self.connections):
+            conn.close_if_idle(None)
+
+    def protocol(self) -> FastProtocol:
+        return FastProtocol(self)
+
+
+class FastProtocol(asyncio.Protocol):
+    """One client connection, until it closes or is handed to aiohttp."""
+
+    __slots__ = (
+        "_front",
+        "_loop",
+        "_transport",
+        "_buf",
+        "_pending",
+        "_busy",
+        "_task",
+        "_write_paused",
+        "_read_paused",
+        "_last",
+    )
+
+    def __init__(self, front: FastFront) -> None:
+        self._front = front
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buf: bytes | bytearray = b""
+        self._pending: _Request | None = None
+        self._busy = False
+        self._task: asyncio.Task | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self._last = 0.0
+
+    # ---- asyncio protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._last = self._loop.time()
+        self._front.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._front.connections.discard(self)
+        self._transport = None
+        self._buf = b""
+        self._pending = None
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        if not buf:
+            self._buf = data
+        elif isinstance(buf, bytearray):
+            buf += data
+        else:
+            self._buf = bytearray(buf)
+            self._buf += data
+        self._last = self._loop.time()
+        if self._busy or self._write_paused:
+            if len(self._buf) > READ_AHEAD and not self._read_paused:
+                self._read_paused = True
+                self._transport.pause_reading()  # type: ignore[union-attr]
+            return
+        self._process()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done sending: close once the last answer is out
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy:
+            self._process()
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answer the complete requests in the buffer, in order, until one must wait."""
+        front = self._front
+        while self._transport is not None and not self._busy and not self._write_paused:
+            buf = self._buf
+            if not buf:
+                break
+            req = self._pending
+            if req is None:
+                parsed = parse_head(buf, front.max_input)
+                if parsed is None:
+                    break
+                if parsed is _NOT_OURS:
+                    self._hand_off()
+                    return
+                req = parsed  # type: ignore[assignment]
+            if len(buf) < req.end:
+                self._pending = req  # its body is still arriving
+                break
+            self._pending = None
+            body = bytes(buf[req.body_start : req.end])
+            self._buf = buf[req.end :]
+            if req.route == _INFER:
+                self._busy = True
+                self._task = self._loop.create_task(self._infer(req, body))
+                break
+            self._answer(self._get(req), req.keep_alive)
+        if self._read_paused and len(self._buf) <= READ_AHEAD and self._transport is not None:
+            self._read_paused = False
+            self._transport.resume_reading()
+
+    def _get(self, req: _Request) -> handlers.Answer:
+        dp = self._front.dataplane
+        route = req.route
+        try:
+            if route == _LIVE or route == _READY:
+                return handlers.health_status(dp, ready=route == _READY), b"", None, None
+            if route == _SERVER_META:
+                return handlers.json_answer(dp.server_metadata())
+            if route == _ALL_STATS:
+                return handlers.json_answer(dp.statistics("", -1))
+            version = codec.parse_model_version(_text(req.version))
+            if route == _META:
+                return handlers.json_answer(dp.model_metadata(req.name, version))
+            if route == _MODEL_READY:
+                dp.resolve(req.name, version)
+                return 200, b"", None, None
+            if route == _CONFIG:
+                return handlers.json_answer(dp.model_config(req.name, version))
+            return handlers.json_answer(dp.statistics(req.name, version))
+        except NaiadError as exc:
+            return handlers.naiad_error_answer(exc)
+        except Exception as exc:  # the server keeps serving whatever happened
+            return handlers.internal_error_answer(exc, "GET", _path(req))
+
+    async def _infer(self, req: _Request, body: bytes) -> None:
+        dp = self._front.dataplane
+        headers = req.headers
+        try:
+            version = codec.parse_model_version(_text(req.version))
+            mv = dp.resolve(req.name, version)
+            answer = await handlers.infer(
+                dp,
+                mv,
+                req.name,
+                version,
+                body,
+                max_input=self._front.max_input,
+                content_encoding=_text(headers.get(b"content-encoding")),
+                header_length=_text(headers.get(b"inference-header-content-length")),
+                accept_encoding=_text(headers.get(b"accept-encoding")),
+            )
+        except NaiadError as exc:
+            answer = handlers.naiad_error_answer(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the server keeps serving whatever a backend did
+            answer = handlers.internal_error_answer(exc, "POST", _path(req))
+        self._task = None
+        self._busy = False
+        self._answer(answer, req.keep_alive)
+        if self._buf:
+            self._process()
+        elif self._read_paused and self._transport is not None:
+            self._read_paused = False
+            self._transport.resume_reading()
+
+    def _answer(self, answer: handlers.Answer, keep_alive: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        status, body, content_type, headers = answer
+        extra = b""
+        if headers:
+            extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items())
+        if not keep_alive or self._front.closing:
+            extra += b"Connection: close\r\n"
+            keep_alive = False
+        if content_type is not None:
+            extra = b"Content-Type: %s\r\n%s" % (content_type.encode(), extra)
+        head = b"HTTP/1.1 %s\r\nContent-Length: %d\r\nDate: %s\r\nServer: %s\r\n%s\r\n" % (
+            _STATUS[status],
+            len(body),
+            self._front.date.get(),
+            _SERVER,
+            extra,
+        )
+        if len(body) < _JOIN_LIMIT:
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
+        self._last = self._loop.time()
+        if not keep_alive:
+            transport.close()
+
+    # ---- the rest of the connection's life -------------------------------------------------
+
+    def _hand_off(self) -> None:
+        """Give the connection, and what it sent so far, to aiohttp's request handler."""
+        transport = self._transport
+        assert transport is not None and not self._busy
+        front = self._front
+        front.connections.discard(self)
+        front.handed_off += 1
+        data = bytes(self._buf)
+        self._buf = b""
+        self._transport = None
+        handler = front.aiohttp_server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+        handler.data_received(data)
+
+    def close_if_idle(self, deadline: float | None) -> None:
+        """Close now if no request is running and (with a deadline) nothing came since it."""
+        transport = self._transport
+        if transport is None or self._busy:
+            return
+        if deadline is None or self._last < deadline:
+            transport.close()
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _path(req: _Request) -> str:
+    version = f"/versions/{_text(req.version)}" if req.version is not None else ""
+    return f"/v2/models/{req.name}{version}"
+
+
+class FastSite(web.BaseSite):
+    """An aiohttp site whose connections start on the fast front.
+
+    It lives in the runner like a ``TCPSite``: ``runner.cleanup()`` stops it, and the
+    connections handed to aiohttp are closed with the runner's own.
+    """
+
+    __slots__ = ("_host", "_port", "_reuse_address", "_front", "_bound_port")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        dataplane: DataPlane,
+        *,
+        max_input: int,
+        reuse_address: bool = True,
+        backlog: int = 128,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._reuse_address = reuse_address
+        server = runner.server
+        assert server is not None
+        self._front = FastFront(dataplane, server, max_input=max_input)
+        self._bound_port = port
+
+    @property
+    def front(self) -> FastFront:
+        return self._front
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._bound_port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._front.protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+        )
+        if self._server.sockets:
+            self._bound_port = self._server.sockets[0].getsockname()[1]
+        self._front.start(loop)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._front.close()

@@ -1,0 +1,138 @@
+"""The V2 data-plane answers as plain values, shared by the aiohttp handlers (``app.py``) and the
+fast front (``fast.py``), so both serve the same bytes for the same request.
+
+An answer is ``(status, body, content_type, extra_headers)``. Errors are raised as
+:class:`~naiad.errors.NaiadError` and turned into Triton's ``{"error": "..."}`` form by
+:func:`error_answer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from ..dataplane import DataPlane
+from ..errors import NaiadError, Unavailable
+from . import codec
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+BINARY = "application/octet-stream"
+
+#: (status, body, content type or None for none, extra headers or None)
+Answer = tuple[int, bytes, "str | None", "dict[str, str] | None"]
+
+#: bodies larger than this are (de)compressed off the event loop
+COMPRESS_IN_THREAD = 1 << 16
+#: JSON request parts larger than this are parsed off the event loop
+JSON_IN_THREAD = 1 << 18
+
+
+def error_answer(status: int, message: str, headers: dict[str, str] | None = None) -> Answer:
+    """Triton's error form: ``{"error": "..."}`` with a JSON content type."""
+    return status, orjson.dumps({"error": message}), JSON, headers
+
+
+def naiad_error_answer(exc: NaiadError) -> Answer:
+    headers = {"Accept-Encoding": "gzip, deflate"} if "compression" in exc.message else None
+    return error_answer(int(exc.status), exc.message, headers)
+
+
+def internal_error_answer(exc: BaseException, method: str, path: str) -> Answer:
+    """A handler raised something unexpected: log it, answer 500, keep serving."""
+    log.error("unhandled error in %s %s", method, path, exc_info=exc)
+    return error_answer(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def json_answer(obj: Any) -> Answer:
+    return 200, orjson.dumps(obj), JSON, None
+
+
+def health_status(dp: DataPlane, ready: bool) -> int:
+    """200 or 400, as Triton answers ``/v2/health/live`` and ``/v2/health/ready``."""
+    if dp.exiting:
+        raise Unavailable("Server exiting")
+    ok = dp.ready() if ready else dp.live()
+    return 200 if ok else 400
+
+
+async def infer(
+    dp: DataPlane,
+    mv: Any,
+    name: str,
+    version: int,
+    body: bytes,
+    *,
+    max_input: int,
+    content_encoding: str | None,
+    header_length: str | None,
+    accept_encoding: str | None,
+) -> Answer:
+    """One V2 inference: ``body`` as received, the answer ready to send.
+
+    A large JSON part (an image sent as JSON numbers, say) is parsed and its answer encoded on a
+    worker thread, and large bodies are (de)compressed there, so one big request never stalls
+    the event loop.
+    """
+    if content_encoding and content_encoding != "identity":
+        if len(body) > COMPRESS_IN_THREAD:
+            body = await asyncio.to_thread(codec.decompress, body, content_encoding, max_input)
+        else:
+            body = codec.decompress(body, content_encoding, max_input)
+    length = codec.parse_header_length(header_length, len(body))
+    raw_input = _raw_input(mv) if length == 0 else None
+    lease = dp.shm.lease()
+    try:
+        json_size = len(body) if length is None else length
+        big = json_size > JSON_IN_THREAD
+        kwargs = {"shm_reader": lease.read, "raw_input": raw_input}
+        if big:
+            req = await asyncio.to_thread(
+                codec.parse_infer_request, body, length, name, version, **kwargs
+            )
+        else:
+            req = codec.parse_infer_request(body, length, name, version, **kwargs)
+        lease.reserve(req.outputs)
+        response = await dp.infer(req, mv)
+        if big:
+            payload, json_length = await asyncio.to_thread(
+                codec.encode_infer_response, req, response, shm_writer=lease.write
+            )
+        else:
+            payload, json_length = codec.encode_infer_response(
+                req, response, shm_writer=lease.write
+            )
+    finally:
+        lease.release()  # after the request's arrays over shared memory are gone
+    headers: dict[str, str] | None = None
+    if json_length is not None:
+        headers = {"Inference-Header-Content-Length": str(json_length)}
+        content_type = BINARY
+    else:
+        content_type = JSON
+    if accept_encoding:
+        chosen = codec.choose_encoding(accept_encoding)
+        if chosen is not None:
+            if len(payload) > COMPRESS_IN_THREAD:
+                payload = await asyncio.to_thread(codec.compress, payload, chosen)
+            else:
+                payload = codec.compress(payload, chosen)
+            headers = dict(headers or {}, **{"Content-Encoding": chosen})
+    return 200, payload, content_type, headers
+
+
+def _raw_input(mv: Any) -> tuple[str, str, list[int]] | None:
+    """The one input a body without a JSON header is for (Triton's raw binary request)."""
+    sig = mv.signature
+    if len(sig.inputs) != 1:
+        return None
+    spec = next(iter(sig.inputs.values()))
+    dims = list(spec.dims)
+    if spec.datatype != "BYTES" and dims.count(-1) > 1:
+        return None
+    shape = ([1] if sig.max_batch_size > 0 else []) + dims
+    return spec.name, spec.datatype, shape
