@@ -382,3 +382,51 @@ def test_a_client_that_leaves_mid_request_loses_nothing(server_factory, example_
     stats = c.get_inference_statistics("sleepy")["model_stats"][0]["inference_stats"]
     assert stats["success"]["count"] == 2
     c.close()
+
+
+def test_a_repeated_binary_header_is_parsed_once_and_stays_correct(both):
+    """The same JSON header with new tensor bytes (what a client in a loop sends) is served
+    from the model's parsed-header cache: answers follow the bytes, and a body that no longer
+    fits the header, or a header that failed validation, fail as on the first call."""
+    fast, plain = both
+    for srv in (fast, plain):
+        with _connect(srv) as s:
+            r = Reader(s)
+            for a in (0, 50, 7, 1000):
+                body, length = _simple_binary(a)
+                s.sendall(
+                    _request(
+                        "POST",
+                        SIMPLE + "/infer",
+                        body,
+                        {"Inference-Header-Content-Length": str(length)},
+                    )
+                )
+                code, headers, out = r.response()
+                assert code == 200
+                start = int(headers["inference-header-content-length"])
+                got = np.frombuffer(out[start:], dtype=np.int32)
+                assert got.tolist() == [a + i + 1 for i in range(16)]
+            body, length = _simple_binary(3)
+            short = _request(
+                "POST",
+                SIMPLE + "/infer",
+                body[:-4],
+                {"Inference-Header-Content-Length": str(length)},
+            )
+            s.sendall(short)
+            code, _, err = r.response()
+            assert code == 400 and "INPUT1" in json.loads(err)["error"]
+            # a header whose shape the model refuses: refused every time
+            bad = body[:length].replace(b"[1, 16]", b"[2, 8]")
+            for _ in range(2):
+                s.sendall(
+                    _request(
+                        "POST",
+                        SIMPLE + "/infer",
+                        bad + body[length:],
+                        {"Inference-Header-Content-Length": str(len(bad))},
+                    )
+                )
+                code, _, err = r.response()
+                assert code == 400 and "unexpected shape" in json.loads(err)["error"]

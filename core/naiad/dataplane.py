@@ -142,7 +142,7 @@ class DataPlane:
             raise Unavailable("Server exiting")
         if mv is None:
             mv = self.models.resolve(request.model_name, request.model_version)
-        mv.signature.validate(request)
+        mv.signature.check(request)
         self._inflight += 1
         self._idle.clear()
         try:

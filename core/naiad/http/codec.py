@@ -8,6 +8,7 @@ copies.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -131,20 +132,29 @@ def parse_infer_request(
     *,
     shm_reader: ShmReader | None = None,
     raw_input: tuple[str, str, list[int]] | None = None,
+    plans: dict[bytes, BinaryPlan] | None = None,
 ) -> InferRequest:
     """Build an InferRequest from a V2 body.
 
     :param header_length: ``Inference-Header-Content-Length`` (None when absent).
     :param raw_input: (name, datatype, shape) of the model's only input, for raw binary requests
         (header length 0).
+    :param plans: the model's cache of binary request headers: a header seen before is not
+        parsed again (see :class:`BinaryPlan`).
     """
     if header_length == 0:
         return _parse_raw(body, model_name, model_version, raw_input)
     view = memoryview(body)
+    key = None
     if header_length is None:
         header, binary = view, view[:0]
     else:
         header, binary = view[:header_length], view[header_length:]
+        if plans is not None and header_length <= _PLAN_HEADER_MAX:
+            key = bytes(header)
+            plan = plans.get(key)
+            if plan is not None and plan.total == len(binary):
+                return plan.build(binary, model_name, model_version)
     obj = _loads(header)
     if not isinstance(obj, dict):
         raise InternalError(
@@ -163,6 +173,7 @@ def parse_infer_request(
     if not isinstance(inputs, list):
         raise _field_error("inputs", "attempt to access JSON non-array as array")
     offset = 0
+    specs: list[tuple[str, str, tuple[int, ...], int]] | None = [] if key is not None else None
     for item in inputs:
         name, array, used = _parse_input(
             item, binary, offset, header_length, model_name, shm_reader
@@ -171,6 +182,11 @@ def parse_infer_request(
             raise InvalidArgument(f"input '{name}' already exists in request")
         request.inputs[name] = array
         offset += used
+        if specs is not None:
+            if "binary_data_size" in item["parameters"] if "parameters" in item else False:
+                specs.append((name, item["datatype"], tuple(item["shape"]), used))
+            else:
+                specs = None  # JSON data or shared memory: not the same from one call to the next
     if offset != len(binary):
         raise InvalidArgument(f"unexpected additional input data for model '{model_name}'")
     outputs = obj.get("outputs")
@@ -178,7 +194,72 @@ def parse_infer_request(
         if not isinstance(outputs, list):
             raise _field_error("outputs", "attempt to access JSON non-array as array")
         request.outputs = [_parse_output(o) for o in outputs] or None
+    if specs is not None and plans is not None and key is not None and _plannable(request):
+        if len(plans) >= _PLANS_MAX:
+            plans.clear()
+        request.plan = plans[key] = BinaryPlan(request, tuple(specs), offset)
     return request
+
+
+#: binary request headers longer than this are parsed each time (and not kept)
+_PLAN_HEADER_MAX = 4096
+#: headers kept per model version (the cache is emptied when it fills up)
+_PLANS_MAX = 64
+
+
+def _plannable(request: InferRequest) -> bool:
+    """A request whose header can be reused as is: no sequence, no shared memory."""
+    if request.sequence_id or request.sequence_start or request.sequence_end:
+        return False
+    return not request.outputs or all(o.shm is None for o in request.outputs)
+
+
+class BinaryPlan:
+    """A binary request's JSON header, parsed once.
+
+    A client calling in a loop sends the same JSON header each time with new tensor bytes
+    after it (tritonclient, perf_analyzer). The model version keeps the header's parsed form,
+    keyed by its exact bytes: the next request with that header only slices its tensors out of
+    the binary part, and :meth:`naiad.signature.Signature.check` validates it once per header.
+    Only headers whose every input is binary data qualify (no JSON data, no shared memory, no
+    sequence parameters).
+    """
+
+    __slots__ = ("template", "inputs", "total", "signature", "batch_size")
+
+    def __init__(
+        self,
+        request: InferRequest,
+        inputs: tuple[tuple[str, str, tuple[int, ...], int], ...],
+        total: int,
+    ) -> None:
+        # the request's fields without its tensors (which must not stay alive here)
+        self.template = dataclasses.replace(request, inputs={}, plan=None)
+        self.inputs = inputs
+        self.total = total
+        #: set by validation: the signature it passed and the batch size it found
+        self.signature: Any = None
+        self.batch_size = 0
+
+    def build(self, binary: memoryview, model_name: str, model_version: int) -> InferRequest:
+        t = self.template
+        inputs = {}
+        offset = 0
+        for name, datatype, shape, size in self.inputs:
+            inputs[name] = from_wire_bytes(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        return InferRequest(
+            model_name,
+            model_version,
+            t.id,
+            inputs,
+            t.outputs,
+            t.binary_output,
+            dict(t.parameters) if t.parameters else {},
+            priority=t.priority,
+            timeout_us=t.timeout_us,
+            plan=self,
+        )
 
 
 def _apply_parameters(request: InferRequest, params: Any) -> None:

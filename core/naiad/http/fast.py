@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import http
-import re
 import socket
 import time
 from email.utils import formatdate
@@ -40,7 +39,10 @@ READ_AHEAD = 1 << 20
 #: bodies at least this large are written as a separate buffer instead of joined to the head
 _JOIN_LIMIT = 1 << 16
 
-_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[^\x00-\x1f\x7f]|\t)*?)[ \t]*")
+#: the characters of a header name (RFC 9110 token), and of a head the front parses at all
+#: (visible ASCII, space, tab, CR LF): anything else is aiohttp's to judge
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_HEAD_CHARS = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 _SERVER = SERVER_SOFTWARE.encode()
 _STATUS = {s.value: b"%d %s" % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
 _NOT_OURS = object()
@@ -74,7 +76,7 @@ class _Date:
 
 
 class _Request:
-    """One parsed request head, waiting for (or with) its body."""
+    """What one request head says; shared by every request with the same head (never changed)."""
 
     __slots__ = ("route", "name", "version", "headers", "keep_alive", "body_start", "end")
 
@@ -88,6 +90,11 @@ class _Request:
         self.end = end
 
 
+#: heads seen lately and what they parsed to: a client in a loop sends the same head each time
+_HEADS: dict[bytes, _Request] = {}
+_HEADS_MAX = 512
+
+
 def parse_head(buf: bytes | bytearray, max_input: int) -> _Request | None | object:
     """The request at the start of ``buf``; None while its head is incomplete, ``_NOT_OURS``
     when aiohttp must answer it."""
@@ -96,20 +103,39 @@ def parse_head(buf: bytes | bytearray, max_input: int) -> _Request | None | obje
         return _NOT_OURS if len(buf) > MAX_HEAD else None
     if end > MAX_HEAD:
         return _NOT_OURS
-    lines = bytes(buf[:end]).split(b"\r\n")
+    head = bytes(buf[:end])
+    req = _HEADS.get(head)
+    if req is not None and req.end - req.body_start <= max_input:
+        return req
+    req = _parse_head(head, max_input)
+    if isinstance(req, _Request):
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[head] = req
+    return req
+
+
+def _parse_head(head: bytes, max_input: int) -> _Request | object:
+    end = len(head)
+    # only visible ASCII, and CR and LF only as line ends
+    if head.translate(None, _HEAD_CHARS) or head.count(b"\n") != head.count(b"\r\n"):
+        return _NOT_OURS
+    if head.count(b"\r") != head.count(b"\n"):
+        return _NOT_OURS
+    lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1":
         return _NOT_OURS
     method, target = parts[0], parts[1]
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
-        m = _HEADER.fullmatch(line)
-        if m is None:
-            return _NOT_OURS
-        key = m.group(1).lower()
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TOKEN):
+            return _NOT_OURS  # no colon, an empty name, space before the colon, folding
+        key = name.lower()
         if key in headers:
             return _NOT_OURS
-        headers[key] = m.group(2)
+        headers[key] = value.strip(b" \t")
     if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
         return _NOT_OURS
     route = _route(method, target)

@@ -89,7 +89,7 @@ async def infer(
     try:
         json_size = len(body) if length is None else length
         big = json_size > JSON_IN_THREAD
-        kwargs = {"shm_reader": lease.read, "raw_input": raw_input}
+        kwargs = {"shm_reader": lease.read, "raw_input": raw_input, "plans": mv.signature.plans}
         if big:
             req = await asyncio.to_thread(
                 codec.parse_infer_request, body, length, name, version, **kwargs
