@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections import deque
 
@@ -11,6 +13,8 @@ from ..inference import InferRequest, InferResponse
 from ..stats import ModelStats
 from .base import Scheduler
 from .instance import BatchResult, Instance
+
+log = logging.getLogger(__name__)
 
 
 class _Pending:
@@ -26,10 +30,12 @@ class DefaultScheduler(Scheduler):
     """Strict FIFO over a pool of instances; a model with N instances runs at most N requests
     at once.
 
-    When an instance finishes, the oldest queued request is handed to it from the completion
-    callback itself: no newcomer can overtake a waiting request (``asyncio.Queue`` lets one,
-    which sends the woken waiter to the back of the line), and the instance never waits for
-    the event loop to schedule a coroutine before its next execution.
+    When an instance finishes, its own thread takes the oldest queued request and runs it at
+    once, then tells the event loop about the finished one: no newcomer can overtake a waiting
+    request (``asyncio.Queue`` lets one, which sends the woken waiter to the back of the line),
+    and a busy instance never waits for a round trip through the event loop (two thread
+    wake-ups, ~90 µs on a small VM) between executions. The queue and the idle list are shared
+    with the instance threads under ``_lock``; futures and statistics stay on the loop.
     """
 
     def __init__(self, instances: list[Instance], stats: ModelStats) -> None:
@@ -38,6 +44,7 @@ class DefaultScheduler(Scheduler):
         #: idle instances, longest idle first: sequential requests rotate over the instances
         self._idle: deque[Instance] = deque(instances)
         self._queue: deque[_Pending] = deque()
+        self._lock = threading.Lock()
         self._stats = stats
         self._inflight = 0
         self._closed = False
@@ -54,7 +61,8 @@ class DefaultScheduler(Scheduler):
         loop = asyncio.get_running_loop()
         arrived = time.monotonic_ns()
         entry = _Pending(request, loop.create_future(), arrived)
-        self._queue.append(entry)
+        with self._lock:
+            self._queue.append(entry)
         self._inflight += 1
         self._stats.pending += 1
         self._done.clear()
@@ -68,23 +76,60 @@ class DefaultScheduler(Scheduler):
 
     def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start queued requests on idle instances, oldest first."""
-        while self._idle and self._queue:
-            entry = self._queue.popleft()
+        while True:
+            with self._lock:
+                if not (self._idle and self._queue):
+                    return
+                entry = self._queue.popleft()
+                instance = None if entry.future.done() else self._idle.popleft()
             self._stats.pending -= 1  # Triton's pending count: requests not yet executing
-            if entry.future.done():  # its client went away while it was queued
+            if instance is None:  # its client went away while it was queued
                 self._finished()
                 continue
-            instance = self._idle.popleft()
-            self._start(loop, instance, entry)
+            instance.executor.call_soon(None, _chain_ended, self._chain, loop, instance, entry)
 
-    def _start(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: _Pending) -> None:
-        def done(result: BatchResult | None, error: BaseException | None) -> None:
-            # the instance is free only when its execution has really ended
-            self._idle.append(instance)
-            self._complete(entry, result, error)
-            self._pump(loop)
+    def _chain(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: _Pending) -> None:
+        """On the instance's thread: run ``entry``, then whatever is queued behind it."""
+        while True:
+            try:
+                result: BatchResult | None = instance.run([entry.request])
+                error: BaseException | None = None
+            except Exception as exc:  # Instance.run catches backend errors; this is a bug
+                result, error = None, exc
+            skipped: list[_Pending] = []
+            with self._lock:
+                following = None
+                while self._queue:
+                    candidate = self._queue.popleft()
+                    if candidate.future.done():  # its client went away while it was queued
+                        skipped.append(candidate)
+                        continue
+                    following = candidate
+                    break
+                if following is None:
+                    # the instance is free only when its execution has really ended
+                    self._idle.append(instance)
+            try:
+                loop.call_soon_threadsafe(self._ran, entry, result, error, following, skipped)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+            if following is None:
+                return
+            entry = following
 
-        instance.executor.call_soon(loop, done, instance.run, [entry.request])
+    def _ran(
+        self,
+        entry: _Pending,
+        result: BatchResult | None,
+        error: BaseException | None,
+        following: _Pending | None,
+        skipped: list[_Pending],
+    ) -> None:
+        """On the loop: ``entry`` ran; ``following`` started after it; ``skipped`` were dropped."""
+        self._stats.pending -= len(skipped) + (following is not None)
+        for _ in skipped:
+            self._finished()
+        self._complete(entry, result, error)
 
     def _complete(
         self, entry: _Pending, result: BatchResult | None, error: BaseException | None
@@ -120,9 +165,18 @@ class DefaultScheduler(Scheduler):
         except asyncio.TimeoutError:
             pass
         # whatever is still queued now will never run: fail it clearly
-        while self._queue:
-            entry = self._queue.popleft()
+        while True:
+            with self._lock:
+                if not self._queue:
+                    break
+                entry = self._queue.popleft()
             self._stats.pending -= 1
             if not entry.future.done():
                 entry.future.set_exception(Unavailable("model was unloaded before the request ran"))
             self._finished()
+
+
+def _chain_ended(_result: object, error: BaseException | None) -> None:
+    """The end of a :meth:`DefaultScheduler._chain` (on the instance thread)."""
+    if error is not None:
+        log.error("instance thread failed", exc_info=error)
