@@ -6,13 +6,18 @@ Batch formation follows Triton's ``DynamicBatchScheduler::GetDynamicBatch``
 that equals a preferred batch size; otherwise send when the batch cannot grow, reached the
 largest preferred size, or the oldest request waited ``max_queue_delay_microseconds``.
 
-Everything here runs on the event loop thread; only ``Instance.run`` runs on the instance's
-worker thread. All times are ``time.monotonic_ns()``.
+Futures, timers and statistics live on the event loop thread. The queues are shared with the
+instance threads under one lock: an instance that finishes a batch forms the next one from the
+queue itself and runs it at once, then tells the loop about the finished one, so a busy model
+never waits for a round trip through the event loop (two thread wake-ups, ~90 µs on a small VM)
+between executions. All times are ``time.monotonic_ns()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,6 +28,12 @@ from ..signature import Signature
 from ..stats import ModelStats
 from .base import Scheduler
 from .instance import BatchResult, Instance
+
+log = logging.getLogger(__name__)
+
+#: a queued entry taken out under the lock, for the loop to settle: (entry, None) when its
+#: client went away, (entry, error) when it timed out
+_Dropped = list[tuple["_Entry", "NaiadError | None"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +131,8 @@ class DynamicBatcher(Scheduler):
             s.name for s in signature.inputs.values() if -1 in s.dims and not s.optional
         ]
         self._has_optional = any(s.optional for s in signature.inputs.values())
+        #: guards what the instance threads share: the levels' queues, _queued and _idle
+        self._lock = threading.Lock()
         self._queued = 0
         self._inflight = 0
         self._closed = False
@@ -161,8 +174,9 @@ class DynamicBatcher(Scheduler):
             entry.order = self._order
             self._order += 1
             self._release.append(entry)
-        level.queue.append(entry)
-        self._queued += 1
+        with self._lock:
+            level.queue.append(entry)
+            self._queued += 1
         self._inflight += 1
         self._stats.pending += 1
         self._drained.clear()
@@ -186,28 +200,50 @@ class DynamicBatcher(Scheduler):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Send batches while an instance is idle and a batch is ready."""
-        while self._idle and self._queued:
-            now = time.monotonic_ns()
-            batch, wait_until = self._form_batch(now)
-            if batch:
-                self._execute(self._idle.pop(), batch)
+        """Send batches while an instance is idle and a batch is ready (on the loop)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            dropped: _Dropped = []
+            with self._lock:
+                if not (self._idle and self._queued):
+                    return
+                batch, wait_until = self._next_batch(time.monotonic_ns(), dropped)
+                instance = self._idle.pop() if batch else None
+            self._settle(dropped)
+            if instance is not None:
+                self._stats.pending -= len(batch)  # Triton's pending: not yet executing
+                instance.executor.call_soon(None, _chain_ended, self._chain, loop, instance, batch)
                 continue
             if wait_until:
-                self._arm_timer(wait_until, asyncio.get_running_loop())
+                self._arm_timer(wait_until, loop)
             return
 
-    def _candidates(self, now: int):
-        """Queued entries in scan order: level 1 first; per level, live ones then delayed ones.
-        Expired REJECT entries are failed and removed on the way; expired DELAY entries move to
-        the level's delayed queue."""
+    def _next_batch(self, now: int, dropped: _Dropped) -> tuple[list[_Entry], int]:
+        """Under the lock: the batch to run now, taken out of the queues (or [] and when to
+        look again)."""
+        batch, wait_until = self._form_batch(now, dropped)
+        for e in batch:
+            level = self._levels[e.level]
+            try:
+                level.queue.remove(e)
+            except ValueError:
+                level.delayed.remove(e)
+        self._queued -= len(batch)
+        return batch, wait_until
+
+    def _candidates(self, now: int, dropped: _Dropped):
+        """Under the lock: queued entries in scan order: level 1 first; per level, live ones
+        then delayed ones. Cancelled entries and expired REJECT ones leave the queue on the way
+        (into ``dropped``, for the loop to settle); expired DELAY entries move to the level's
+        delayed queue."""
         for level in self._levels:
             q = level.queue
             while q:
                 e = q[0]
                 if e.future.done():  # cancelled by its client
                     q.popleft()
-                    self._forget(e)
+                    self._queued -= 1
+                    dropped.append((e, None))
                     continue
                 if e.deadline and e.deadline <= now:
                     q.popleft()
@@ -215,7 +251,8 @@ class DynamicBatcher(Scheduler):
                         e.deadline = 0
                         level.delayed.append(e)
                         continue
-                    self._fail_queued(e, Unavailable("Request timeout expired"))
+                    self._queued -= 1
+                    dropped.append((e, Unavailable("Request timeout expired")))
                     continue
                 break
             for e in list(q):
@@ -223,14 +260,15 @@ class DynamicBatcher(Scheduler):
             for e in list(level.delayed):
                 yield level, level.delayed, e
 
-    def _form_batch(self, now: int) -> tuple[list[_Entry], int]:
-        """(batch to send now, or [] and the monotonic ns to re-check at, 0 = on arrival)."""
+    def _form_batch(self, now: int, dropped: _Dropped) -> tuple[list[_Entry], int]:
+        """Under the lock: (batch to send now, or [] and the monotonic ns to re-check at,
+        0 = on arrival)."""
         batch: list[_Entry] = []
         total = 0
         best = -1  # length of the prefix to send early
         cannot_grow = False
         first = None
-        for _level, _q, e in self._candidates(now):
+        for _level, _q, e in self._candidates(now, dropped):
             if e.future.done():
                 continue
             if e.deadline and e.deadline <= now:
@@ -283,38 +321,60 @@ class DynamicBatcher(Scheduler):
         self._timer = None
         self._timer_at = 0
         now = time.monotonic_ns()
-        # expire queued requests even when no instance is free
-        for _ in self._candidates(now):
-            pass
+        dropped: _Dropped = []
+        with self._lock:
+            # expire queued requests even when no instance is free
+            for _ in self._candidates(now, dropped):
+                pass
+        self._settle(dropped)
         self._dispatch()
-        nearest = min(
-            (e.deadline for lv in self._levels for e in lv.queue if e.deadline), default=0
-        )
+        with self._lock:
+            nearest = min(
+                (e.deadline for lv in self._levels for e in lv.queue if e.deadline), default=0
+            )
         if nearest:
             self._arm_timer(nearest, asyncio.get_running_loop())
 
     # ---- execution -----------------------------------------------------------------------------
 
-    def _execute(self, instance: Instance, batch: list[_Entry]) -> None:
-        for e in batch:
-            level = self._levels[e.level]
+    def _chain(self, loop: asyncio.AbstractEventLoop, instance: Instance, batch: list[_Entry]):
+        """On the instance's thread: run ``batch``, then each batch ready behind it."""
+        while True:
             try:
-                level.queue.remove(e)
-            except ValueError:
-                level.delayed.remove(e)
-            self._queued -= 1
-        # Triton's pending count covers requests not yet executing
-        self._stats.pending -= len(batch)
-        requests = [e.request for e in batch]
-        loop = asyncio.get_running_loop()
+                result: BatchResult | None = instance.run([e.request for e in batch])
+                error: BaseException | None = None
+            except Exception as exc:  # Instance.run catches backend errors; this is a bug
+                result, error = None, exc
+            dropped: _Dropped = []
+            following: list[_Entry] = []
+            with self._lock:
+                if self._queued and not self._closed:
+                    following, _ = self._next_batch(time.monotonic_ns(), dropped)
+                if not following:
+                    # the instance is free only when its execution has really ended
+                    self._idle.append(instance)
+            try:
+                loop.call_soon_threadsafe(self._ran, batch, result, error, following, dropped)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+            if not following:
+                return
+            batch = following
 
-        def done(result: BatchResult | None, error: BaseException | None) -> None:
-            self._idle.append(instance)
-            self._finish(batch, result, error)
-            if self._queued:
-                self._dispatch()
-
-        instance.executor.call_soon(loop, done, instance.run, requests)
+    def _ran(
+        self,
+        batch: list[_Entry],
+        result: BatchResult | None,
+        error: BaseException | None,
+        following: list[_Entry],
+        dropped: _Dropped,
+    ) -> None:
+        """On the loop: ``batch`` ran; ``following`` started after it on the same instance."""
+        self._settle(dropped)
+        self._stats.pending -= len(following)
+        self._finish(batch, result, error)
+        if not following and self._queued:
+            self._dispatch()  # another idle instance, or a batch that waits for its delay
 
     def _finish(
         self, batch: list[_Entry], result: BatchResult | None, error: BaseException | None
@@ -349,27 +409,22 @@ class DynamicBatcher(Scheduler):
         else:
             e.future.set_result(e.result)
 
-    def _fail_queued(self, e: _Entry, error: NaiadError) -> None:
-        self._queued -= 1
-        self._stats.pending -= 1
-        self._stats.record_failure(time.monotonic_ns() - e.arrived, "REJECTED")
-        e.result = error
-        if self._preserve_ordering:
+    def _settle(self, dropped: _Dropped) -> None:
+        """On the loop: answer entries that left the queue without running."""
+        for e, error in dropped:
+            self._stats.pending -= 1
+            if error is None:  # its client went away: nobody to answer
+                e.result = asyncio.CancelledError()
+                if not self._preserve_ordering:
+                    self._done_one()
+            else:
+                self._stats.record_failure(time.monotonic_ns() - e.arrived, "REJECTED")
+                e.result = error
+                if not self._preserve_ordering:
+                    self._answer(e)
+        if dropped and self._preserve_ordering:
             while self._release and self._release[0].result is not None:
                 self._answer(self._release.popleft())
-        else:
-            self._answer(e)
-
-    def _forget(self, e: _Entry) -> None:
-        """A cancelled entry leaves the queue without being run."""
-        self._queued -= 1
-        self._stats.pending -= 1
-        e.result = asyncio.CancelledError()
-        if self._preserve_ordering:
-            while self._release and self._release[0].result is not None:
-                self._answer(self._release.popleft())
-        else:
-            self._done_one()
 
     def _done_one(self) -> None:
         self._inflight -= 1
@@ -385,9 +440,17 @@ class DynamicBatcher(Scheduler):
         except asyncio.TimeoutError:
             pass
         # whatever is still queued now will never run: fail it clearly
-        for level in self._levels:
-            for q in (level.queue, level.delayed):
-                while q:
-                    self._fail_queued(
-                        q.popleft(), Unavailable("model was unloaded before the request ran")
-                    )
+        error = Unavailable("model was unloaded before the request ran")
+        with self._lock:
+            left = [e for level in self._levels for q in (level.queue, level.delayed) for e in q]
+            for level in self._levels:
+                level.queue.clear()
+                level.delayed.clear()
+            self._queued -= len(left)
+        self._settle([(e, error) for e in left])
+
+
+def _chain_ended(_result: object, error: BaseException | None) -> None:
+    """The end of a :meth:`DynamicBatcher._chain` (on the instance thread)."""
+    if error is not None:
+        log.error("instance thread failed", exc_info=error)
