@@ -41,6 +41,12 @@ class Signature:
     outputs: dict[str, TensorSpec]
     #: binary request headers seen lately, parsed (``naiad.http.codec.BinaryPlan``)
     plans: dict[bytes, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    #: names of the inputs a request must carry (computed once)
+    required: frozenset[str] = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = frozenset(s.name for s in self.inputs.values() if not s.optional)
+        object.__setattr__(self, "required", names)
 
     @classmethod
     def from_config(cls, config) -> Signature:
@@ -75,11 +81,14 @@ class Signature:
         """Check names, datatypes, shapes and batch size; set ``request.batch_size``."""
         model = self.model_name
         inputs = request.inputs
-        for name in inputs:
-            if name not in self.inputs:
-                raise InvalidArgument(f"unexpected inference input '{name}' for model '{model}'")
-        required = [s for s in self.inputs.values() if not s.optional]
-        if len(inputs) < len(required) or any(s.name not in inputs for s in required):
+        specs = self.inputs
+        if not self.required.issubset(inputs.keys()) or not specs.keys() >= inputs.keys():
+            for name in inputs:
+                if name not in specs:
+                    raise InvalidArgument(
+                        f"unexpected inference input '{name}' for model '{model}'"
+                    )
+            required = [s for s in specs.values() if not s.optional]
             missing = sorted(s.name for s in required if s.name not in inputs)
             raise InvalidArgument(
                 f"expected {len(required)} inputs but got {len(inputs)} inputs for model "
@@ -115,7 +124,7 @@ class Signature:
                 rest = shape[1:]
             else:
                 rest = shape
-            if not _dims_match(rest, spec.dims):
+            if rest != spec.dims and not _dims_match(rest, spec.dims):
                 want = self.full_shape(spec)
                 raise InvalidArgument(
                     f"unexpected shape for input '{name}' for model '{model}'. Expected "
