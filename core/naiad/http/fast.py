@@ -337,7 +337,14 @@ class FastProtocol(asyncio.Protocol):
                 self._pending = req  # its body is still arriving
                 break
             self._pending = None
-            body = bytes(buf[req.body_start : req.end])
+            if isinstance(buf, bytes):
+                body: bytes | memoryview = buf[req.body_start : req.end]
+            elif req.end - req.body_start > _JOIN_LIMIT:
+                # a large body arrived in pieces: hand it on without another copy (read-only,
+                # as a bytes body would be; the buffer is replaced below, never resized)
+                body = memoryview(buf).toreadonly()[req.body_start : req.end]
+            else:
+                body = bytes(memoryview(buf)[req.body_start : req.end])
             self._buf = buf[req.end :]
             if req.route == _INFER:
                 self._busy = True
@@ -372,7 +379,7 @@ class FastProtocol(asyncio.Protocol):
         except Exception as exc:  # the server keeps serving whatever happened
             return handlers.internal_error_answer(exc, "GET", _path(req))
 
-    async def _infer(self, req: _Request, body: bytes) -> None:
+    async def _infer(self, req: _Request, body: bytes | memoryview) -> None:
         dp = self._front.dataplane
         headers = req.headers
         try:

@@ -65,7 +65,7 @@ async def infer(
     mv: Any,
     name: str,
     version: int,
-    body: bytes,
+    body: bytes | memoryview,
     *,
     max_input: int,
     content_encoding: str | None,

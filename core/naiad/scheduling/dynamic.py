@@ -348,11 +348,13 @@ class DynamicBatcher(Scheduler):
             dropped: _Dropped = []
             following: list[_Entry] = []
             with self._lock:
-                if self._queued and not self._closed:
-                    following, _ = self._next_batch(time.monotonic_ns(), dropped)
-                if not following:
-                    # the instance is free only when its execution has really ended
-                    self._idle.append(instance)
+                try:
+                    if self._queued:
+                        following, _ = self._next_batch(time.monotonic_ns(), dropped)
+                finally:
+                    if not following:
+                        # the instance is free only when its execution has really ended
+                        self._idle.append(instance)
             try:
                 loop.call_soon_threadsafe(self._ran, batch, result, error, following, dropped)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
