@@ -49,12 +49,15 @@ class SleepBackend(naiad.InferenceBackend):
 
 
 class FailBackend(naiad.InferenceBackend):
-    """Raises when any INPUT0 element is negative; echoes otherwise."""
+    """Raises when any INPUT0 element is negative (``SystemExit`` for -999, as a backend that
+    calls ``sys.exit()`` would); echoes otherwise."""
 
     name = "test_fail"
 
     def execute(self, inputs, outputs):
         x = inputs["INPUT0"]
+        if (x == -999).any():
+            raise SystemExit(3)
         if (x < 0).any():
             raise RuntimeError("negative input: this backend refuses it")
         return {"OUTPUT0": np.array(x, copy=True)}

@@ -183,7 +183,7 @@ def parse_infer_request(
         request.inputs[name] = array
         offset += used
         if specs is not None:
-            if "binary_data_size" in item["parameters"] if "parameters" in item else False:
+            if "binary_data_size" in (item.get("parameters") or {}):
                 specs.append((name, item["datatype"], tuple(item["shape"]), used))
             else:
                 specs = None  # JSON data or shared memory: not the same from one call to the next

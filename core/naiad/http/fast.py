@@ -34,8 +34,14 @@ from . import codec, handlers
 
 #: a head that has not ended within this many bytes goes to aiohttp (which answers 400 / 431)
 MAX_HEAD = 16 * 1024
+#: aiohttp's limits on one request or header line and on the number of headers: beyond them
+#: the front hands over and aiohttp answers (400)
+MAX_LINE = 8190
+MAX_HEADERS = 100
 #: input buffered beyond this while a request runs pauses reading from the socket
 READ_AHEAD = 1 << 20
+#: pipelined requests answered in one go before the front yields to the event loop
+_PIPELINE_TURN = 32
 #: bodies at least this large are written as a separate buffer instead of joined to the head
 _JOIN_LIMIT = 1 << 16
 
@@ -95,15 +101,15 @@ _HEADS: dict[bytes, _Request] = {}
 _HEADS_MAX = 512
 
 
-def parse_head(buf: bytes | bytearray, max_input: int) -> _Request | None | object:
-    """The request at the start of ``buf``; None while its head is incomplete, ``_NOT_OURS``
-    when aiohttp must answer it."""
-    end = buf.find(b"\r\n\r\n")
+def parse_head(buf: bytes | bytearray, pos: int, max_input: int) -> _Request | None | object:
+    """The request at ``buf[pos:]``; None while its head is incomplete, ``_NOT_OURS`` when
+    aiohttp must answer it. The request's body offsets count from ``pos``."""
+    end = buf.find(b"\r\n\r\n", pos)
     if end < 0:
-        return _NOT_OURS if len(buf) > MAX_HEAD else None
-    if end > MAX_HEAD:
+        return _NOT_OURS if len(buf) - pos > MAX_HEAD else None
+    if end - pos > MAX_HEAD:
         return _NOT_OURS
-    head = bytes(buf[:end])
+    head = buf[pos:end] if isinstance(buf, bytes) else bytes(memoryview(buf)[pos:end])
     req = _HEADS.get(head)
     if req is not None and req.end - req.body_start <= max_input:
         return req
@@ -123,6 +129,8 @@ def _parse_head(head: bytes, max_input: int) -> _Request | object:
     if head.count(b"\r") != head.count(b"\n"):
         return _NOT_OURS
     lines = head.split(b"\r\n")
+    if len(lines) > MAX_HEADERS + 1 or max(map(len, lines)) > MAX_LINE:
+        return _NOT_OURS
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1":
         return _NOT_OURS
@@ -137,6 +145,8 @@ def _parse_head(head: bytes, max_input: int) -> _Request | object:
             return _NOT_OURS
         headers[key] = value.strip(b" \t")
     if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
+        return _NOT_OURS
+    if b"host" not in headers:  # HTTP/1.1 requires it; aiohttp answers 400
         return _NOT_OURS
     route = _route(method, target)
     if route is _NOT_OURS:
@@ -253,6 +263,7 @@ class FastProtocol(asyncio.Protocol):
         "_task",
         "_write_paused",
         "_read_paused",
+        "_eof",
         "_last",
     )
 
@@ -266,6 +277,7 @@ class FastProtocol(asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._write_paused = False
         self._read_paused = False
+        self._eof = False
         self._last = 0.0
 
     # ---- asyncio protocol ------------------------------------------------------------------
@@ -288,6 +300,8 @@ class FastProtocol(asyncio.Protocol):
         self._pending = None
 
     def data_received(self, data: bytes) -> None:
+        if self._transport is None:  # closed after a "Connection: close" answer
+            return
         buf = self._buf
         if not buf:
             self._buf = data
@@ -305,7 +319,11 @@ class FastProtocol(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool:
-        return False  # the client is done sending: close once the last answer is out
+        """The client is done sending (a half-close): answer what is running, then close."""
+        if self._busy:
+            self._eof = True
+            return True  # keep the transport open for the answer
+        return False  # nothing running: the transport closes now
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -320,40 +338,55 @@ class FastProtocol(asyncio.Protocol):
     def _process(self) -> None:
         """Answer the complete requests in the buffer, in order, until one must wait."""
         front = self._front
+        buf = self._buf
+        pos = 0  # where the next request starts: the buffer is cut once, at the end
+        answered = 0
         while self._transport is not None and not self._busy and not self._write_paused:
-            buf = self._buf
-            if not buf:
+            if pos >= len(buf):
                 break
+            if answered == _PIPELINE_TURN:  # a long pipeline: let other connections in
+                self._loop.call_soon(self._process)
+                break
+            answered += 1
             req = self._pending
             if req is None:
-                parsed = parse_head(buf, front.max_input)
+                parsed = parse_head(buf, pos, front.max_input)
                 if parsed is None:
                     break
                 if parsed is _NOT_OURS:
+                    self._buf = buf[pos:]
                     self._hand_off()
                     return
                 req = parsed  # type: ignore[assignment]
-            if len(buf) < req.end:
+            if len(buf) - pos < req.end:
                 self._pending = req  # its body is still arriving
                 break
             self._pending = None
+            start, end = pos + req.body_start, pos + req.end
             if isinstance(buf, bytes):
-                body: bytes | memoryview = buf[req.body_start : req.end]
-            elif req.end - req.body_start > _JOIN_LIMIT:
+                body: bytes | memoryview = buf[start:end]
+            elif end - start > _JOIN_LIMIT:
                 # a large body arrived in pieces: hand it on without another copy (read-only,
                 # as a bytes body would be; the buffer is replaced below, never resized)
-                body = memoryview(buf).toreadonly()[req.body_start : req.end]
+                body = memoryview(buf).toreadonly()[start:end]
             else:
-                body = bytes(memoryview(buf)[req.body_start : req.end])
-            self._buf = buf[req.end :]
+                body = bytes(memoryview(buf)[start:end])
+            pos = end
             if req.route == _INFER:
                 self._busy = True
                 self._task = self._loop.create_task(self._infer(req, body))
                 break
             self._answer(self._get(req), req.keep_alive)
-        if self._read_paused and len(self._buf) <= READ_AHEAD and self._transport is not None:
+        transport = self._transport
+        if transport is None:  # closed by a "Connection: close" answer
+            return
+        if pos:
+            self._buf = buf[pos:]
+        if self._eof and not self._busy:
+            transport.close()  # half-closed by the client and everything answered
+        elif self._read_paused and len(self._buf) <= READ_AHEAD:
             self._read_paused = False
-            self._transport.resume_reading()
+            transport.resume_reading()
 
     def _get(self, req: _Request) -> handlers.Answer:
         dp = self._front.dataplane
@@ -405,11 +438,7 @@ class FastProtocol(asyncio.Protocol):
         self._task = None
         self._busy = False
         self._answer(answer, req.keep_alive)
-        if self._buf:
-            self._process()
-        elif self._read_paused and self._transport is not None:
-            self._read_paused = False
-            self._transport.resume_reading()
+        self._process()  # requests that arrived meanwhile; a half-close; reading again
 
     def _answer(self, answer: handlers.Answer, keep_alive: bool) -> None:
         transport = self._transport
@@ -438,6 +467,11 @@ class FastProtocol(asyncio.Protocol):
         self._last = self._loop.time()
         if not keep_alive:
             transport.close()
+            # whatever the client sent after this request is not read, let alone run
+            self._transport = None
+            self._buf = b""
+            self._pending = None
+            self._front.connections.discard(self)
 
     # ---- the rest of the connection's life -------------------------------------------------
 

@@ -94,7 +94,7 @@ class DefaultScheduler(Scheduler):
             try:
                 result: BatchResult | None = instance.run([entry.request])
                 error: BaseException | None = None
-            except Exception as exc:  # Instance.run catches backend errors; this is a bug
+            except BaseException as exc:  # e.g. SystemExit from a backend: fail this one only
                 result, error = None, exc
             skipped: list[_Pending] = []
             with self._lock:

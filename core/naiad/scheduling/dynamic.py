@@ -233,32 +233,46 @@ class DynamicBatcher(Scheduler):
 
     def _candidates(self, now: int, dropped: _Dropped):
         """Under the lock: queued entries in scan order: level 1 first; per level, live ones
-        then delayed ones. Cancelled entries and expired REJECT ones leave the queue on the way
-        (into ``dropped``, for the loop to settle); expired DELAY entries move to the level's
-        delayed queue."""
+        then delayed ones. Cancelled entries and expired REJECT ones leave the queues first,
+        wherever they are (into ``dropped``, for the loop to settle); expired DELAY entries move
+        to the level's delayed queue."""
         for level in self._levels:
-            q = level.queue
-            while q:
-                e = q[0]
+            self._expire(level, now, dropped)
+            for e in list(level.queue):
+                yield level, level.queue, e
+            for e in list(level.delayed):
+                yield level, level.delayed, e
+
+    def _expire(self, level: _Level, now: int, dropped: _Dropped) -> None:
+        """Under the lock: take cancelled and timed-out entries out of ``level``'s queues."""
+        q = level.queue
+        if any(e.future.done() or (e.deadline and e.deadline <= now) for e in q):
+            kept: list[_Entry] = []
+            for e in q:
                 if e.future.done():  # cancelled by its client
-                    q.popleft()
                     self._queued -= 1
                     dropped.append((e, None))
-                    continue
-                if e.deadline and e.deadline <= now:
-                    q.popleft()
+                elif e.deadline and e.deadline <= now:
                     if level.policy.delay_on_timeout:
                         e.deadline = 0
                         level.delayed.append(e)
-                        continue
+                    else:
+                        self._queued -= 1
+                        dropped.append((e, Unavailable("Request timeout expired")))
+                else:
+                    kept.append(e)
+            q.clear()
+            q.extend(kept)
+        if any(e.future.done() for e in level.delayed):
+            kept = []
+            for e in level.delayed:
+                if e.future.done():
                     self._queued -= 1
-                    dropped.append((e, Unavailable("Request timeout expired")))
-                    continue
-                break
-            for e in list(q):
-                yield level, q, e
-            for e in list(level.delayed):
-                yield level, level.delayed, e
+                    dropped.append((e, None))
+                else:
+                    kept.append(e)
+            level.delayed.clear()
+            level.delayed.extend(kept)
 
     def _form_batch(self, now: int, dropped: _Dropped) -> tuple[list[_Entry], int]:
         """Under the lock: (batch to send now, or [] and the monotonic ns to re-check at,
@@ -330,7 +344,8 @@ class DynamicBatcher(Scheduler):
         self._dispatch()
         with self._lock:
             nearest = min(
-                (e.deadline for lv in self._levels for e in lv.queue if e.deadline), default=0
+                (e.deadline for lv in self._levels for e in lv.queue if e.deadline > now),
+                default=0,
             )
         if nearest:
             self._arm_timer(nearest, asyncio.get_running_loop())
@@ -343,7 +358,7 @@ class DynamicBatcher(Scheduler):
             try:
                 result: BatchResult | None = instance.run([e.request for e in batch])
                 error: BaseException | None = None
-            except Exception as exc:  # Instance.run catches backend errors; this is a bug
+            except BaseException as exc:  # e.g. SystemExit from a backend: fail this batch only
                 result, error = None, exc
             dropped: _Dropped = []
             following: list[_Entry] = []
@@ -351,10 +366,12 @@ class DynamicBatcher(Scheduler):
                 try:
                     if self._queued:
                         following, _ = self._next_batch(time.monotonic_ns(), dropped)
-                finally:
-                    if not following:
-                        # the instance is free only when its execution has really ended
-                        self._idle.append(instance)
+                except Exception:  # a bug; the batch that ran is still answered below
+                    log.exception("forming the next batch failed")
+                    following = []
+                if not following:
+                    # the instance is free only when its execution has really ended
+                    self._idle.append(instance)
             try:
                 loop.call_soon_threadsafe(self._ran, batch, result, error, following, dropped)
             except RuntimeError:  # the loop is closed: nobody is waiting any more

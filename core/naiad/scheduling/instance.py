@@ -60,7 +60,7 @@ class Instance:
             produced = self.backend.execute(inputs, wanted)
             t_infer = time.monotonic_ns()
             responses = self._scatter(requests, produced, wanted)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a backend too: it fails this batch only
             error = self._as_error(exc)
             now = time.monotonic_ns()
             return BatchResult([error] * len(requests), start, 0, now - start, 0)
@@ -79,12 +79,12 @@ class Instance:
                     f"custom backend of model '{self.signature.model_name}' returned "
                     f"{len(responses)} responses for {len(requests)} requests"
                 )
-        except Exception as exc:
+        except BaseException as exc:
             responses = [exc] * len(requests)
         t_infer = time.monotonic_ns()
         checked: list[InferResponse | Exception] = []
         for request, response in zip(requests, responses, strict=True):
-            if isinstance(response, Exception):
+            if isinstance(response, BaseException):
                 checked.append(self._as_error(response))
                 continue
             try:
@@ -98,7 +98,7 @@ class Instance:
         end = time.monotonic_ns()
         return BatchResult(checked, start, 0, t_infer - start, end - t_infer)
 
-    def _as_error(self, exc: Exception) -> NaiadError:
+    def _as_error(self, exc: BaseException) -> NaiadError:
         """A backend's exception as a NaiadError that names the model and the instance."""
         if isinstance(exc, NaiadError):
             return exc
