@@ -371,8 +371,8 @@ def test_large_binary_body(both):
     assert body[start + 4 :] == blob
 
 
-def test_a_client_that_leaves_mid_request_loses_nothing(server_factory, example_repo, tmp_path):
-    """The client closes while its request runs; the model finishes, the server keeps serving."""
+def _sleepy_server(server_factory, example_repo, tmp_path):
+    """A server with ``sleepy`` (the test plugin that sleeps INPUT0 ms) beside the examples."""
     repo = tmp_path / "sleep"
     (repo / "sleepy" / "1").mkdir(parents=True)
     (repo / "sleepy" / "config.pbtxt").write_text(
@@ -380,16 +380,25 @@ def test_a_client_that_leaves_mid_request_loses_nothing(server_factory, example_
         'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
         'output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
     )
-    srv = server_factory([repo, example_repo], "--plugin", "naiad_test_backends")
-    body = json.dumps(
-        {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [300]}]}
+    return server_factory([repo, example_repo], "--plugin", "naiad_test_backends")
+
+
+def _sleep_body(ms: float) -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [ms]}]}
     ).encode()
+
+
+def test_a_client_that_leaves_mid_request_loses_nothing(server_factory, example_repo, tmp_path):
+    """The client closes while its request runs; the model finishes, the server keeps serving."""
+    srv = _sleepy_server(server_factory, example_repo, tmp_path)
+    body = _sleep_body(300)
     s = _connect(srv)
     s.sendall(_request("POST", "/v2/models/sleepy/infer", body))
     time.sleep(0.1)
     s.close()
     with _connect(srv) as s2:
-        s2.sendall(_request("POST", "/v2/models/sleepy/infer", body.replace(b"300", b"1")))
+        s2.sendall(_request("POST", "/v2/models/sleepy/infer", _sleep_body(1)))
         code, _, out = Reader(s2).response()
     assert code == 200 and _output0(out) == [1.0]
     c = httpclient.InferenceServerClient(srv.url)
@@ -466,17 +475,8 @@ def test_nothing_after_a_connection_close_request_is_run(both):
 
 
 def test_a_half_closed_client_still_gets_its_answer(server_factory, example_repo, tmp_path):
-    repo = tmp_path / "sleep"
-    (repo / "sleepy" / "1").mkdir(parents=True)
-    (repo / "sleepy" / "config.pbtxt").write_text(
-        'backend: "test_sleep"\nmax_batch_size: 4\n'
-        'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
-        'output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
-    )
-    srv = server_factory([repo, example_repo], "--plugin", "naiad_test_backends")
-    body = json.dumps(
-        {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [200]}]}
-    ).encode()
+    srv = _sleepy_server(server_factory, example_repo, tmp_path)
+    body = _sleep_body(200)
     with _connect(srv) as s:
         s.sendall(_request("POST", "/v2/models/sleepy/infer", body))
         time.sleep(0.05)  # the request is running
