@@ -485,3 +485,23 @@ def test_a_half_closed_client_still_gets_its_answer(server_factory, example_repo
         code, _, out = r.response()
         assert code == 200 and _output0(out) == [200.0]
         assert r.closed()
+
+
+def test_a_long_pipeline_then_half_close_is_answered_in_full(both):
+    """More pipelined requests than the front answers in one turn (32), then the client's
+    EOF: every request still gets its answer, in order, before the server closes."""
+    fast, _ = both
+    gets = [_request("GET", SIMPLE + "/versions/1/ready")] * 70
+    with _connect(fast) as s:
+        s.sendall(
+            b"".join(gets) + _request("POST", SIMPLE + "/infer", _simple_json(9)) + b"".join(gets)
+        )
+        s.shutdown(socket.SHUT_WR)
+        r = Reader(s)
+        for _ in gets:
+            assert r.response()[0] == 200
+        code, _, body = r.response()
+        assert code == 200 and _output0(body)[0] == 10
+        for _ in gets:
+            assert r.response()[0] == 200
+        assert r.closed()

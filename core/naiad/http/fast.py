@@ -319,11 +319,11 @@ class FastProtocol(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool:
-        """The client is done sending (a half-close): answer what is running, then close."""
-        if self._busy:
+        """The client is done sending (a half-close): answer what it sent, then close."""
+        if self._busy or self._buf:
             self._eof = True
-            return True  # keep the transport open for the answer
-        return False  # nothing running: the transport closes now
+            return True  # keep the transport open for the answers
+        return False  # nothing running or waiting: the transport closes now
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -341,11 +341,13 @@ class FastProtocol(asyncio.Protocol):
         buf = self._buf
         pos = 0  # where the next request starts: the buffer is cut once, at the end
         answered = 0
+        more = False  # a continuation is scheduled
         while self._transport is not None and not self._busy and not self._write_paused:
             if pos >= len(buf):
                 break
             if answered == _PIPELINE_TURN:  # a long pipeline: let other connections in
                 self._loop.call_soon(self._process)
+                more = True
                 break
             answered += 1
             req = self._pending
@@ -382,8 +384,8 @@ class FastProtocol(asyncio.Protocol):
             return
         if pos:
             self._buf = buf[pos:]
-        if self._eof and not self._busy:
-            transport.close()  # half-closed by the client and everything answered
+        if self._eof and not (self._busy or self._write_paused or more):
+            transport.close()  # half-closed by the client, and all it sent is answered
         elif self._read_paused and len(self._buf) <= READ_AHEAD:
             self._read_paused = False
             transport.resume_reading()
