@@ -88,10 +88,9 @@ class Signature:
                     raise InvalidArgument(
                         f"unexpected inference input '{name}' for model '{model}'"
                     )
-            required = [s for s in specs.values() if not s.optional]
-            missing = sorted(s.name for s in required if s.name not in inputs)
+            missing = sorted(self.required - inputs.keys())
             raise InvalidArgument(
-                f"expected {len(required)} inputs but got {len(inputs)} inputs for model "
+                f"expected {len(self.required)} inputs but got {len(inputs)} inputs for model "
                 f"'{model}'. Got input(s) {sorted(inputs)}, but missing required input(s) "
                 f"{missing}. Please provide all required input(s)."
             )

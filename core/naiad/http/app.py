@@ -13,7 +13,7 @@ from aiohttp import web
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, NaiadError
 from . import codec, extensions, handlers, legacy
-from .common import DATAPLANE, MAX_INPUT, error_response, json_body, json_response
+from .common import DATAPLANE, MAX_INPUT, answer_response, error_response, json_body, json_response
 
 _json = json_response
 _json_body = json_body
@@ -26,7 +26,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except NaiadError as exc:
-        return _response(handlers.naiad_error_answer(exc))
+        return answer_response(handlers.naiad_error_answer(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -34,12 +34,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as exc:  # the server keeps serving whatever a handler did
-        return _response(handlers.internal_error_answer(exc, request.method, request.path))
-
-
-def _response(answer: handlers.Answer) -> web.Response:
-    status, body, content_type, headers = answer
-    return web.Response(status=status, body=body, content_type=content_type, headers=headers)
+        return answer_response(handlers.internal_error_answer(exc, request.method, request.path))
 
 
 def _version(request: web.Request) -> int:

@@ -7,25 +7,27 @@ from aiohttp import web
 
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument
+from . import handlers
 
 DATAPLANE = web.AppKey("dataplane", DataPlane)
 MAX_INPUT = web.AppKey("max_input_size", int)
+
+
+def answer_response(answer: handlers.Answer) -> web.Response:
+    """An answer of :mod:`naiad.http.handlers` as an aiohttp response."""
+    status, body, content_type, headers = answer
+    return web.Response(status=status, body=body, content_type=content_type, headers=headers)
 
 
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     """Triton's error form: ``{"error": "..."}`` with a JSON content type."""
-    return web.Response(
-        status=status,
-        body=orjson.dumps({"error": message}),
-        content_type="application/json",
-        headers=headers,
-    )
+    return answer_response(handlers.error_answer(status, message, headers))
 
 
 def json_response(obj: object) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), content_type="application/json")
+    return answer_response(handlers.json_answer(obj))
 
 
 async def json_body(request: web.Request) -> dict:

@@ -224,7 +224,6 @@ class FastFront:
         self.connections: set[FastProtocol] = set()
         self.date = _Date()
         self.closing = False
-        self.handed_off = 0  # connections given to aiohttp (for tests and curiosity)
         self._sweeper: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -483,7 +482,6 @@ class FastProtocol(asyncio.Protocol):
         assert transport is not None and not self._busy
         front = self._front
         front.connections.discard(self)
-        front.handed_off += 1
         data = bytes(self._buf)
         self._buf = b""
         self._transport = None
@@ -541,10 +539,6 @@ class FastSite(web.BaseSite):
         assert server is not None
         self._front = FastFront(dataplane, server, max_input=max_input)
         self._bound_port = port
-
-    @property
-    def front(self) -> FastFront:
-        return self._front
 
     @property
     def name(self) -> str:

@@ -121,7 +121,7 @@ async def infer(
                 payload = await asyncio.to_thread(codec.compress, payload, chosen)
             else:
                 payload = codec.compress(payload, chosen)
-            headers = dict(headers or {}, **{"Content-Encoding": chosen})
+            headers = {**(headers or {}), "Content-Encoding": chosen}
     return 200, payload, content_type, headers
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections import deque
@@ -13,8 +12,7 @@ from ..inference import InferRequest, InferResponse
 from ..stats import ModelStats
 from .base import Scheduler
 from .instance import BatchResult, Instance
-
-log = logging.getLogger(__name__)
+from .worker import log_failure
 
 
 class _Pending:
@@ -86,7 +84,7 @@ class DefaultScheduler(Scheduler):
             if instance is None:  # its client went away while it was queued
                 self._finished()
                 continue
-            instance.executor.call_soon(None, _chain_ended, self._chain, loop, instance, entry)
+            instance.executor.call_soon(None, log_failure, self._chain, loop, instance, entry)
 
     def _chain(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: _Pending) -> None:
         """On the instance's thread: run ``entry``, then whatever is queued behind it."""
@@ -174,9 +172,3 @@ class DefaultScheduler(Scheduler):
             if not entry.future.done():
                 entry.future.set_exception(Unavailable("model was unloaded before the request ran"))
             self._finished()
-
-
-def _chain_ended(_result: object, error: BaseException | None) -> None:
-    """The end of a :meth:`DefaultScheduler._chain` (on the instance thread)."""
-    if error is not None:
-        log.error("instance thread failed", exc_info=error)

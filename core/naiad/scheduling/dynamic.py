@@ -28,6 +28,7 @@ from ..signature import Signature
 from ..stats import ModelStats
 from .base import Scheduler
 from .instance import BatchResult, Instance
+from .worker import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class DynamicBatcher(Scheduler):
             self._settle(dropped)
             if instance is not None:
                 self._stats.pending -= len(batch)  # Triton's pending: not yet executing
-                instance.executor.call_soon(None, _chain_ended, self._chain, loop, instance, batch)
+                instance.executor.call_soon(None, log_failure, self._chain, loop, instance, batch)
                 continue
             if wait_until:
                 self._arm_timer(wait_until, loop)
@@ -283,10 +284,8 @@ class DynamicBatcher(Scheduler):
         cannot_grow = False
         first = None
         for _level, _q, e in self._candidates(now, dropped):
-            if e.future.done():
+            if e.future.done():  # cancelled since _expire looked (it runs on the loop)
                 continue
-            if e.deadline and e.deadline <= now:
-                continue  # handled on the next scan of its level
             size = e.request.batch_size
             if total + size > self._max_batch:
                 cannot_grow = True
@@ -467,9 +466,3 @@ class DynamicBatcher(Scheduler):
                 level.delayed.clear()
             self._queued -= len(left)
         self._settle([(e, error) for e in left])
-
-
-def _chain_ended(_result: object, error: BaseException | None) -> None:
-    """The end of a :meth:`DynamicBatcher._chain` (on the instance thread)."""
-    if error is not None:
-        log.error("instance thread failed", exc_info=error)

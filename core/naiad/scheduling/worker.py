@@ -8,11 +8,14 @@ callable on its thread, and schedules the callback on the loop with ``call_soon_
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _STOP = object()
 
@@ -94,3 +97,9 @@ class Worker:
             self._queue.put(_STOP)
             if wait and threading.current_thread() is not self._thread:
                 self._thread.join()
+
+
+def log_failure(_result: object, error: BaseException | None) -> None:
+    """A callback for :meth:`Worker.call_soon` without a loop: log what the job raised."""
+    if error is not None:
+        log.error("instance thread failed", exc_info=error)
