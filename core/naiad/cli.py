@@ -229,6 +229,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .plugins import PluginError
     from .server import Server
 
     try:
@@ -243,7 +244,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop = None
 
     async def main() -> int:
-        server = Server(config)
+        try:
+            server = Server(config)
+        except PluginError as exc:
+            print(f"naiad: error: {exc}", file=sys.stderr)
+            return 2
         try:
             code = await server.serve()
         except SystemExit as exc:
@@ -260,9 +265,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import build_backend_registry
+    from .plugins import PluginError, build_backend_registry
 
-    registry = build_backend_registry(args.plugin)
+    try:
+        registry = build_backend_registry(args.plugin)
+    except PluginError as exc:
+        print(f"naiad: error: {exc}", file=sys.stderr)
+        return 2
     entries = registry.entries()
     if not entries:
         print("no backends installed (pip install naiad-backend-onnx, for example)")

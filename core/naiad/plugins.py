@@ -2,15 +2,18 @@
 
 Discovery order is fixed: naiad's built-in plugins, then every ``naiad.backends`` entry point
 (sorted by name so the order never depends on installation order), then modules named with
-``--plugin``. Each plugin's ``naiad_register_backends`` hook puts backend classes into a
-:class:`BackendRegistry`; after start-up the registry alone is consulted, never pluggy.
+``--plugin``. Each plugin is checked against the hook specs when it is registered: a
+``@naiad.hookimpl`` whose name no spec has (a misspelling) or whose arguments the spec does not
+offer is a :class:`PluginError` naming the plugin, never silently ignored. Each plugin's
+``naiad_register_backends`` hook puts backend classes into a :class:`BackendRegistry`; after
+start-up the registry alone is consulted, never pluggy.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -36,6 +39,10 @@ class BackendEntry:
     source: str
 
 
+class PluginError(Exception):
+    """A plugin does not fit the hook specs (unknown hook name, wrong arguments)."""
+
+
 class BackendRegistry:
     """Backend classes by Triton backend name and by platform name."""
 
@@ -43,6 +50,14 @@ class BackendRegistry:
         self._by_backend: dict[str, BackendEntry] = {}
         self._by_platform: dict[str, BackendEntry] = {}
         self._current_source = "unknown"
+
+    def _collect(self, source: str, hook: Callable[..., object]) -> None:
+        """Run one plugin's ``naiad_register_backends``, recording ``source`` on what it adds."""
+        self._current_source = source
+        try:
+            hook(registry=self)
+        finally:
+            self._current_source = "unknown"
 
     def register(self, cls: type[InferenceBackend]) -> None:
         """Make ``cls`` serve configs whose ``backend`` is ``cls.name`` or whose ``platform`` is
@@ -118,11 +133,32 @@ def make_plugin_manager(
             ordered.append((importlib.import_module(plugin), f"--plugin {plugin}"))
         else:
             ordered.append((plugin, "in-process"))
-    for plugin, _ in ordered:
+    for plugin, source in ordered:
         if pm.is_registered(plugin):
             continue
-        pm.register(plugin)
+        try:
+            pm.register(plugin)
+        except pluggy.PluginValidationError as exc:
+            why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise PluginError(f"naiad plugin {_name(plugin)} from {source}: {why}") from None
+        unknown = [
+            impl.function.__name__
+            for caller in pm.get_hookcallers(plugin) or ()
+            if not caller.has_spec()
+            for impl in caller.get_hookimpls()
+            if impl.plugin is plugin
+        ]
+        if unknown:
+            known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("naiad_")))
+            raise PluginError(
+                f"naiad plugin {_name(plugin)} from {source} implements {sorted(unknown)}, which "
+                f"naiad has no hook spec for (misspelled?); naiad's hooks: {known}"
+            )
     return pm, ordered
+
+
+def _name(plugin: object) -> str:
+    return repr(getattr(plugin, "__name__", None) or type(plugin).__name__)
 
 
 def build_backend_registry(
@@ -132,11 +168,11 @@ def build_backend_registry(
     where it came from."""
     pm, ordered = make_plugin_manager(extra_plugins, entry_points_enabled=entry_points_enabled)
     registry = BackendRegistry()
+    # the hook implementations pluggy validated, run one plugin at a time in discovery order (a
+    # later registration of a name replaces an earlier one); pluggy itself would call them LIFO
+    impls = {id(i.plugin): i.function for i in pm.hook.naiad_register_backends.get_hookimpls()}
     for plugin, source in ordered:
-        impl = getattr(plugin, "naiad_register_backends", None)
-        if impl is None:
-            continue
-        registry._current_source = source
-        impl(registry=registry)
-    registry._current_source = "unknown"
+        hook = impls.pop(id(plugin), None)
+        if hook is not None:
+            registry._collect(source, hook)
     return registry

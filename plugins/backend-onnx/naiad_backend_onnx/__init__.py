@@ -6,13 +6,14 @@ loads. README.md describes the behaviour (auto-complete, thread defaults, parame
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import naiad
 import numpy as np
 from naiad import InferenceBackend, InternalError, InvalidArgument, ModelLoadError
+from naiad.config.parameters import bool_parameter, int_parameter, parameter
+from naiad.tensors import ModelTensor, check_config_tensor, config_to_protocol, fill_config_tensor
 
 __all__ = ["OnnxBackend", "naiad_register_backends"]
 
@@ -70,72 +71,37 @@ def _open(ort, path: Path, options, providers) -> tuple:
                      session.get_overridable_initializers()))
 
 
-def _param(config, key: str) -> str | None:
-    return config.parameters[key].string_value.strip() if key in config.parameters else None
-
-
-def _int_param(config, key: str, default: int) -> int:
-    value = _param(config, key) or str(default)
-    if not value.lstrip("-").isdigit():
-        raise ModelLoadError(f"parameter '{key}' must be an integer, got '{value}'")
-    return int(value)
-
-
-def _instance_total(config, default_count: int) -> int:
-    """Instances of this model in all groups (count per GPU for KIND_GPU groups)."""
-    return sum((g.count or default_count) * (len(g.gpus) or 1)
-               for g in config.instance_group) or default_count
-
-
-def _session_options(ort, config, default_count: int):
+def _session_options(ort, config, cpu_share: int):
     so = ort.SessionOptions()
     level = config.optimization.graph.level if config.HasField("optimization") else 0
     so.graph_optimization_level = getattr(
         ort.GraphOptimizationLevel, _GRAPH_LEVELS.get(level, "ORT_ENABLE_ALL"))
-    mode = _int_param(config, "execution_mode", 0)
+    mode = int_parameter(config, "execution_mode", 0)
     if mode not in (0, 1):
         raise ModelLoadError(f"parameter 'execution_mode' must be 0 or 1, got {mode}")
     so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if mode else ort.ExecutionMode.ORT_SEQUENTIAL
     # Triton leaves ORT's default (one intra-op thread per physical core, per session). naiad's
-    # default splits this process's CPUs between the model's instances instead, so the default
-    # two CPU instances do not each spin up a pool the size of the machine.
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    intra = _int_param(config, "intra_op_thread_count", 0)
-    so.intra_op_num_threads = intra if intra > 0 else max(
-        1, cpus // _instance_total(config, default_count))
-    if (inter := _int_param(config, "inter_op_thread_count", 0)) > 0:
+    # default splits this process's CPUs between the model's instances instead (cpu_share), so
+    # the default two CPU instances do not each spin up a pool the size of the machine.
+    intra = int_parameter(config, "intra_op_thread_count", 0)
+    so.intra_op_num_threads = intra if intra > 0 else cpu_share
+    if (inter := int_parameter(config, "inter_op_thread_count", 0)) > 0:
         so.inter_op_num_threads = inter
     for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"),
                       ("enable_mem_pattern", "enable_mem_pattern")):
-        if (value := _param(config, key)) is not None:
-            setattr(so, attr, value.lower() in ("1", "true", "on", "yes"))
+        if parameter(config, key) is not None:
+            setattr(so, attr, bool_parameter(config, key, False))
     for key in config.parameters:  # e.g. session.intra_op.allow_spinning: "0"
         if key.startswith("session."):
             so.add_session_config_entry(key, config.parameters[key].string_value)
     return so
 
 
-def _check(model: str, kind: str, io, info: Info, max_batch_size: int) -> None:
-    """The config's ``io`` against the model's tensor: datatype, then shape (Triton's rules)."""
-    name, ort_type, model_dims = info
-    want = _TYPES.get(ort_type, ("TYPE_INVALID",))[0]
-    got = io.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[io.data_type].name
-    if got != want:
-        raise ModelLoadError(f"model '{model}': {kind} '{name}' has data_type {got} in the "
-                             f"configuration but the ONNX model expects {want} ({ort_type})")
-    dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
-    full = ([-1] if max_batch_size > 0 else []) + dims
-    if max_batch_size > 0 and (not model_dims or model_dims[0] != -1):
-        raise ModelLoadError(
-            f"model '{model}': max_batch_size is {max_batch_size} but {kind} '{name}' has no "
-            f"variable-size first (batch) dimension in the ONNX model: shape {model_dims}")
-    if not model_dims and not max_batch_size and dims in ([], [1]):
-        return  # a scalar in the model, dims [1] in the config (Triton allows this)
-    if len(full) != len(model_dims) or any(
-            m not in (-1, c) for m, c in zip(model_dims, full, strict=True)):
-        raise ModelLoadError(
-            f"model '{model}': {kind} '{name}' has shape {model_dims} in the ONNX model but the "
-            f"configuration gives {full}" + (" (batch dimension first)" if max_batch_size else ""))
+def _tensor(info: Info) -> ModelTensor:
+    """An ORT tensor as the core's ModelTensor (datatype "" when Triton has no name for it)."""
+    name, ort_type, dims = info
+    return ModelTensor(name, config_to_protocol(_TYPES[ort_type][0]) if ort_type in _TYPES else "",
+                       tuple(dims))
 
 
 def _implicit(config) -> tuple[set[str], set[str]]:
@@ -158,7 +124,7 @@ def _validate(config, inputs: list[Info], outputs: list[Info], optional: list[In
             if io.name not in known:
                 raise ModelLoadError(f"model '{model}': configuration {kind} '{io.name}' is not "
                                      f"in the ONNX model; its {kind}s are {sorted(known)}")
-            _check(model, kind, io, known[io.name], mbs)
+            check_config_tensor(model, kind, io, _tensor(known[io.name]), mbs, "ONNX")
     missing = sorted({i[0] for i in inputs} - {io.name for io in config.input}
                      - _implicit(config)[0])
     if missing:
@@ -167,16 +133,10 @@ def _validate(config, inputs: list[Info], outputs: list[Info], optional: list[In
 
 
 def _add(section, info: Info, max_batch_size: int) -> None:
-    name, ort_type, dims = info
-    if ort_type not in _TYPES:
-        raise ModelLoadError(f"tensor '{name}' has type {ort_type}, which naiad cannot serve")
-    io = section.add(name=name)
-    io.data_type = io.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_name[
-        _TYPES[ort_type][0]].number
-    dims = dims[1:] if max_batch_size > 0 else dims
-    io.dims.extend(dims or [1])
-    if not dims and max_batch_size > 0:
-        io.reshape.SetInParent()  # one scalar per batch item: dims [1], reshape []
+    io = section.add(name=info[0])
+    fill_config_tensor(io, _tensor(info), max_batch_size)
+    if max_batch_size == 0:
+        io.ClearField("reshape")  # Triton's ORT backend: a scalar is dims [1], fed as a scalar
 
 
 class OnnxBackend(InferenceBackend):
@@ -228,7 +188,7 @@ class OnnxBackend(InferenceBackend):
     def load(self) -> None:
         ort = _ort()
         path = _model_file(self.config, self.version_path)
-        options = _session_options(ort, self.config, type(self).default_instance_count)
+        options = _session_options(ort, self.config, self.cpu_share())
         providers: list = ["CPUExecutionProvider"]
         want_cuda = self.instance.kind == "KIND_GPU"
         if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():

@@ -18,6 +18,7 @@ from typing import Any
 import naiad
 import numpy as np
 from naiad import InferenceBackend, InternalError, InvalidArgument, ModelLoadError
+from naiad.config.parameters import bool_parameter, int_parameter
 from naiad.tensors import (
     ModelTensor,
     check_config_tensor,
@@ -47,34 +48,6 @@ def _torch() -> Any:
             "pip install torch --index-url https://download.pytorch.org/whl/cpu)"
         ) from exc
     return torch
-
-
-def _param(config: Any, key: str) -> str | None:
-    """A parameter by Triton's (upper-case) key, or its lower-case spelling."""
-    for k in (key, key.lower()):
-        if k in config.parameters:
-            return config.parameters[k].string_value.strip()
-    return None
-
-
-def _bool_param(config: Any, key: str, default: bool) -> bool:
-    value = _param(config, key)
-    if value is None or value == "":
-        return default
-    if value.lower() in ("1", "true", "on", "yes"):
-        return True
-    if value.lower() in ("0", "false", "off", "no"):
-        return False
-    raise ModelLoadError(f"parameter '{key}' must be true or false, got '{value}'")
-
-
-def _count_param(config: Any, key: str) -> int | None:
-    value = _param(config, key)
-    if value is None or value == "":
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ModelLoadError(f"parameter '{key}' must be a positive integer, got '{value}'")
-    return int(value)
 
 
 def _implicit_inputs(config: Any) -> list[str]:
@@ -171,13 +144,15 @@ class PyTorchBackend(InferenceBackend):
         kind = _files.sniff(cfg, path)
         self._device = self._pick_device(torch)
         # intra-op threads are per calling thread (OpenMP): set them on this instance's thread
-        self._threads = _count_param(cfg, "INTRA_OP_THREAD_COUNT") or self.cpu_share()
+        self._threads = (
+            int_parameter(cfg, "INTRA_OP_THREAD_COUNT", 0, minimum=1) or self.cpu_share())
         torch.set_num_threads(self._threads)
-        _set_interop_threads(torch, _count_param(cfg, "INTER_OP_THREAD_COUNT"), cfg.name)
+        interop = int_parameter(cfg, "INTER_OP_THREAD_COUNT", 0, minimum=1)
+        _set_interop_threads(torch, interop or None, cfg.name)
         self._grad_mode: Callable[[], Any] = (
-            torch.inference_mode if _bool_param(cfg, "INFERENCE_MODE", True) else torch.no_grad)
-        self._optimized = not _bool_param(cfg, "DISABLE_OPTIMIZED_EXECUTION", False)
-        self._clean_cache = _bool_param(cfg, "ENABLE_CACHE_CLEANING", False)
+            torch.inference_mode if bool_parameter(cfg, "INFERENCE_MODE", True) else torch.no_grad)
+        self._optimized = not bool_parameter(cfg, "DISABLE_OPTIMIZED_EXECUTION", False)
+        self._clean_cache = bool_parameter(cfg, "ENABLE_CACHE_CLEANING", False)
         opt = cfg.optimization
         self._pin_in = not opt.HasField("input_pinned_memory") or opt.input_pinned_memory.enable
         self._pin_out = not opt.HasField("output_pinned_memory") or opt.output_pinned_memory.enable

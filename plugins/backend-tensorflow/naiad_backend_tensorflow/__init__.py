@@ -19,6 +19,12 @@ from typing import Any
 import naiad
 import numpy as np
 from naiad import InferenceBackend, InternalError, InvalidArgument, ModelLoadError
+from naiad.config.parameters import (
+    bool_parameter,
+    float_parameter,
+    int_parameter,
+    parameter,
+)
 
 from . import _signature
 from ._signature import DEFAULT_MAX_BATCH_SIZE, Signature
@@ -41,58 +47,20 @@ def _tf() -> Any:
     return tf
 
 
-def _param(config: Any, key: str) -> str | None:
-    for k in (key, key.lower()):
-        if k in config.parameters:
-            return config.parameters[k].string_value.strip()
-    return None
-
-
-def _int_param(config: Any, key: str, default: int) -> int:
-    value = _param(config, key)
-    if not value:
-        return default
-    if not value.isdigit():
-        raise ModelLoadError(f"parameter '{key}' must be a non-negative integer, got '{value}'")
-    return int(value)
-
-
-def _bool_param(config: Any, key: str, default: bool) -> bool:
-    value = (_param(config, key) or "").lower()
-    if not value:
-        return default
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    raise ModelLoadError(f"parameter '{key}' must be true or false, got '{value}'")
-
-
-def _float_param(config: Any, key: str) -> float:
-    value = _param(config, key)
-    try:
-        fraction = float(value) if value else 0.0
-    except ValueError:
-        fraction = -1.0
-    if not 0.0 <= fraction <= 1.0:
-        raise ModelLoadError(f"parameter '{key}' must be a number from 0 to 1, got '{value}'")
-    return fraction
-
-
 def session_config(tf: Any, config: Any, on_gpu: bool) -> Any:
     """The ConfigProto of one instance's session (threads, placement, GPU memory)."""
     proto = tf.compat.v1.ConfigProto(allow_soft_placement=True)
-    proto.intra_op_parallelism_threads = _int_param(config, "TF_NUM_INTRA_THREADS", 0)
-    proto.inter_op_parallelism_threads = _int_param(config, "TF_NUM_INTER_THREADS", 0)
-    proto.use_per_session_threads = _bool_param(config, "TF_USE_PER_SESSION_THREADS", False)
+    proto.intra_op_parallelism_threads = int_parameter(config, "TF_NUM_INTRA_THREADS", 0, minimum=0)
+    proto.inter_op_parallelism_threads = int_parameter(config, "TF_NUM_INTER_THREADS", 0, minimum=0)
+    proto.use_per_session_threads = bool_parameter(config, "TF_USE_PER_SESSION_THREADS", False)
     if not on_gpu:
         proto.device_count["GPU"] = 0  # a CPU instance never touches (or reserves) GPU memory
-    fraction = _float_param(config, "TF_GPU_MEMORY_FRACTION")
+    fraction = float_parameter(config, "TF_GPU_MEMORY_FRACTION", 0.0, low=0.0, high=1.0)
     if fraction > 0:  # a fixed share, as Triton's gpu-memory-fraction (growth off)
         proto.gpu_options.per_process_gpu_memory_fraction = fraction
         proto.gpu_options.allow_growth = False
     else:  # never grab all GPU memory up front
-        proto.gpu_options.allow_growth = _bool_param(config, "TF_GPU_MEMORY_GROWTH", True)
+        proto.gpu_options.allow_growth = bool_parameter(config, "TF_GPU_MEMORY_GROWTH", True)
     level = config.optimization.graph.level if config.HasField("optimization") else 0
     if level == -1:  # Triton: -1 turns graph optimisations off
         proto.graph_options.optimizer_options.opt_level = -1
@@ -117,8 +85,8 @@ class TensorFlowBackend(InferenceBackend):
             return
         tf = _tf()
         path = _signature.saved_model_file(config, version_path)
-        meta = _signature.read_meta_graph(tf, path, _param(config, "TF_GRAPH_TAG"))
-        sig = _signature.signature_of(tf, meta, _param(config, "TF_SIGNATURE_DEF"), path)
+        meta = _signature.read_meta_graph(tf, path, parameter(config, "TF_GRAPH_TAG"))
+        sig = _signature.signature_of(tf, meta, parameter(config, "TF_SIGNATURE_DEF"), path)
         _signature.complete(config, sig)
         _signature.check(config, sig, "SavedModel")
 
@@ -167,8 +135,8 @@ class TensorFlowBackend(InferenceBackend):
             raise ModelLoadError(f"failed to load GraphDef '{path}': {exc}") from exc
 
     def _load_saved_model(self, tf: Any, path: Path, clear_devices: bool) -> Signature:
-        meta = _signature.read_meta_graph(tf, path, _param(self.config, "TF_GRAPH_TAG"))
-        sig = _signature.signature_of(tf, meta, _param(self.config, "TF_SIGNATURE_DEF"), path)
+        meta = _signature.read_meta_graph(tf, path, parameter(self.config, "TF_GRAPH_TAG"))
+        sig = _signature.signature_of(tf, meta, parameter(self.config, "TF_SIGNATURE_DEF"), path)
         try:
             tf.compat.v1.saved_model.loader.load(self._session, list(meta.meta_info_def.tags),
                                                  str(path), clear_devices=clear_devices)
