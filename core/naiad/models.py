@@ -397,7 +397,7 @@ class ModelManager:
         except BaseException:
             for mv in versions.values():
                 for inst in mv.instances:
-                    inst.unload()
+                    inst.release()
             raise
         return _Plan(config, versions)
 
@@ -458,7 +458,7 @@ class ModelManager:
         labels: dict[str, list[str]],
     ) -> ModelVersion:
         version_path = source.path / str(version)
-        contexts = []
+        contexts: list[InstanceContext] = []
         for group in config.instance_group:
             kind = type(group).Kind.Name(group.kind)
             devices = list(group.gpus) if kind == "KIND_GPU" else [-1]
@@ -471,19 +471,22 @@ class ModelManager:
         ]
         # load every instance on its own thread, concurrently
         futures = [inst.executor.submit(inst.load) for inst in instances]
-        errors = []
-        for fut in futures:
+        errors: list[Exception] = []
+        loaded: list[Instance] = []
+        for inst, fut in zip(instances, futures, strict=True):
             try:
                 fut.result()
+                loaded.append(inst)
             except Exception as exc:
                 errors.append(exc)
-        if errors:
-            for inst in instances:
                 inst.executor.shutdown(wait=False)
-            exc = errors[0]
-            if isinstance(exc, NaiadError):
-                raise exc
-            raise ModelLoadError(f"version {version}: {type(exc).__name__}: {exc}") from exc
+        if errors:
+            for inst in loaded:  # the instances that did load are released (their unload runs)
+                inst.release()
+            first = errors[0]
+            if isinstance(first, NaiadError):
+                raise first
+            raise ModelLoadError(f"version {version}: {type(first).__name__}: {first}") from first
         mv = ModelVersion(source.name, version, ModelState.READY, "", config, signature)
         mv.instances = instances
         mv.labels = labels
@@ -491,7 +494,7 @@ class ModelManager:
             mv.scheduler = build_scheduler(config, instances, mv.stats, signature)
         except BaseException:
             for inst in instances:  # loaded but never served: release them
-                inst.unload()
+                inst.release()
             raise
         return mv
 

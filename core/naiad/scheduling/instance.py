@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from ..inference import InferRequest, InferResponse
 from ..signature import Signature
 from .custom_outputs import check_custom_outputs
 from .worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -183,3 +186,12 @@ class Instance:
             self.backend.unload()
         finally:
             self.executor.shutdown(wait=False)
+
+    def release(self) -> None:
+        """Thread-side (a load thread, never the loop): :meth:`unload` on the instance's own
+        thread, waiting for it; an error there is logged, never raised over the caller's."""
+        try:
+            self.executor.submit(self.unload).result()
+        except Exception:
+            log.exception("unloading instance '%s' of model '%s' failed", self.name,
+                          self.signature.model_name)
