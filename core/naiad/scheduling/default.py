@@ -10,21 +10,12 @@ from collections import deque
 from ..errors import InternalError, Unavailable
 from ..inference import InferRequest, InferResponse
 from ..stats import ModelStats
-from .base import Scheduler
+from .base import UNLOADED, SchedulerCore, Ticket
 from .instance import BatchResult, Instance
 from .worker import log_failure
 
 
-class _Pending:
-    __slots__ = ("request", "future", "arrived")
-
-    def __init__(self, request: InferRequest, future: asyncio.Future, arrived: int) -> None:
-        self.request = request
-        self.future = future
-        self.arrived = arrived
-
-
-class DefaultScheduler(Scheduler):
+class DefaultScheduler(SchedulerCore):
     """Strict FIFO over a pool of instances; a model with N instances runs at most N requests
     at once.
 
@@ -39,38 +30,21 @@ class DefaultScheduler(Scheduler):
     def __init__(self, instances: list[Instance], stats: ModelStats) -> None:
         if not instances:
             raise ValueError("a scheduler needs at least one instance")
+        super().__init__(stats)
         #: idle instances, longest idle first: sequential requests rotate over the instances
         self._idle: deque[Instance] = deque(instances)
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[Ticket] = deque()
         self._lock = threading.Lock()
-        self._stats = stats
-        self._inflight = 0
-        self._closed = False
-        self._done = asyncio.Event()
-        self._done.set()
-
-    @property
-    def inflight(self) -> int:
-        return self._inflight
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self._closed:
-            raise Unavailable(f"model '{request.model_name}' is unloading")
-        loop = asyncio.get_running_loop()
-        arrived = time.monotonic_ns()
-        entry = _Pending(request, loop.create_future(), arrived)
+        self._refuse_if_closed(request)
+        entry = self._admit(request)
         with self._lock:
             self._queue.append(entry)
-        self._inflight += 1
-        self._stats.pending += 1
-        self._done.clear()
-        self._pump(loop)
-        try:
-            return await entry.future
-        except asyncio.CancelledError:
-            # still queued: it is skipped when its turn comes; running: it finishes unseen
-            self._stats.record_failure(time.monotonic_ns() - arrived, "CANCELED")
-            raise
+        self._pump(asyncio.get_running_loop())
+        # a client that leaves: still queued, it is skipped when its turn comes; running, it
+        # finishes unseen
+        return await self._wait(entry)
 
     def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start queued requests on idle instances, oldest first."""
@@ -79,14 +53,14 @@ class DefaultScheduler(Scheduler):
                 if not (self._idle and self._queue):
                     return
                 entry = self._queue.popleft()
-                instance = None if entry.future.done() else self._idle.popleft()
-            self._stats.pending -= 1  # Triton's pending count: requests not yet executing
+                instance = None if entry.cancelled else self._idle.popleft()
+            self._dequeued()
             if instance is None:  # its client went away while it was queued
                 self._finished()
                 continue
             instance.executor.call_soon(None, log_failure, self._chain, loop, instance, entry)
 
-    def _chain(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: _Pending) -> None:
+    def _chain(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: Ticket) -> None:
         """On the instance's thread: run ``entry``, then whatever is queued behind it."""
         while True:
             try:
@@ -94,12 +68,12 @@ class DefaultScheduler(Scheduler):
                 error: BaseException | None = None
             except BaseException as exc:  # e.g. SystemExit from a backend: fail this one only
                 result, error = None, exc
-            skipped: list[_Pending] = []
+            skipped: list[Ticket] = []
             with self._lock:
                 following = None
                 while self._queue:
                     candidate = self._queue.popleft()
-                    if candidate.future.done():  # its client went away while it was queued
+                    if candidate.cancelled:  # its client went away while it was queued
                         skipped.append(candidate)
                         continue
                     following = candidate
@@ -117,20 +91,19 @@ class DefaultScheduler(Scheduler):
 
     def _ran(
         self,
-        entry: _Pending,
+        entry: Ticket,
         result: BatchResult | None,
         error: BaseException | None,
-        following: _Pending | None,
-        skipped: list[_Pending],
+        following: Ticket | None,
+        skipped: list[Ticket],
     ) -> None:
         """On the loop: ``entry`` ran; ``following`` started after it; ``skipped`` were dropped."""
-        self._stats.pending -= len(skipped) + (following is not None)
-        for _ in skipped:
-            self._finished()
+        self._dequeued(len(skipped) + (following is not None))
+        self._finished(len(skipped))
         self._complete(entry, result, error)
 
     def _complete(
-        self, entry: _Pending, result: BatchResult | None, error: BaseException | None
+        self, entry: Ticket, result: BatchResult | None, error: BaseException | None
     ) -> None:
         stats = self._stats
         request = entry.request
@@ -144,31 +117,16 @@ class DefaultScheduler(Scheduler):
         outcome = stats.record_outcome(
             result.responses[0], entry.arrived, end, result, 1, request.batch_size
         )
-        if not entry.future.done():
-            if isinstance(outcome, BaseException):
-                entry.future.set_exception(outcome)
-            else:
-                entry.future.set_result(outcome)
+        self._resolve(entry, outcome)
         self._finished()
 
-    def _finished(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._done.set()
-
     async def drain(self, timeout: float) -> None:
-        self._closed = True
-        try:
-            await asyncio.wait_for(self._done.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await self._close_and_wait(timeout)
         # whatever is still queued now will never run: fail it clearly
-        while True:
-            with self._lock:
-                if not self._queue:
-                    break
-                entry = self._queue.popleft()
-            self._stats.pending -= 1
-            if not entry.future.done():
-                entry.future.set_exception(Unavailable("model was unloaded before the request ran"))
-            self._finished()
+        with self._lock:
+            left = list(self._queue)
+            self._queue.clear()
+        self._dequeued(len(left))
+        for entry in left:
+            self._resolve(entry, Unavailable(UNLOADED))
+        self._finished(len(left))

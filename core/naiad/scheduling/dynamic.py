@@ -26,7 +26,7 @@ from ..errors import InternalError, NaiadError, Unavailable
 from ..inference import InferRequest, InferResponse
 from ..signature import Signature
 from ..stats import ModelStats
-from .base import Scheduler
+from .base import UNLOADED, SchedulerCore, Ticket
 from .instance import BatchResult, Instance
 from .worker import log_failure
 
@@ -68,16 +68,14 @@ class QueuePolicy:
         return t
 
 
-class _Entry:
-    __slots__ = ("request", "future", "arrived", "deadline", "level", "order", "result")
+class _Entry(Ticket):
+    __slots__ = ("deadline", "level", "order", "result")
 
-    def __init__(self, request: InferRequest, future: asyncio.Future, arrived: int, deadline: int):
-        self.request = request
-        self.future = future
-        self.arrived = arrived
+    def __init__(self, ticket: Ticket, deadline: int, level: int) -> None:
+        super().__init__(ticket.request, ticket.future, ticket.arrived)
         #: monotonic ns after which the queued request times out (0 = never)
         self.deadline = deadline
-        self.level = 0
+        self.level = level
         self.order = 0
         self.result: InferResponse | BaseException | None = None
 
@@ -96,7 +94,7 @@ class _Level:
         return len(self.queue) + len(self.delayed)
 
 
-class DynamicBatcher(Scheduler):
+class DynamicBatcher(SchedulerCore):
     """Batches requests for a pool of instances; each instance runs one batch at a time."""
 
     def __init__(
@@ -107,8 +105,8 @@ class DynamicBatcher(Scheduler):
         dynamic_batching,
     ) -> None:
         db = dynamic_batching
+        super().__init__(stats)
         self._idle: list[Instance] = list(instances)
-        self._stats = stats
         self._sig = signature
         self._max_batch = max(signature.max_batch_size, 1)
         preferred = sorted(set(db.preferred_batch_size)) or [self._max_batch]
@@ -135,25 +133,16 @@ class DynamicBatcher(Scheduler):
         #: guards what the instance threads share: the levels' queues, _queued and _idle
         self._lock = threading.Lock()
         self._queued = 0
-        self._inflight = 0
-        self._closed = False
-        self._drained = asyncio.Event()
-        self._drained.set()
         self._dispatch_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0
         self._order = 0
         self._release: deque[_Entry] = deque()  # preserve_ordering: entries not yet answered
 
-    @property
-    def inflight(self) -> int:
-        return self._inflight
-
     # ---- enqueue -------------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self._closed:
-            raise Unavailable(f"model '{request.model_name}' is unloading")
+        self._refuse_if_closed(request)
         p = request.priority
         level_index = p - 1 if 0 < p <= len(self._levels) else self._default_level
         level = self._levels[level_index]
@@ -165,12 +154,10 @@ class DynamicBatcher(Scheduler):
                 f"(max_queue_size {policy.max_queue_size} at priority level {level_index + 1})"
             )
         loop = asyncio.get_running_loop()
-        now = time.monotonic_ns()
+        ticket = self._admit(request)
         timeout_us = policy.timeout_us(request.timeout_us)
-        entry = _Entry(
-            request, loop.create_future(), now, now + timeout_us * 1000 if timeout_us else 0
-        )
-        entry.level = level_index
+        deadline = ticket.arrived + timeout_us * 1000 if timeout_us else 0
+        entry = _Entry(ticket, deadline, level_index)
         if self._preserve_ordering:
             entry.order = self._order
             self._order += 1
@@ -178,21 +165,14 @@ class DynamicBatcher(Scheduler):
         with self._lock:
             level.queue.append(entry)
             self._queued += 1
-        self._inflight += 1
-        self._stats.pending += 1
-        self._drained.clear()
         if entry.deadline:
             self._arm_timer(entry.deadline, loop)
         if self._idle and not self._dispatch_pending:
             # let requests that arrive in this loop iteration join the batch
             self._dispatch_pending = True
             loop.call_soon(self._dispatch_soon)
-        try:
-            return await entry.future
-        except asyncio.CancelledError:
-            # a client that went away: if still queued, the entry is skipped and dropped
-            self._stats.record_failure(time.monotonic_ns() - now, "CANCELED")
-            raise
+        # a client that went away: if still queued, the entry is skipped and dropped
+        return await self._wait(entry)
 
     # ---- batch formation -----------------------------------------------------------------------
 
@@ -210,9 +190,9 @@ class DynamicBatcher(Scheduler):
                     return
                 batch, wait_until = self._next_batch(time.monotonic_ns(), dropped)
                 instance = self._idle.pop() if batch else None
-            self._settle(dropped)
+            self._settle_dropped(dropped)
             if instance is not None:
-                self._stats.pending -= len(batch)  # Triton's pending: not yet executing
+                self._dequeued(len(batch))
                 instance.executor.call_soon(None, log_failure, self._chain, loop, instance, batch)
                 continue
             if wait_until:
@@ -247,10 +227,10 @@ class DynamicBatcher(Scheduler):
     def _expire(self, level: _Level, now: int, dropped: _Dropped) -> None:
         """Under the lock: take cancelled and timed-out entries out of ``level``'s queues."""
         q = level.queue
-        if any(e.future.done() or (e.deadline and e.deadline <= now) for e in q):
+        if any(e.cancelled or (e.deadline and e.deadline <= now) for e in q):
             kept: list[_Entry] = []
             for e in q:
-                if e.future.done():  # cancelled by its client
+                if e.cancelled:  # by its client
                     self._queued -= 1
                     dropped.append((e, None))
                 elif e.deadline and e.deadline <= now:
@@ -264,10 +244,10 @@ class DynamicBatcher(Scheduler):
                     kept.append(e)
             q.clear()
             q.extend(kept)
-        if any(e.future.done() for e in level.delayed):
+        if any(e.cancelled for e in level.delayed):
             kept = []
             for e in level.delayed:
-                if e.future.done():
+                if e.cancelled:
                     self._queued -= 1
                     dropped.append((e, None))
                 else:
@@ -284,7 +264,7 @@ class DynamicBatcher(Scheduler):
         cannot_grow = False
         first = None
         for _level, _q, e in self._candidates(now, dropped):
-            if e.future.done():  # cancelled since _expire looked (it runs on the loop)
+            if e.cancelled:  # since _expire looked
                 continue
             size = e.request.batch_size
             if total + size > self._max_batch:
@@ -339,7 +319,7 @@ class DynamicBatcher(Scheduler):
             # expire queued requests even when no instance is free
             for _ in self._candidates(now, dropped):
                 pass
-        self._settle(dropped)
+        self._settle_dropped(dropped)
         self._dispatch()
         with self._lock:
             nearest = min(
@@ -388,8 +368,8 @@ class DynamicBatcher(Scheduler):
         dropped: _Dropped,
     ) -> None:
         """On the loop: ``batch`` ran; ``following`` started after it on the same instance."""
-        self._settle(dropped)
-        self._stats.pending -= len(following)
+        self._settle_dropped(dropped)
+        self._dequeued(len(following))
         self._finish(batch, result, error)
         if not following and self._queued:
             self._dispatch()  # another idle instance, or a batch that waits for its delay
@@ -415,54 +395,44 @@ class DynamicBatcher(Scheduler):
             if not self._preserve_ordering:
                 self._answer(e)
         if self._preserve_ordering:
-            while self._release and self._release[0].result is not None:
-                self._answer(self._release.popleft())
+            self._release_ready()
+
+    def _release_ready(self) -> None:
+        """preserve_ordering: answer, in arrival order, every entry whose result is in."""
+        while self._release and self._release[0].result is not None:
+            self._answer(self._release.popleft())
 
     def _answer(self, e: _Entry) -> None:
-        self._done_one()
-        if e.future.done():
-            return
-        if isinstance(e.result, BaseException):
-            e.future.set_exception(e.result)
-        else:
-            e.future.set_result(e.result)
+        self._finished()
+        assert e.result is not None
+        self._resolve(e, e.result)
 
-    def _settle(self, dropped: _Dropped) -> None:
+    def _settle_dropped(self, dropped: _Dropped) -> None:
         """On the loop: answer entries that left the queue without running."""
+        self._dequeued(len(dropped))
         for e, error in dropped:
-            self._stats.pending -= 1
             if error is None:  # its client went away: nobody to answer
                 e.result = asyncio.CancelledError()
                 if not self._preserve_ordering:
-                    self._done_one()
+                    self._finished()
             else:
                 self._stats.record_failure(time.monotonic_ns() - e.arrived, "REJECTED")
                 e.result = error
                 if not self._preserve_ordering:
                     self._answer(e)
         if dropped and self._preserve_ordering:
-            while self._release and self._release[0].result is not None:
-                self._answer(self._release.popleft())
-
-    def _done_one(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._drained.set()
+            self._release_ready()
 
     # ---- shutdown ------------------------------------------------------------------------------
 
     async def drain(self, timeout: float) -> None:
-        self._closed = True
-        try:
-            await asyncio.wait_for(self._drained.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await self._close_and_wait(timeout)
         # whatever is still queued now will never run: fail it clearly
-        error = Unavailable("model was unloaded before the request ran")
+        error = Unavailable(UNLOADED)
         with self._lock:
             left = [e for level in self._levels for q in (level.queue, level.delayed) for e in q]
             for level in self._levels:
                 level.queue.clear()
                 level.delayed.clear()
             self._queued -= len(left)
-        self._settle([(e, error) for e in left])
+        self._settle_dropped([(e, error) for e in left])

@@ -27,7 +27,7 @@ from ..errors import InternalError, NaiadError, Unavailable
 from ..inference import InferRequest, InferResponse, RequestedOutput
 from ..signature import Signature
 from ..stats import ModelStats
-from .base import Scheduler
+from .base import SchedulerCore
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -69,25 +69,17 @@ def step_error(exc: NaiadError, where: str) -> NaiadError:
     return error
 
 
-class EnsembleScheduler(Scheduler):
+class EnsembleScheduler(SchedulerCore):
     """Runs an ensemble's steps for each request (the ensemble has no instances of its own)."""
 
     def __init__(
         self, config: ModelConfig, manager: ModelManager, stats: ModelStats, signature: Signature
     ) -> None:
+        super().__init__(stats)
         self._name = config.name
         self._manager = manager
-        self._stats = stats
         self._signature = signature
         self._steps = steps_of(config)
-        self._inflight = 0
-        self._closed = False
-        self._done = asyncio.Event()
-        self._done.set()
-
-    @property
-    def inflight(self) -> int:
-        return self._inflight
 
     @property
     def composing_models(self) -> list[str]:
@@ -95,13 +87,10 @@ class EnsembleScheduler(Scheduler):
         return list(dict.fromkeys(step.model_name for step in self._steps))
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self._closed:
-            raise Unavailable(f"model '{self._name}' is unloading")
+        self._refuse_if_closed(request)
         stats = self._stats
         arrived = time.monotonic_ns()
-        self._inflight += 1
-        stats.pending += 1
-        self._done.clear()
+        self._count_in()  # the whole ensemble run counts as one pending request
         try:
             tensors: dict[str, np.ndarray] = dict(request.inputs)
             await self._run_steps(request, tensors)
@@ -118,10 +107,8 @@ class EnsembleScheduler(Scheduler):
             stats.record_failure(time.monotonic_ns() - arrived, "BACKEND")
             raise
         finally:
-            self._inflight -= 1
-            stats.pending -= 1
-            if self._inflight == 0:
-                self._done.set()
+            self._dequeued()
+            self._finished()
         total = time.monotonic_ns() - arrived
         stats.record_execution(request.batch_size, 0, 0, 0)
         stats.record_success(total, 0, 0, 0, 0, request.batch_size)
@@ -203,8 +190,4 @@ class EnsembleScheduler(Scheduler):
         return produced
 
     async def drain(self, timeout: float) -> None:
-        self._closed = True
-        try:
-            await asyncio.wait_for(self._done.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await self._close_and_wait(timeout)

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class BatchResult:
     """What one execution produced, with its timings (monotonic ns)."""
 
-    responses: list[InferResponse | Exception]
+    responses: Sequence[InferResponse | BaseException]
     start_ns: int
     input_ns: int
     infer_ns: int
@@ -193,5 +193,6 @@ class Instance:
         try:
             self.executor.submit(self.unload).result()
         except Exception:
-            log.exception("unloading instance '%s' of model '%s' failed", self.name,
-                          self.signature.model_name)
+            log.exception(
+                "unloading instance '%s' of model '%s' failed", self.name, self.signature.model_name
+            )

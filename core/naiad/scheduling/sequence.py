@@ -36,7 +36,7 @@ from ..errors import InternalError, InvalidArgument, NaiadError, Unavailable
 from ..inference import InferRequest, InferResponse
 from ..signature import Signature
 from ..stats import ModelStats
-from .base import Scheduler
+from .base import UNLOADED, SchedulerCore
 from .instance import BatchResult, Instance
 from .sequence_inputs import SequenceInputs
 from .sequence_slots import BatchRule, Entry, LiveSequence, LoopTimer, Runner, Slot
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 _REAPER_SLACK_NS = 50_000_000
 
 
-class SequenceBatcher(Scheduler):
+class SequenceBatcher(SchedulerCore):
     """Routes each sequence to one slot of one instance and batches sequences together."""
 
     def __init__(
@@ -61,7 +61,7 @@ class SequenceBatcher(Scheduler):
         if not instances:
             raise ValueError("a scheduler needs at least one instance")
         sb = config.sequence_batching
-        self._stats = stats
+        super().__init__(stats)
         self._sig = signature
         self._io = SequenceInputs(config, model_path)
         max_batch = max(config.max_batch_size, 1)
@@ -93,26 +93,17 @@ class SequenceBatcher(Scheduler):
         #: sequences that hold a slot and may go idle
         self._held: set[LiveSequence] = set()
         self._backlog: deque[LiveSequence] = deque()
-        self._inflight = 0
-        self._closed = False
-        self._drained = asyncio.Event()
-        self._drained.set()
         self._dispatch_pending = False
         self._wake = LoopTimer(self._dispatch)
         self._reaper = LoopTimer(self._reap)
         self._expiry = LoopTimer(self._expire_backlog)
 
-    @property
-    def inflight(self) -> int:
-        return self._inflight
-
     # ---- enqueue -------------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
         seq = self._route(request)
-        loop = asyncio.get_running_loop()
-        now = time.monotonic_ns()
-        entry = Entry(request, loop.create_future(), now, seq)
+        entry = Entry(self._admit(request), seq)
+        now = entry.arrived
         seq.queue.append(entry)
         seq.last_active = now
         if request.sequence_end:
@@ -123,17 +114,10 @@ class SequenceBatcher(Scheduler):
             deadline = now + request.timeout_us * 1000
             seq.deadline = min(seq.deadline, deadline) if seq.deadline else deadline
             self._expiry.arm(seq.deadline)
-        self._inflight += 1
-        self._stats.pending += 1
-        self._drained.clear()
         if seq.slot is not None and not seq.slot.runner.busy:
             self._kick()  # requests that arrive in this loop iteration join the batch
-        try:
-            return await entry.future
-        except asyncio.CancelledError:
-            # a client that went away: its sequence is cancelled when the entry comes up
-            self._stats.record_failure(time.monotonic_ns() - now, "CANCELED")
-            raise
+        # a client that went away: its sequence is cancelled when the entry comes up
+        return await self._wait(entry)
 
     def _route(self, request: InferRequest) -> LiveSequence:
         """Check the request (Triton's rules and messages), then find or start its sequence."""
@@ -247,7 +231,7 @@ class SequenceBatcher(Scheduler):
             seq = slot.seq
             if seq is None or seq.busy or not seq.queue:
                 continue
-            if seq.queue[0].future.done():
+            if seq.queue[0].cancelled:
                 self._cancel(seq)
                 continue
             ready.append(slot)
@@ -279,7 +263,7 @@ class SequenceBatcher(Scheduler):
             seq = slot.seq
             assert seq is not None
             entry = seq.queue.popleft()
-            self._stats.pending -= 1  # Triton's pending count: requests not yet executing
+            self._dequeued()
             seq.busy = True
             req = entry.request
             inputs = dict(req.inputs)
@@ -360,25 +344,15 @@ class SequenceBatcher(Scheduler):
     # ---- answers -------------------------------------------------------------------------------
 
     def _answer(self, e: Entry, result: InferResponse | NaiadError) -> None:
-        self._done_one()
-        if e.future.done():
-            return
-        if isinstance(result, BaseException):
-            e.future.set_exception(result)
-        else:
-            e.future.set_result(result)
+        self._finished()
+        self._resolve(e, result)
 
     def _fail(self, e: Entry, error: NaiadError, reason: str = "REJECTED") -> None:
         """Answer a request that leaves a queue without running."""
-        self._stats.pending -= 1
-        if not e.future.done():  # a cancelled one was counted when its client left
+        self._dequeued()
+        if not e.cancelled:  # a cancelled one was counted when its client left
             self._stats.record_failure(time.monotonic_ns() - e.arrived, reason)
         self._answer(e, error)
-
-    def _done_one(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._drained.set()
 
     # ---- timers: idle sequences and backlog timeouts ------------------------------------------
 
@@ -437,12 +411,8 @@ class SequenceBatcher(Scheduler):
     async def drain(self, timeout: float) -> None:
         """New sequences are refused at once; requests of live ones are still taken until
         everything queued has run or ``timeout`` passed; what is left then fails."""
-        self._closed = True
-        try:
-            await asyncio.wait_for(self._drained.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        error = Unavailable("model was unloaded before the request ran")
+        await self._close_and_wait(timeout)
+        error = Unavailable(UNLOADED)
         for seq in [*(s.seq for r in self._runners for s in r.slots if s.seq), *self._backlog]:
             while seq.queue:
                 self._fail(seq.queue.popleft(), error)

@@ -87,6 +87,8 @@ class SequenceInputs:
     # ---- construction --------------------------------------------------------------------------
 
     def _flag(self, name: str, control) -> _Flag:
+        values: list
+        dtype: type[np.generic]
         if control.int32_false_true:
             values, dtype = list(control.int32_false_true), np.int32
         elif control.fp32_false_true:

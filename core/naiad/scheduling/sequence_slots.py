@@ -16,20 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..inference import InferRequest
+from .base import Ticket
 from .instance import Instance
 
 
-class Entry:
-    """One request waiting for (or in) execution."""
+class Entry(Ticket):
+    """One request waiting for (or in) execution, and the sequence it belongs to."""
 
-    __slots__ = ("request", "future", "arrived", "seq")
+    __slots__ = ("seq",)
 
-    def __init__(
-        self, request: InferRequest, future: asyncio.Future, arrived: int, seq: LiveSequence
-    ):
-        self.request = request
-        self.future = future
-        self.arrived = arrived
+    def __init__(self, ticket: Ticket, seq: LiveSequence) -> None:
+        super().__init__(ticket.request, ticket.future, ticket.arrived)
         self.seq = seq
 
 

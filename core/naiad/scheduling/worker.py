@@ -54,7 +54,7 @@ class Worker:
 
     def call_soon(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None,
         callback: Callable[[Any, BaseException | None], None],
         fn: Callable[..., Any],
         *args: Any,
