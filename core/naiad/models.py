@@ -351,12 +351,14 @@ class ModelManager:
     # ---- preparation (worker thread) -----------------------------------------------------------
 
     def _prepare(self, name: str, override: ModelConfig | None, source_path: Path | None) -> _Plan:
-        if source_path is not None:
-            source = repository.ModelSource(name, source_path, source_path.parent)
-        else:
-            source = repository.find_model(self.repositories, name)
-        if source is None:
+        found = (
+            repository.ModelSource(name, source_path, source_path.parent)
+            if source_path is not None
+            else repository.find_model(self.repositories, name)
+        )
+        if found is None:
             raise InternalError("failed to poll from model repository")
+        source = found
         config = self._read_config(source, override)
         _check_file_fields(config)
         available = repository.version_numbers(source.path)

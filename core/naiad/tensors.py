@@ -140,7 +140,7 @@ def to_wire_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
         array = array.astype(wire)
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
-    return memoryview(array).cast("B")
+    return memoryview(array.data).cast("B")
 
 
 def from_wire_bytes(
@@ -193,7 +193,7 @@ class ModelTensor:
     @property
     def batchable(self) -> bool:
         """Rank >= 1 with a variable first dimension, which a batch dimension needs."""
-        return bool(self.dims) and self.dims[0] == -1
+        return self.dims is not None and len(self.dims) > 0 and self.dims[0] == -1
 
 
 def config_datatype(io: Any) -> str:

@@ -72,7 +72,12 @@ class _BareBadRequest(Exception):
 
 def nv_status(code: int, message: str, server_id: str, request_id: int) -> dict[str, str]:
     """The ``NV-Status`` header: a RequestStatus in short text (an empty msg is not printed)."""
-    status = RequestStatus(code=code, msg=message, server_id=server_id, request_id=request_id)
+    status = RequestStatus(
+        code=code,  # type: ignore[arg-type]  # a RequestStatusCode number
+        msg=message,
+        server_id=server_id,
+        request_id=request_id,
+    )
     return {"NV-Status": lc.short_text(status)}
 
 
