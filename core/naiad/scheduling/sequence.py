@@ -15,9 +15,14 @@ wait in a FIFO backlog. Each execution is a batch made of the next request of se
   ``preferred_batch_size`` and ``max_queue_delay_microseconds``.
 
 Control tensors and implicit state come from :class:`SequenceInputs`. An idle sequence
-(``max_sequence_idle_microseconds``) is released by a timer on the loop. Everything here runs on
-the event loop thread; only ``Instance.run`` runs on the instance's worker thread. Times are
-``time.monotonic_ns()``.
+(``max_sequence_idle_microseconds``) is released by a timer on the loop.
+
+Threads: the slots, sequences and their queues are shared with the instance threads under
+``_lock``. An instance that finishes a batch keeps its sequences' state, frees what ended and
+forms its next batch itself, then runs it at once, as the default scheduler and the dynamic
+batcher do: a busy model never waits for a round trip through the event loop between
+executions. What must happen on the loop (futures, statistics, timers) is collected in an
+``Effects`` under the lock and applied there. Times are ``time.monotonic_ns()``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import replace
@@ -39,12 +45,16 @@ from ..stats import ModelStats
 from .base import UNLOADED, SchedulerCore
 from .instance import BatchResult, Instance
 from .sequence_inputs import SequenceInputs
-from .sequence_slots import BatchRule, Entry, LiveSequence, LoopTimer, Runner, Slot
+from .sequence_slots import BatchRule, Effects, Entry, LiveSequence, LoopTimer, Runner, Slot
+from .worker import log_failure
 
 log = logging.getLogger(__name__)
 
 #: how late the idle reaper may run, at most, to batch its checks (ns)
 _REAPER_SLACK_NS = 50_000_000
+
+#: one formed batch: what the instance runs, and (batch position, entry) of the real requests
+_Batch = tuple[list[InferRequest], list[tuple[int, Entry]]]
 
 
 class SequenceBatcher(SchedulerCore):
@@ -93,6 +103,8 @@ class SequenceBatcher(SchedulerCore):
         #: sequences that hold a slot and may go idle
         self._held: set[LiveSequence] = set()
         self._backlog: deque[LiveSequence] = deque()
+        #: guards the slots, the sequences and their queues (shared with the instance threads)
+        self._lock = threading.Lock()
         self._dispatch_pending = False
         self._wake = LoopTimer(self._dispatch)
         self._reaper = LoopTimer(self._reap)
@@ -101,25 +113,30 @@ class SequenceBatcher(SchedulerCore):
     # ---- enqueue -------------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        seq = self._route(request)
-        entry = Entry(self._admit(request), seq)
-        now = entry.arrived
-        seq.queue.append(entry)
-        seq.last_active = now
-        if request.sequence_end:
-            seq.open = False
-            if self._active.get(seq.id) is seq:
-                del self._active[seq.id]
-        if seq.slot is None and request.timeout_us:
-            deadline = now + request.timeout_us * 1000
-            seq.deadline = min(seq.deadline, deadline) if seq.deadline else deadline
-            self._expiry.arm(seq.deadline)
-        if seq.slot is not None and not seq.slot.runner.busy:
-            self._kick()  # requests that arrive in this loop iteration join the batch
+        fx = Effects()
+        deadline = 0
+        with self._lock:
+            seq = self._route(request, fx)
+            entry = Entry(self._admit(request), seq)
+            now = entry.arrived
+            seq.queue.append(entry)
+            seq.last_active = now
+            if request.sequence_end:
+                seq.open = False
+                if self._active.get(seq.id) is seq:
+                    del self._active[seq.id]
+            if seq.slot is None and request.timeout_us:
+                deadline = now + request.timeout_us * 1000
+                seq.deadline = deadline = min(seq.deadline, deadline) if seq.deadline else deadline
+            # requests that arrive in this loop iteration join the batch
+            fx.kick = fx.kick or (seq.slot is not None and not seq.slot.runner.busy)
+        if deadline:
+            self._expiry.arm(deadline)
+        self._apply(fx)
         # a client that went away: its sequence is cancelled when the entry comes up
         return await self._wait(entry)
 
-    def _route(self, request: InferRequest) -> LiveSequence:
+    def _route(self, request: InferRequest, fx: Effects) -> LiveSequence:
         """Check the request (Triton's rules and messages), then find or start its sequence."""
         model = request.model_name
         if request.batch_size != 1:
@@ -156,14 +173,14 @@ class SequenceBatcher(SchedulerCore):
             return seq
         seq = self._active[corrid] = LiveSequence(corrid, time.monotonic_ns())
         if self._free:
-            self._take_slot(seq)
+            self._take_slot(seq, fx)
         else:
             self._backlog.append(seq)
         return seq
 
-    # ---- slots ---------------------------------------------------------------------------------
+    # ---- slots (under the lock) ----------------------------------------------------------------
 
-    def _take_slot(self, seq: LiveSequence) -> None:
+    def _take_slot(self, seq: LiveSequence, fx: Effects) -> None:
         index, position = heapq.heappop(self._free)
         slot = self._runners[position].slots[index]
         slot.seq = seq
@@ -171,9 +188,9 @@ class SequenceBatcher(SchedulerCore):
         seq.deadline = 0
         seq.last_active = time.monotonic_ns()  # idle time counts from getting a slot
         self._held.add(seq)
-        self._reaper.arm(seq.last_active + self._idle_ns)
+        fx.arm_reaper(seq.last_active + self._idle_ns)
 
-    def _release(self, seq: LiveSequence) -> None:
+    def _release(self, seq: LiveSequence, fx: Effects) -> None:
         """Free ``seq``'s slot, then hand it to the oldest backlogged sequence."""
         slot = seq.slot
         if slot is None:
@@ -185,25 +202,24 @@ class SequenceBatcher(SchedulerCore):
         while self._backlog and self._free:
             waiting = self._backlog.popleft()
             if waiting.queue or waiting.open:
-                self._take_slot(waiting)
+                self._take_slot(waiting, fx)
 
-    def _settle(self, seq: LiveSequence) -> None:
+    def _settle(self, seq: LiveSequence, fx: Effects) -> None:
         """A sequence that takes no more requests frees its slot once nothing of it is left."""
         if not seq.open and not seq.queue and seq.slot is not None:
-            self._release(seq)
+            self._release(seq, fx)
 
-    def _cancel(self, seq: LiveSequence) -> None:
+    def _cancel(self, seq: LiveSequence, fx: Effects) -> None:
         """A queued request was cancelled by its client: the whole sequence ends (Triton)."""
         seq.open = False
         if self._active.get(seq.id) is seq:
             del self._active[seq.id]
+        error = Unavailable(f"sequence {seq.id} was cancelled")
         while seq.queue:
-            self._fail(
-                seq.queue.popleft(), Unavailable(f"sequence {seq.id} was cancelled"), "CANCELED"
-            )
+            fx.failed.append((seq.queue.popleft(), error, "CANCELED"))
         if not seq.busy:
-            self._release(seq)
-        self._kick()
+            self._release(seq, fx)
+        fx.kick = True
 
     # ---- batch formation -----------------------------------------------------------------------
 
@@ -218,12 +234,35 @@ class SequenceBatcher(SchedulerCore):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        now = time.monotonic_ns()
-        for runner in self._runners:
-            if not runner.busy:
-                self._run_next(runner, now)
+        """On the loop: start a batch on every idle instance that has one ready."""
+        loop = asyncio.get_running_loop()
+        fx = Effects()
+        started: list[tuple[Runner, _Batch]] = []
+        with self._lock:
+            now = time.monotonic_ns()
+            for runner in self._runners:
+                if not runner.busy:
+                    batch = self._next_batch(runner, now, fx)
+                    if batch is not None:
+                        started.append((runner, batch))
+        self._apply(fx)
+        for runner, batch in started:
+            runner.instance.executor.call_soon(None, log_failure, self._chain, loop, runner, batch)
 
-    def _ready(self, runner: Runner) -> list[Slot]:
+    def _apply(self, fx: Effects) -> None:
+        """On the loop: what a section under the lock left to do."""
+        if fx.dequeued:
+            self._dequeued(fx.dequeued)
+        for entry, error, reason in fx.failed:
+            self._fail(entry, error, reason)
+        if fx.reaper_at:
+            self._reaper.arm(fx.reaper_at)
+        if fx.wake_at:
+            self._wake.arm(fx.wake_at)
+        if fx.kick:
+            self._kick()
+
+    def _ready(self, runner: Runner, fx: Effects) -> list[Slot]:
         """Slots of ``runner`` whose sequence has a request to run (cancelled heads end their
         sequence here)."""
         ready = []
@@ -232,26 +271,29 @@ class SequenceBatcher(SchedulerCore):
             if seq is None or seq.busy or not seq.queue:
                 continue
             if seq.queue[0].cancelled:
-                self._cancel(seq)
+                self._cancel(seq, fx)
                 continue
             ready.append(slot)
         return ready
 
-    def _run_next(self, runner: Runner, now: int) -> None:
-        ready = self._ready(runner)
+    def _next_batch(self, runner: Runner, now: int, fx: Effects) -> _Batch | None:
+        """Under the lock: the batch ``runner`` runs next (it is then busy), or None."""
+        ready = self._ready(runner, fx)
         if not ready:
-            return
+            return None
         rule = self._rule
         picks, wait_until = rule.oldest(ready, now) if self._oldest else rule.direct(ready, now)
         if picks:
-            self._execute(runner, picks)
-        elif wait_until:
-            self._wake.arm(wait_until)
+            runner.busy = True
+            return self._take(picks, fx)
+        if wait_until:
+            fx.arm_wake(wait_until)
+        return None
 
     # ---- execution -----------------------------------------------------------------------------
 
-    def _execute(self, runner: Runner, picks: list[Slot | None]) -> None:
-        """Take the head request of every picked slot, add controls and state, and run."""
+    def _take(self, picks: list[Slot | None], fx: Effects) -> _Batch:
+        """Under the lock: take the head request of every picked slot, add controls and state."""
         io = self._io
         requests: list[InferRequest | None] = []
         taken: list[tuple[int, Entry]] = []
@@ -263,7 +305,7 @@ class SequenceBatcher(SchedulerCore):
             seq = slot.seq
             assert seq is not None
             entry = seq.queue.popleft()
-            self._dequeued()
+            fx.dequeued += 1
             seq.busy = True
             req = entry.request
             inputs = dict(req.inputs)
@@ -277,18 +319,39 @@ class SequenceBatcher(SchedulerCore):
             taken.append((len(requests), entry))
             requests.append(request)
             if not seq.open and not seq.queue:
-                self._release(seq)  # its last request is on its way: the slot is free again
+                self._release(seq, fx)  # its last request is on its way: the slot is free again
         assert template is not None
-        batch = [r if r is not None else self._filler(template) for r in requests]
-        runner.busy = True
-        loop = asyncio.get_running_loop()
+        return [r if r is not None else self._filler(template) for r in requests], taken
 
-        def done(result: BatchResult | None, error: BaseException | None) -> None:
-            runner.busy = False
-            self._finish(taken, len(batch), result, error)
-            self._run_next(runner, time.monotonic_ns())
-
-        runner.instance.executor.call_soon(loop, done, runner.instance.run, batch, io.state_outputs)
+    def _chain(self, loop: asyncio.AbstractEventLoop, runner: Runner, batch: _Batch) -> None:
+        """On the instance's thread: run ``batch``, then each batch ready behind it."""
+        instance = runner.instance
+        while True:
+            requests, taken = batch
+            try:
+                result: BatchResult | None = instance.run(requests, self._io.state_outputs)
+                error: BaseException | None = None
+            except BaseException as exc:  # e.g. SystemExit from a backend: fail this batch only
+                result, error = None, exc
+            end = time.monotonic_ns()
+            fx = Effects()
+            following: _Batch | None = None
+            with self._lock:
+                answers = self._conclude(taken, len(requests), result, error, end, fx)
+                try:
+                    following = self._next_batch(runner, time.monotonic_ns(), fx)
+                except Exception:  # a bug; the batch that ran is still answered below
+                    log.exception("forming the next sequence batch failed")
+                if following is None:
+                    # the instance is free only when its execution has really ended
+                    runner.busy = False
+            try:
+                loop.call_soon_threadsafe(self._ran, len(requests), result, answers, end, fx)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+            if following is None:
+                return
+            batch = following
 
     def _filler(self, template: InferRequest) -> InferRequest:
         """A not-ready batch item shaped like ``template``, so later slots keep their position."""
@@ -298,30 +361,52 @@ class SequenceBatcher(SchedulerCore):
             inputs[state.input_name] = np.zeros_like(inputs[state.input_name])
         return replace(template, id="", inputs=inputs, sequence_start=False, sequence_end=False)
 
-    def _finish(
+    def _conclude(
         self,
         taken: list[tuple[int, Entry]],
         batch_size: int,
         result: BatchResult | None,
         error: BaseException | None,
-    ) -> None:
-        stats = self._stats
-        end = time.monotonic_ns()
+        end: int,
+        fx: Effects,
+    ) -> list[tuple[Entry, InferResponse | BaseException]]:
+        """Under the lock: a batch ran. Keep each sequence's state, free what ended; the
+        entries and their responses, for the loop to answer."""
         if result is None:
             failure = error or InternalError("execution failed")
-            result = BatchResult([failure] * batch_size, end, 0, 0, 0)  # type: ignore[list-item]
-        if any(not isinstance(result.responses[i], BaseException) for i, _ in taken):
-            stats.record_execution(batch_size, result.input_ns, result.infer_ns, result.output_ns)
-        n = len(taken)
+            responses: list[InferResponse | BaseException] = [failure] * batch_size
+        else:
+            responses = list(result.responses)
+        answers: list[tuple[Entry, InferResponse | BaseException]] = []
         for position, e in taken:
             seq = e.seq
             seq.busy = False
             seq.last_active = end
-            response = result.responses[position]
+            response = responses[position]
             if not isinstance(response, BaseException):
                 response = self._keep_state(seq, response)
+            answers.append((e, response))
+            self._settle(seq, fx)
+        return answers
+
+    def _ran(
+        self,
+        batch_size: int,
+        result: BatchResult | None,
+        answers: list[tuple[Entry, InferResponse | BaseException]],
+        end: int,
+        fx: Effects,
+    ) -> None:
+        """On the loop: a batch ran (and perhaps the next one started): statistics, answers."""
+        stats = self._stats
+        if result is None:
+            result = BatchResult([], end, 0, 0, 0)
+        if any(not isinstance(r, BaseException) for _, r in answers):
+            stats.record_execution(batch_size, result.input_ns, result.infer_ns, result.output_ns)
+        n = len(answers)
+        for e, response in answers:
             self._answer(e, stats.record_outcome(response, e.arrived, end, result, n, 1))
-            self._settle(seq)
+        self._apply(fx)
 
     def _keep_state(
         self, seq: LiveSequence, response: InferResponse
@@ -343,7 +428,7 @@ class SequenceBatcher(SchedulerCore):
 
     # ---- answers -------------------------------------------------------------------------------
 
-    def _answer(self, e: Entry, result: InferResponse | NaiadError) -> None:
+    def _answer(self, e: Entry, result: InferResponse | BaseException) -> None:
         self._finished()
         self._resolve(e, result)
 
@@ -360,51 +445,55 @@ class SequenceBatcher(SchedulerCore):
         """Release sequences idle longer than ``max_sequence_idle_microseconds``: no inference
         is run and the model gets no END (Triton). A later request of such a sequence needs
         START."""
-        now = time.monotonic_ns()
-        idle = self._idle_ns
+        fx = Effects()
         next_check = 0
-        for seq in list(self._held):
-            if seq.busy or seq.queue:
-                due = now + idle  # never reaped while it has work
-            elif now - seq.last_active >= idle:
-                log.debug(
-                    "sequence %s of model '%s' was idle: its slot is released",
-                    seq.id,
-                    self._sig.model_name,
-                )
-                seq.open = False
-                if self._active.get(seq.id) is seq:
-                    del self._active[seq.id]
-                self._release(seq)
-                continue
-            else:
-                due = seq.last_active + idle
-            next_check = min(next_check, due) if next_check else due
+        with self._lock:
+            now = time.monotonic_ns()
+            idle = self._idle_ns
+            for seq in list(self._held):
+                if seq.busy or seq.queue:
+                    due = now + idle  # never reaped while it has work
+                elif now - seq.last_active >= idle:
+                    log.debug(
+                        "sequence %s of model '%s' was idle: its slot is released",
+                        seq.id,
+                        self._sig.model_name,
+                    )
+                    seq.open = False
+                    if self._active.get(seq.id) is seq:
+                        del self._active[seq.id]
+                    self._release(seq, fx)
+                    continue
+                else:
+                    due = seq.last_active + idle
+                next_check = min(next_check, due) if next_check else due
         if next_check:
             self._reaper.arm(max(next_check, now + min(_REAPER_SLACK_NS, idle // 10)))
-        self._kick()  # backlogged sequences may have got the freed slots
+        fx.kick = True  # backlogged sequences may have got the freed slots
+        self._apply(fx)
 
     def _expire_backlog(self) -> None:
         """Backlogged sequences whose requests' timeout passed fail with Triton's message."""
-        now = time.monotonic_ns()
+        fx = Effects()
         next_check = 0
-        for seq in list(self._backlog):
-            if not seq.deadline:
-                continue
-            if seq.deadline > now:
-                next_check = min(next_check, seq.deadline) if next_check else seq.deadline
-                continue
-            self._backlog.remove(seq)
-            seq.open = False
-            if self._active.get(seq.id) is seq:
-                del self._active[seq.id]
-            while seq.queue:
-                self._fail(
-                    seq.queue.popleft(),
-                    Unavailable("timeout of the corresponding sequence has been expired"),
-                )
+        error = Unavailable("timeout of the corresponding sequence has been expired")
+        with self._lock:
+            now = time.monotonic_ns()
+            for seq in list(self._backlog):
+                if not seq.deadline:
+                    continue
+                if seq.deadline > now:
+                    next_check = min(next_check, seq.deadline) if next_check else seq.deadline
+                    continue
+                self._backlog.remove(seq)
+                seq.open = False
+                if self._active.get(seq.id) is seq:
+                    del self._active[seq.id]
+                while seq.queue:
+                    fx.failed.append((seq.queue.popleft(), error, "REJECTED"))
         if next_check:
             self._expiry.arm(next_check)
+        self._apply(fx)
 
     # ---- shutdown ------------------------------------------------------------------------------
 
@@ -412,9 +501,13 @@ class SequenceBatcher(SchedulerCore):
         """New sequences are refused at once; requests of live ones are still taken until
         everything queued has run or ``timeout`` passed; what is left then fails."""
         await self._close_and_wait(timeout)
+        fx = Effects()
         error = Unavailable(UNLOADED)
-        for seq in [*(s.seq for r in self._runners for s in r.slots if s.seq), *self._backlog]:
-            while seq.queue:
-                self._fail(seq.queue.popleft(), error)
+        with self._lock:
+            live = [s.seq for r in self._runners for s in r.slots if s.seq]
+            for seq in [*live, *self._backlog]:
+                while seq.queue:
+                    fx.failed.append((seq.queue.popleft(), error, "REJECTED"))
+        self._apply(fx)
         for timer in (self._wake, self._reaper, self._expiry):
             timer.cancel()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import NaiadError
 from ..inference import InferRequest
 from .base import Ticket
 from .instance import Instance
@@ -72,6 +73,34 @@ class LiveSequence:
         self.deadline = 0
         #: later requests may join (False after END was queued, or once reaped or cancelled)
         self.open = True
+
+
+class Effects:
+    """What a section of the sequence batcher under its lock leaves for the loop to do
+    (futures, statistics and timers are touched only on the loop)."""
+
+    __slots__ = ("dequeued", "failed", "reaper_at", "wake_at", "kick")
+
+    def __init__(self) -> None:
+        #: requests taken out of their queues to execute (Triton's pending count)
+        self.dequeued = 0
+        #: requests that leave without running: (entry, error, failure reason)
+        self.failed: list[tuple[Entry, NaiadError, str]] = []
+        #: monotonic ns to arm the idle reaper / the batch-delay timer at (0 = no change)
+        self.reaper_at = 0
+        self.wake_at = 0
+        #: slots changed hands: dispatch again
+        self.kick = False
+
+    @staticmethod
+    def _sooner(a: int, b: int) -> int:
+        return min(a, b) if a and b else a or b
+
+    def arm_reaper(self, at: int) -> None:
+        self.reaper_at = self._sooner(self.reaper_at, at)
+
+    def arm_wake(self, at: int) -> None:
+        self.wake_at = self._sooner(self.wake_at, at)
 
 
 class LoopTimer:
