@@ -289,21 +289,26 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("tritonserver", "trtserver"):  # tritonserver's argv (KServe's runtime)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``naiad``'s argv as ``main`` reads it: ``serve`` is implied before a flag, and
+    ``tritonserver ARGS`` is tritonserver's own command line (naiad.tritonserver)."""
+    argv = list(argv)
+    if argv and argv[0] in ("tritonserver", "trtserver"):
         from .tritonserver import serve_argv
 
         argv = serve_argv(argv[1:])
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "serve")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "plugins":
         return cmd_plugins(args)
-    parser.print_help()
+    build_parser().print_help()
     return 2
 
 
