@@ -146,10 +146,10 @@ def _parse_as(url: str, rest: str, cred: dict, env) -> RemoteLocation:
     if key:
         options["account_key"] = key
     elif auth in ("managed_identity", "default"):
-        options["anon"] = False  # adlfs then uses azure-identity's DefaultAzureCredential
-        client_id = (cred.get("client_id") if cred else "") or env.get("AZURE_STORAGE_CLIENT_ID")
-        if client_id:
-            options["client_id"] = client_id
+        # adlfs then uses azure-identity's DefaultAzureCredential, managed identity included (a
+        # user-assigned one's client id goes in AZURE_CLIENT_ID: adlfs reads Triton's
+        # AZURE_STORAGE_CLIENT_ID as a service principal's)
+        options["anon"] = False
     return RemoteLocation(url, "as", root, options)
 
 
