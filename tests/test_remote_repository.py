@@ -400,3 +400,41 @@ def test_missing_extra_names_the_package(tmp_path):
     assert remotes.refresh() == {}
     assert "pip install 'naiad[gcs]'" in remotes.errors["gs://bucket/repo"]
     assert paths[0].is_dir() and paths[0].parent == tmp_path
+
+
+def test_unreachable_endpoint_is_a_clear_error(aws_env, tmp_path):
+    from naiad.remote import open_repositories
+
+    url = f"s3://127.0.0.1:{free_port()}/models/repo"  # nothing listens there
+    paths, remotes = open_repositories([url])
+    assert remotes.refresh() == {}
+    assert remotes.errors[url].startswith(f"cannot read model repository {url}: ")
+    assert paths[0].is_dir() and not any(paths[0].iterdir())
+
+
+def test_an_outage_keeps_models_serving_and_never_loads_a_stale_cache(
+    aws_env, s3, models, server_factory, tmp_path
+):
+    """EXPLICIT: a model loaded from the remote keeps serving while its bucket is gone; loading
+    it then fails with the reason instead of reading the old files from the cache; once the
+    bucket is back it loads again."""
+    local = tmp_path / "upload"
+    models.write_simple(local)
+    bucket = s3.client()
+    bucket.create_bucket(Bucket="outage")
+    s3.upload(local, "outage", "repo")
+    url = s3.url("outage", "repo")
+    srv = server_factory(url, "--model-control-mode=explicit", "--load-model=simple")
+    c = httpclient.InferenceServerClient(srv.url)
+    assert infer_simple(c) == (True, False)
+    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="outage")["Contents"]]
+    bucket.delete_objects(Bucket="outage", Delete={"Objects": [{"Key": k} for k in keys]})
+    bucket.delete_bucket(Bucket="outage")
+    with pytest.raises(InferenceServerException, match="bucket or container not found"):
+        c.load_model("simple")
+    assert infer_simple(c) == (True, False)  # the loaded version still serves
+    bucket.create_bucket(Bucket="outage")
+    s3.upload(local, "outage", "repo")
+    c.load_model("simple")
+    assert infer_simple(c) == (True, False)
+    c.close()

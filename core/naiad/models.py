@@ -360,15 +360,15 @@ class ModelManager:
     # ---- preparation (worker thread) -----------------------------------------------------------
 
     def _prepare(self, name: str, override: ModelConfig | None, source_path: Path | None) -> _Plan:
-        remote_errors: list[str] = []
+        remote_errors: dict[Path, str] = {}  # remote repositories that could not be listed
         if source_path is not None:
             source = repository.ModelSource(name, source_path, source_path.parent)
         else:
-            remote_errors = self.remotes.fetch(name) if self.remotes else []
+            remote_errors = self.remotes.fetch(name) if self.remotes else {}
             source = repository.find_model(self.repositories, name)
-        if source is None:
+        if source is None or source.repository in remote_errors:  # never a stale cache
             if remote_errors:
-                raise ModelLoadError("; ".join(remote_errors))
+                raise ModelLoadError("; ".join(remote_errors.values()))
             raise InternalError("failed to poll from model repository")
         if remote_errors:
             log.warning("model '%s' loads from %s; %s", name, source.repository, remote_errors)

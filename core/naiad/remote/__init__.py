@@ -18,6 +18,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..errors import ModelLoadError
 from .location import (
     MOUNT_DIRECTORY_ENV,
     LocationError,
@@ -25,7 +26,7 @@ from .location import (
     is_remote,
     parse_location,
 )
-from .mirror import RemoteError, RemoteRepository
+from .mirror import DownloadError, RemoteError, RemoteRepository
 
 __all__ = [
     "LocationError",
@@ -64,15 +65,18 @@ class RemoteRepositories:
                 prints.setdefault(name, value)
         return prints
 
-    def fetch(self, name: str) -> list[str]:
-        """Download ``name`` from every remote that holds it; the errors of those that could
-        not be read (the caller decides whether they matter: the model may be local)."""
-        errors = []
+    def fetch(self, name: str) -> dict[Path, str]:
+        """Download ``name`` from every remote that holds it. Returns cache folder -> error for
+        the remotes that could not be listed (the caller decides whether that matters: the
+        model may be local); a download that fails raises ModelLoadError."""
+        errors: dict[Path, str] = {}
         for remote in self.remotes:
             try:
                 remote.fetch(name)
+            except DownloadError as exc:
+                raise ModelLoadError(str(exc)) from exc
             except RemoteError as exc:
-                errors.append(str(exc))
+                errors[remote.path] = str(exc)
         return errors
 
     def close(self) -> None:

@@ -35,6 +35,10 @@ class RemoteError(OSError):
     """A remote repository that cannot be read, with a message fit for a user."""
 
 
+class DownloadError(RemoteError):
+    """A listed object that could not be downloaded: the model's cache folder is incomplete."""
+
+
 def describe_error(url: str, exc: BaseException) -> str:
     """One line that says what went wrong reading ``url`` and what to check."""
     if isinstance(exc, PermissionError):
@@ -88,11 +92,13 @@ class RemoteRepository:
         On failure the error is kept in ``error`` (and logged) and the fingerprints of the last
         good listing are returned, so a passing outage reloads or unloads nothing.
         """
-        # the cache folder exists even when the remote cannot be read: scans see it empty
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
+            # the cache folder exists even when the remote cannot be read: scans see it empty
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             objects = self._list(self.location.root)
-        except RemoteError as exc:
+        except OSError as exc:
+            if not isinstance(exc, RemoteError):
+                exc = RemoteError(f"cannot read model repository {self.url}: {exc}")
             if self.error != str(exc):
                 log.error("%s", exc)
             self.error = str(exc)
@@ -159,13 +165,13 @@ class RemoteRepository:
             loc = self.location
             try:
                 self._fs = fsspec.filesystem(loc.protocol, **loc.options)
-            except (ImportError, ValueError) as exc:
+            except Exception as exc:
                 if isinstance(exc, ImportError) or "Protocol not known" in str(exc):
                     raise RemoteError(
                         f"cannot read model repository {loc.url}: {loc.scheme}:// repositories "
                         f"need {loc.package}: pip install 'naiad[{loc.extra}]'"
                     ) from exc
-                raise
+                raise RemoteError(describe_error(loc.url, exc)) from exc
         return self._fs
 
     def _list(self, prefix: str) -> dict[str, Signature]:
@@ -200,7 +206,9 @@ class RemoteRepository:
             os.replace(partial, target)
         except Exception as exc:
             partial.unlink(missing_ok=True)
-            raise RemoteError(describe_error(self.url, exc)) from exc
+            raise DownloadError(
+                f"{describe_error(self.url, exc)} (downloading {remote_path})"
+            ) from exc
 
     def _forget(self, name: str) -> None:
         """Drop a model that is gone from the remote (caller holds the lock)."""
