@@ -438,3 +438,33 @@ def test_an_outage_keeps_models_serving_and_never_loads_a_stale_cache(
     c.load_model("simple")
     assert infer_simple(c) == (True, False)
     c.close()
+
+
+def test_a_kept_cache_is_not_downloaded_again_after_a_restart(aws_env, remote_repo, server_factory):
+    """With TRITON_AWS_MOUNT_DIRECTORY the cache and its manifest outlive the process: the next
+    start downloads nothing that did not change (a restarted container in its old pod)."""
+    first = server_factory(remote_repo)
+    assert first.log().count("downloaded ") == 2
+    assert first.stop() == 0
+    second = server_factory(remote_repo)
+    c = httpclient.InferenceServerClient(second.url)
+    assert infer_simple(c) == (True, False)
+    assert "downloaded " not in second.log()
+    c.close()
+
+
+def test_the_private_cache_is_removed_at_shutdown(
+    aws_env, remote_repo, server_factory, monkeypatch, tmp_path
+):
+    """Without a mount directory the cache is private to the process and goes with it."""
+    monkeypatch.delenv("TRITON_AWS_MOUNT_DIRECTORY")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    srv = server_factory(remote_repo)
+    caches = list(tmp.glob("naiad-remote-*"))
+    assert len(caches) == 1
+    assert (caches[0] / "simple" / "1" / "model.onnx").is_file()
+    assert caches[0].stat().st_mode & 0o077 == 0  # no one else reads it
+    assert srv.stop() == 0
+    assert not caches[0].exists()
