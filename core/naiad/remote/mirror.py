@@ -160,10 +160,10 @@ class RemoteRepository:
 
     def _filesystem(self) -> Any:
         if self._fs is None:
-            import fsspec  # lazily: `import naiad` never pulls in fsspec or a cloud SDK
-
             loc = self.location
             try:
+                import fsspec  # lazily: `import naiad` never pulls in fsspec or a cloud SDK
+
                 self._fs = fsspec.filesystem(loc.protocol, **loc.options)
             except Exception as exc:
                 if isinstance(exc, ImportError) or "Protocol not known" in str(exc):
