@@ -1,6 +1,7 @@
 """The ``naiad`` command: ``naiad serve`` (Triton's flag names) and ``naiad plugins``.
 
-``naiad --model-repository PATH`` (no sub-command) is ``naiad serve``, as ``tritonserver`` is.
+``naiad --model-repository PATH`` (no sub-command) is ``naiad serve``, as ``tritonserver`` is;
+``naiad tritonserver ARGS`` takes tritonserver's own argv (naiad.tritonserver).
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ def _bool(value: str) -> bool:
     if v in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _repository(value: str) -> Path | str:
+    """A local folder, or an ``s3://``/``gs://``/``as://`` URL (kept as text: a Path would fold
+    its ``//``). A malformed URL or credentials file is a usage error."""
+    from .remote.location import LocationError, is_remote, parse_location
+
+    if not is_remote(value):
+        return Path(value)
+    try:
+        parse_location(value)
+    except LocationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
@@ -52,10 +67,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--model-store",
         action="append",
         required=True,
-        type=Path,
+        type=_repository,
         dest="model_repository",
         metavar="PATH",
-        help="model repository folder (repeatable)",
+        help="model repository: a folder, or s3://, gs://, as:// (repeatable)",
     )
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--http-address", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
@@ -283,17 +298,26 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``naiad``'s argv as ``main`` reads it: ``serve`` is implied before a flag, and
+    ``tritonserver ARGS`` is tritonserver's own command line (naiad.tritonserver)."""
+    argv = list(argv)
+    if argv and argv[0] in ("tritonserver", "trtserver"):
+        from .tritonserver import serve_argv
+
+        argv = serve_argv(argv[1:])
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "serve")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "plugins":
         return cmd_plugins(args)
-    parser.print_help()
+    build_parser().print_help()
     return 2
 
 

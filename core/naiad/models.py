@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import repository, watch
+from . import remote, repository, watch
 from .backend import InferenceBackend, InstanceContext
 from .config import (
     ConfigError,
@@ -88,7 +88,7 @@ class ModelManager:
 
     def __init__(
         self,
-        repositories: list[Path],
+        repositories: list[Path | str],
         backends: BackendRegistry,
         *,
         auto_complete: bool = True,
@@ -96,7 +96,8 @@ class ModelManager:
         unload_timeout: float = 30.0,
         load_thread_count: int = 4,
     ) -> None:
-        self.repositories = [Path(r) for r in repositories]
+        #: local folders, in order; a remote repository's is its cache folder (naiad.remote)
+        self.repositories, self.remotes = remote.open_repositories(repositories)
         self.backends = backends
         self.auto_complete = auto_complete
         self.gpu_count = gpu_count
@@ -192,12 +193,20 @@ class ModelManager:
     async def load_all(self, names: list[str] | None = None) -> None:
         """Load every model of the repositories (or ``names``), concurrently."""
         if names is None:
-            self._fingerprints = await asyncio.to_thread(watch.snapshot, self.repositories)
+            self._fingerprints = await asyncio.to_thread(self._snapshot)
             scan = await asyncio.to_thread(repository.scan_repositories, self.repositories)
             for dup in scan.duplicates:
                 self._model_errors[dup] = "model appears in two or more repositories"
             names = sorted(n for n in scan.models if n not in scan.duplicates)
+        elif self.remotes:
+            await asyncio.to_thread(self.remotes.refresh)
         await asyncio.gather(*(self.load(n, quiet=True) for n in names))
+
+    def _snapshot(self) -> dict[str, int]:
+        """POLL fingerprints (worker thread): a remote model's come from its objects' listing."""
+        remote_prints = self.remotes.refresh() if self.remotes else {}
+        local = watch.snapshot(self.repositories)
+        return {name: remote_prints.get(name, value) for name, value in local.items()}
 
     async def load(
         self,
@@ -307,7 +316,7 @@ class ModelManager:
     async def poll(self) -> watch.Changes:
         """POLL mode: apply what changed on disk since the last scan (added models load,
         removed ones unload, changed ones reload; a failed reload keeps the old one serving)."""
-        current = await asyncio.to_thread(watch.snapshot, self.repositories)
+        current = await asyncio.to_thread(self._snapshot)
         changes = watch.diff(self._fingerprints, current)
         self._fingerprints = current
         if changes:
@@ -351,14 +360,20 @@ class ModelManager:
     # ---- preparation (worker thread) -----------------------------------------------------------
 
     def _prepare(self, name: str, override: ModelConfig | None, source_path: Path | None) -> _Plan:
-        found = (
-            repository.ModelSource(name, source_path, source_path.parent)
-            if source_path is not None
-            else repository.find_model(self.repositories, name)
-        )
-        if found is None:
+        remote_errors: dict[Path, str] = {}  # remote repositories that could not be listed
+        found: repository.ModelSource | None
+        if source_path is not None:
+            found = repository.ModelSource(name, source_path, source_path.parent)
+        else:
+            remote_errors = self.remotes.fetch(name) if self.remotes else {}
+            found = repository.find_model(self.repositories, name)
+        if found is None or found.repository in remote_errors:  # never a stale cache
+            if remote_errors:
+                raise ModelLoadError("; ".join(remote_errors.values()))
             raise InternalError("failed to poll from model repository")
         source = found
+        if remote_errors:
+            log.warning("model '%s' loads from %s; %s", name, source.repository, remote_errors)
         config = self._read_config(source, override)
         _check_file_fields(config)
         available = repository.version_numbers(source.path)

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 class ServerConfig:
     """Everything the command line can set (Triton's flag names, see ``naiad serve --help``)."""
 
-    model_repositories: list[Path] = field(default_factory=list)
+    #: local folders (Path) and ``s3://``/``gs://``/``as://`` URLs (str, see naiad.remote)
+    model_repositories: list[Path | str] = field(default_factory=list)
     http_address: str = "0.0.0.0"
     http_port: int = 8000
     allow_http: bool = True
@@ -110,12 +111,15 @@ class Server:
             if "*" in names:
                 await self.models.load_all()
             else:
-                await asyncio.gather(*(self.models.load(n, quiet=True) for n in names))
+                await self.models.load_all(names)
         else:
             await self.models.load_all()
         self.dataplane.started = True
         if cfg.control_mode is ControlMode.POLL and cfg.repository_poll_secs > 0:
             self._poller = asyncio.create_task(self._poll_forever(cfg.repository_poll_secs))
+        if cfg.exit_on_error and self.models.remotes.errors:
+            log.error("a model repository cannot be read (--exit-on-error=true)")
+            raise SystemExit(1)
         if cfg.exit_on_error and not self.models.all_ready():
             failed = [e for e in self.models.index() if e.get("state") == "UNAVAILABLE"]
             if failed:
@@ -147,6 +151,7 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.models.unload_all()
+        await asyncio.to_thread(self.models.remotes.close)
         unmapped = self.dataplane.shm.close()
         if unmapped:
             log.info("unmapped %d shared memory regions", unmapped)
