@@ -109,7 +109,7 @@ class Converter:
         )
         model = self._model(graph)
         try:
-            inferred = onnx.shape_inference.infer_shapes(model)
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
         except Exception:  # an inconsistent graph: the session will say where
             return {}
         ranks = {}
@@ -146,6 +146,7 @@ class Converter:
                 )
             self.node("Identity", [value], [blob])
             outputs.append(blob)
+        read = {name for node in self.nodes for name in node.input}
         graph = helper.make_graph(
             self.nodes,
             self.pair.predict.name or "netdef",
@@ -154,6 +155,7 @@ class Converter:
             initializer=[
                 numpy_helper.from_array(np.ascontiguousarray(a), n)
                 for n, a in self.constants.items()
+                if n in read
             ],
         )
         return self._typed_outputs(self._model(graph))
@@ -199,7 +201,7 @@ class Converter:
         import onnx
 
         try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
         except Exception as exc:
             raise ModelLoadError(
                 f"{self.where}: the converted graph is inconsistent (wrong "

@@ -255,6 +255,15 @@ def _softmax(c: Op) -> None:
     if rank is not None and axis % rank == rank - 1:
         c.node("Softmax", [x], [c.y(0)], axis=-1)
         return
+    if rank is not None:  # exp(x - max) / sum over the trailing axes: shapes stay known
+        axes = list(range(axis % rank, rank))
+        peak, shifted, exp, total = c.tmp("max"), c.tmp("shifted"), c.tmp("exp"), c.tmp("sum")
+        c.node("ReduceMax", [x], [peak], axes=axes, keepdims=1)
+        c.node("Sub", [x, peak], [shifted])
+        c.node("Exp", [shifted], [exp])
+        c.node("ReduceSum", [exp, c.const(axes, np.int64)], [total], keepdims=1)
+        c.node("Div", [exp, total], [c.y(0)])
+        return
     flat, soft, shape = c.tmp("flat"), c.tmp("soft"), c.tmp("shape")
     c.node("Flatten", [x], [flat], axis=axis)
     c.node("Softmax", [flat], [soft], axis=1)
