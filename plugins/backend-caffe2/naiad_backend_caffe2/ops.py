@@ -194,7 +194,9 @@ def _dropout(c: Op) -> None:
 @handles("Sum", "Mean", "Max", "Min")
 def _variadic(c: Op) -> None:
     inputs = [c.x(i) for i in range(c.n_in)]
-    c.node(c.op.type if len(inputs) > 1 else "Identity", inputs, [c.y(0)])
+    # a Sum of two is an Add, which onnxruntime fuses into the convolution before it
+    onnx_type = "Add" if c.op.type == "Sum" and len(inputs) == 2 else c.op.type
+    c.node(onnx_type if len(inputs) > 1 else "Identity", inputs, [c.y(0)])
 
 
 @handles("Add", "Sub", "Mul", "Div")

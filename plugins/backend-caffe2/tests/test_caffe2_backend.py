@@ -162,6 +162,42 @@ def test_text_format_netdef_is_read_too(tmp_path):
     np.testing.assert_allclose(got, models.zoo_reference(x), atol=1e-5)
 
 
+# ---------------------------------------------------------------------------- sessions
+
+
+def test_the_onnx_backends_session_options_apply(tmp_path):
+    """Threads and parameters come from naiad-backend-onnx's logic, not a copy of it."""
+    extra = 'parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n'
+    text = models.config("zoo", [("data", [3, 11, 13])], [("prob_out", [2, 2, 1])], extra=extra)
+    models.write_model(tmp_path, "zoo", models.zoo_pair(), text)
+    backend = load(tmp_path / "zoo")
+    assert backend.session.get_session_options().intra_op_num_threads == 1
+    assert Caffe2Backend.default_instance_count == 1
+
+
+def _cuda() -> bool:
+    import onnxruntime
+
+    # the CUDA wheel lists its provider with or without a GPU: look for the device too
+    has_provider = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return has_provider and Path("/dev/nvidia0").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs onnxruntime with CUDA and a GPU")
+def test_gpu_instance_runs_on_cuda(tmp_path):
+    module = models.resnetish()
+    text = models.config("resnet", [("data", [3, 64, 64])], [("prob", [10])])
+    models.write_model(tmp_path, "resnet", models.torch_pair(module, [3, 64, 64]), text)
+    config = parse_model_config(text, model_name="resnet")
+    backend = Caffe2Backend(config, tmp_path / "resnet", tmp_path / "resnet" / "1",
+                            InstanceContext("resnet_0", "KIND_GPU", 0))  # fmt: skip
+    backend.load()
+    assert backend.session.get_providers()[0] == "CUDAExecutionProvider"
+    x = batch(4, 3, 64, 64)
+    np.testing.assert_allclose(run(backend, x), models.run_torch(module, x), atol=1e-4)
+
+
 # ---------------------------------------------------------------------------- auto-complete
 
 
