@@ -301,6 +301,21 @@ def test_export_command_writes_a_pair_that_serves(tmp_path):
     np.testing.assert_allclose(got, models.run_onnx(source, x), atol=1e-5)
 
 
+def test_export_command_takes_torchscript(tmp_path):
+    module = models.mlp()
+    with pytest.warns(DeprecationWarning):  # torch.jit is deprecated in favour of torch.export
+        torch.jit.save(torch.jit.trace(module, torch.zeros(2, 16)), str(tmp_path / "mlp.pt"))
+    out = tmp_path / "repo" / "mlp" / "1"
+    subprocess.run(
+        [sys.executable, "-m", "naiad_backend_caffe2.export", str(tmp_path / "mlp.pt"), str(out),
+         "--input-shape", "16", "--input-name", "x", "--output-name", "y"],
+        capture_output=True, text=True, check=True)  # fmt: skip
+    text = models.config("mlp", [("x", [16])], [("y", [4])])
+    x = batch(3, 16)
+    got = run(load(tmp_path / "repo" / "mlp", text), x, "x", "y")
+    np.testing.assert_allclose(got, models.run_torch(module, x), atol=1e-6)
+
+
 def test_export_refuses_what_caffe2_cannot_express(tmp_path):
     import onnx
     from onnx import TensorProto as T
