@@ -263,3 +263,51 @@ def unsupported_pair() -> tuple[NetDef, NetDef]:
     predict = NetDef(name="unsupported", op=ops, external_input=["data"], external_output=["q"])
     init = NetDef(name="unsupported_init", op=[fill_op("unused", np.zeros(1, np.float32))])
     return predict, init
+
+
+def misc_weights() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return {"mm_w": (rng.standard_normal((4 * 6 * 9, 3)) * 0.1).astype(np.float32)}
+
+
+def misc_pair() -> tuple[NetDef, NetDef]:
+    """The remaining operators, no batching: PadImage (reflect), LRN, LeakyRelu, Elu, Mean, Max,
+    Min, NCHW2NHWC and back, ExpandDims and Squeeze, FlattenToVec, Reshape with its old_shape
+    read, MatMul, Concat with its split_info read, Sigmoid, Cast to double. Input [2, 4, 5, 6];
+    outputs out (FP64 [2, 6]), split (INT32 [2]), old_shape (INT64 [1])."""
+    ops = [
+        op("PadImage", ["data"], ["pad"], pad_t=1, pad_l=2, pad_b=0, pad_r=1, mode="reflect"),
+        op("LRN", ["pad"], ["lrn", "lrn_scale"], size=3, alpha=0.01, beta=0.75, bias=1.0),
+        op("LeakyRelu", ["lrn"], ["leaky"], alpha=0.2),
+        op("Elu", ["lrn"], ["elu"], alpha=0.5),
+        op("Mean", ["leaky", "elu"], ["mean"]),
+        op("Max", ["leaky", "elu", "mean"], ["max"]),
+        op("Min", ["max", "lrn"], ["min"]),
+        op("NCHW2NHWC", ["min"], ["nhwc"]),
+        op("NHWC2NCHW", ["nhwc"], ["nchw"]),
+        op("ExpandDims", ["nchw"], ["wide"], dims=[1]),
+        op("Squeeze", ["wide"], ["narrow"], dims=[1]),
+        op("FlattenToVec", ["narrow"], ["vec"]),
+        op("Reshape", ["vec"], ["rows", "old_shape"], shape=[2, -1]),
+        op("MatMul", ["rows", "mm_w"], ["mm"]),
+        op("Sigmoid", ["mm"], ["sig"]),
+        op("Concat", ["mm", "sig"], ["cat", "split"], axis=1),
+        op("Cast", ["cat"], ["out"], to=13),  # DOUBLE
+    ]  # fmt: skip
+    weights = misc_weights()
+    predict = NetDef(name="misc", op=ops, external_input=["data", *weights],
+                     external_output=["out", "split", "old_shape"])  # fmt: skip
+    init = NetDef(name="misc_init", op=[fill_op(n, a) for n, a in weights.items()])
+    return predict, init
+
+
+def misc_reference(x: np.ndarray) -> np.ndarray:
+    import torch.nn.functional as F
+
+    t = F.pad(torch.from_numpy(x), (2, 1, 1, 0), mode="reflect")
+    lrn = F.local_response_norm(t, 3, alpha=0.01, beta=0.75, k=1.0)
+    leaky, elu = F.leaky_relu(lrn, 0.2), F.elu(lrn, 0.5)
+    mean = (leaky + elu) / 2
+    low = torch.minimum(torch.maximum(torch.maximum(leaky, elu), mean), lrn)
+    mm = low.reshape(2, -1) @ torch.from_numpy(misc_weights()["mm_w"])
+    return torch.cat([mm, torch.sigmoid(mm)], 1).double().numpy()

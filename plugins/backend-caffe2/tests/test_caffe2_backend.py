@@ -150,6 +150,24 @@ def test_zoo_style_net_matches_torch_functional(tmp_path):
     assert np.allclose(got.reshape(2, -1).sum(1), 1.0, atol=1e-5)  # softmax over C*H*W
 
 
+def test_the_other_operators_and_secondary_outputs(tmp_path):
+    text = """name: "misc"
+platform: "caffe2_netdef"
+input [ { name: "data" data_type: TYPE_FP32 dims: [ 2, 4, 5, 6 ] } ]
+output [ { name: "out" data_type: TYPE_FP64 dims: [ 2, 6 ] },
+         { name: "split" data_type: TYPE_INT32 dims: [ 2 ] },
+         { name: "old_shape" data_type: TYPE_INT64 dims: [ 1 ] } ]
+"""
+    models.write_model(tmp_path, "misc", models.misc_pair(), text)
+    backend = load(tmp_path / "misc")
+    x = batch(2, 4, 5, 6)
+    got = backend.execute({"data": x}, ["out", "split", "old_shape"])
+    np.testing.assert_allclose(got["out"], models.misc_reference(x), atol=1e-5)
+    assert got["out"].dtype == np.float64
+    np.testing.assert_array_equal(got["split"], np.array([3, 3], np.int32))
+    np.testing.assert_array_equal(got["old_shape"], [2 * 4 * 6 * 9])  # padded H 6, W 9
+
+
 def test_text_format_netdef_is_read_too(tmp_path):
     from google.protobuf import text_format
 
