@@ -161,6 +161,9 @@ class Converter:
         return self._typed_outputs(self._model(graph))
 
     def _check_inputs(self) -> None:
+        """Every configuration input is a blob of the predict net. One the init net fills too
+        (some Caffe2 init nets hold a placeholder for the data blob) is fed from the request:
+        :meth:`value` finds inputs before weights."""
         net = self.pair.predict
         known = {name for op in net.op for name in op.input} | set(net.external_input)
         candidates = [b for b in net.external_input if b not in self.pair.weights]
@@ -170,11 +173,6 @@ class Converter:
                     f"{self.where}: configuration input '{spec.name}' is not a blob of the "
                     f"predict net; its inputs (external_input less the init net's blobs) are "
                     f"{candidates}"
-                )
-            if spec.name in self.pair.weights:
-                raise ModelLoadError(
-                    f"{self.where}: configuration input '{spec.name}' is a weight the init net "
-                    "fills, not an input"
                 )
 
     def _graph_inputs(self) -> list:

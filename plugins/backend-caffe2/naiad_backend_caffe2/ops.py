@@ -129,6 +129,23 @@ def _spatial_bn(c: Op) -> None:
     c.node("BatchNormalization", [c.x(i) for i in range(5)], [c.y(0)], epsilon=c.f("epsilon", 1e-5))
 
 
+@handles("AffineChannel")
+def _affine_channel(c: Op) -> None:
+    """Y = X * scale + bias per channel (dim 1), what Detectron's nets have instead of BN."""
+    _nchw(c)
+    x, rank = c.x(0), c.rank(c.x(0))
+    if rank is None:
+        raise c.fail("the rank of its input is unknown here")
+    scale, bias, scaled = c.x(1), c.x(2), c.tmp("scaled")
+    if rank > 2:  # [C] -> [C, 1, ...]
+        axes = c.const(list(range(1, rank - 1)), np.int64)
+        scale, bias = c.tmp("scale"), c.tmp("bias")
+        c.node("Unsqueeze", [c.x(1), axes], [scale])
+        c.node("Unsqueeze", [c.x(2), axes], [bias])
+    c.node("Mul", [x, scale], [scaled])
+    c.node("Add", [scaled, bias], [c.y(0)])
+
+
 _UNARY = {
     "Relu": "Relu",
     "Sigmoid": "Sigmoid",

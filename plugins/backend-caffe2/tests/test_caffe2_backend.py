@@ -19,7 +19,7 @@ from naiad.config import parse_model_config  # noqa: E402
 from naiad.plugins import build_backend_registry  # noqa: E402
 from naiad_backend_caffe2 import Caffe2Backend  # noqa: E402
 from naiad_backend_caffe2.caffe2_pb2 import Argument, NetDef, OperatorDef, TensorProto  # noqa: E402
-from naiad_backend_caffe2.export import write_pair  # noqa: E402
+from naiad_backend_caffe2.export import fill_op, write_pair  # noqa: E402
 
 CPU = InstanceContext("m_0", "KIND_CPU")
 pytestmark = pytest.mark.filterwarnings(
@@ -166,6 +166,25 @@ output [ { name: "out" data_type: TYPE_FP64 dims: [ 2, 6 ] },
     assert got["out"].dtype == np.float64
     np.testing.assert_array_equal(got["split"], np.array([3, 3], np.int32))
     np.testing.assert_array_equal(got["old_shape"], [2 * 4 * 6 * 9])  # padded H 6, W 9
+
+
+def test_affine_channel_and_a_data_placeholder_in_the_init_net(tmp_path):
+    """Detectron-style AffineChannel; and an init net that also fills the input blob (some
+    Caffe2 init nets hold a placeholder for it): the request's tensor is what the net reads."""
+    rng = np.random.default_rng(6)
+    scale, bias = (
+        rng.standard_normal(3).astype(np.float32),
+        rng.standard_normal(3).astype(np.float32),
+    )
+    predict = NetDef(op=[models.op("AffineChannel", ["data", "s", "b"], ["y"])],
+                     external_input=["data", "s", "b"], external_output=["y"])  # fmt: skip
+    placeholder = models.op("ConstantFill", [], ["data"], shape=[1, 3, 4, 4], value=7.0)
+    init = NetDef(op=[placeholder, fill_op("s", scale), fill_op("b", bias)])
+    text = models.config("affine", [("data", [3, 4, 4])], [("y", [3, 4, 4])])
+    models.write_model(tmp_path, "affine", (predict, init), text)
+    x = batch(2, 3, 4, 4)
+    want = x * scale.reshape(3, 1, 1) + bias.reshape(3, 1, 1)
+    np.testing.assert_allclose(run(load(tmp_path / "affine"), x, out="y"), want, atol=1e-6)
 
 
 def test_text_format_netdef_is_read_too(tmp_path):
