@@ -22,10 +22,6 @@ from naiad_backend_caffe2.caffe2_pb2 import Argument, NetDef, OperatorDef, Tenso
 from naiad_backend_caffe2.export import fill_op, write_pair  # noqa: E402
 
 CPU = InstanceContext("m_0", "KIND_CPU")
-pytestmark = pytest.mark.filterwarnings(
-    # torch.onnx's TorchScript exporter, which the export tool uses, imports deprecated parts
-    "ignore::DeprecationWarning:torch.onnx",
-)
 
 
 def load(model_dir: Path, text: str | None = None, autocomplete: bool = False) -> Caffe2Backend:

@@ -23,7 +23,6 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "caffe2_ensemble_model_repository"
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.onnx")
 
 
 def _by_path(name: str, path: Path):
