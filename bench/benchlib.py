@@ -454,6 +454,8 @@ def run_loadgen(
     shape: str = "16",
     check: bool = True,
     timeout_s: float = 60,
+    input_name: str = "input",
+    output_name: str = "output",
 ) -> dict:
     """One loadgen.py level; the JSON line it prints (or a failed row)."""
     need(LOADGEN_PY, "loadgen venv")
@@ -480,6 +482,10 @@ def run_loadgen(
         str(srv.pid),
         "--timeout",
         str(timeout_s),
+        "--input-name",
+        input_name,
+        "--output-name",
+        output_name,
     ]
     if binary:
         cmd.append("--binary")

@@ -58,12 +58,17 @@ def _model_file(config, version_path: Path) -> Path:
     return path
 
 
-def _open(ort, path: Path, options, providers) -> tuple:
-    """(session, inputs, outputs, overridable initializers, which a config may list as inputs)."""
+def _open(ort, source: Path | bytes, options, providers) -> tuple:
+    """(session, inputs, outputs, overridable initializers, which a config may list as inputs).
+
+    ``source``: the model file, or a serialized ModelProto built in memory."""
+    what = "built in memory" if isinstance(source, bytes) else f"file '{source}'"
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(
+            source if isinstance(source, bytes) else str(source),
+            sess_options=options, providers=providers)
     except Exception as exc:
-        raise ModelLoadError(f"failed to load ONNX model file '{path}': {exc}") from exc
+        raise ModelLoadError(f"failed to load ONNX model {what}: {exc}") from exc
     return session, *(
         [(a.name, a.type, [d if isinstance(d, int) and d >= 0 else -1 for d in a.shape])
          for a in args]
@@ -185,9 +190,14 @@ class OnnxBackend(InferenceBackend):
                 _add(config.input, info, mbs)
         _validate(config, inputs, outputs, optional)
 
+    def model_source(self) -> Path | bytes:
+        """What :meth:`load` opens: the model file. A subclass that builds its ONNX model from
+        another format (naiad-backend-caffe2) returns the serialized ModelProto instead."""
+        return _model_file(self.config, self.version_path)
+
     def load(self) -> None:
         ort = _ort()
-        path = _model_file(self.config, self.version_path)
+        path = self.model_source()
         options = _session_options(ort, self.config, self.cpu_share())
         providers: list = ["CPUExecutionProvider"]
         want_cuda = self.instance.kind == "KIND_GPU"
@@ -201,7 +211,9 @@ class OnnxBackend(InferenceBackend):
                         "(available: %s); it runs on the CPU", self.instance.name,
                         self.config.name, ort.get_available_providers())
         log.info("instance %s of '%s': %s with providers %s, %d intra-op threads",
-                 self.instance.name, self.config.name, path, got, options.intra_op_num_threads)
+                 self.instance.name, self.config.name,
+                 "a model built in memory" if isinstance(path, bytes) else path, got,
+                 options.intra_op_num_threads)
         _validate(self.config, inputs, outputs, optional)
         #: input name -> numpy dtype to feed, or _STRING (decode), or None (feed as given)
         self._feeds = {n: _STRING if t == _STRING else _TYPES.get(t, ("", None))[1]
