@@ -13,6 +13,7 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import repository, watch
 from .backend import InferenceBackend, InstanceContext
@@ -74,6 +75,11 @@ class ModelVersion:
     #: output name -> labels (for classification)
     labels: dict[str, list[str]] = field(default_factory=dict)
 
+    @property
+    def decoupled(self) -> bool:
+        """``model_transaction_policy { decoupled: true }``: 0..N responses per request."""
+        return self.config is not None and self.config.model_transaction_policy.decoupled
+
 
 @dataclass(eq=False)
 class _Plan:
@@ -114,6 +120,9 @@ class ModelManager:
         self._load_slots = asyncio.Semaphore(max(load_thread_count, 1))
         #: ensembles: composing models loaded first, then checked against
         self._ensembles = EnsembleLinker(self)
+        #: what model code calls back into (BLS, model control, custom metrics); set by the
+        #: server, handed to every instance through its InstanceContext
+        self.host: Any = None
 
     # ---- queries (loop thread, no awaits) ----------------------------------------------------
 
@@ -464,7 +473,8 @@ class ModelManager:
             devices = list(group.gpus) if kind == "KIND_GPU" else [-1]
             for device in devices:
                 for _ in range(group.count):
-                    contexts.append(InstanceContext(f"{group.name}_{len(contexts)}", kind, device))
+                    name = f"{group.name}_{len(contexts)}"
+                    contexts.append(InstanceContext(name, kind, device, self.host))
         instances = [
             Instance(backend_cls(config, source.path, version_path, ctx), signature)
             for ctx in contexts
