@@ -1,6 +1,8 @@
-"""Triton python-backend models (``class TritonPythonModel``) served unchanged, in the server
-process (``instance_isolation: thread``): life cycle, args, auto-complete, errors, batching,
-decoupled streaming over ``generate_stream``, BLS, custom metrics, logging, cancellation."""
+"""Triton python-backend models (``class TritonPythonModel``) served unchanged, each test in both
+instance modes (``instance_isolation`` ``thread``: in the server process; ``process``: each
+instance in a process of its own, the default): life cycle, args, auto-complete, errors,
+batching, decoupled streaming over ``generate_stream``, BLS, custom metrics, logging,
+cancellation."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
 import tritonpy_models as tm
 from conftest import make_models
+from tritonclient.utils import InferenceServerException
 
-THREAD = 'parameters { key: "instance_isolation" value: { string_value: "thread" } }\n'
+
+def isolation(mode: str) -> str:
+    return f'parameters {{ key: "instance_isolation" value: {{ string_value: "{mode}" }} }}\n'
+
 
 ENSEMBLE = """
 name: "simple_ens"
@@ -39,32 +43,39 @@ ensemble_scheduling { step [ {
 """
 
 
-def write_repo(repo, isolation: str = THREAD):
-    tm.write(repo, "add_sub", tm.ADD_SUB, tm.add_sub_config("add_sub"), isolation)
-    tm.write(repo, "async_add_sub", tm.ASYNC_ADD_SUB, tm.add_sub_config("async_add_sub"), isolation)
-    tm.write(repo, "init_args", tm.INIT_ARGS, tm.INIT_ARGS_CONFIG, isolation)
-    tm.write(repo, "auto_complete", tm.AUTO_COMPLETE, None)
-    tm.write(repo, "error_code", tm.ERROR_CODE, tm.ERROR_CODE_CONFIG, isolation)
-    tm.write(repo, "batch_count", tm.BATCH_COUNT, tm.BATCH_COUNT_CONFIG, isolation)
-    tm.write(repo, "square_int32", tm.SQUARE, tm.SQUARE_CONFIG, isolation)
-    tm.write(repo, "repeat_int32", tm.REPEAT, tm.REPEAT_CONFIG, isolation)
+def write_repo(repo, mode: str):
+    isolation_line = isolation(mode)
+    tm.write(repo, "add_sub", tm.ADD_SUB, tm.add_sub_config("add_sub"), isolation_line)
     tm.write(
-        repo, "custom_metrics", tm.CUSTOM_METRICS, tm.add_sub_config("custom_metrics"), isolation
+        repo, "async_add_sub", tm.ASYNC_ADD_SUB, tm.add_sub_config("async_add_sub"), isolation_line
     )
-    tm.write(repo, "bls_sync", tm.BLS_SYNC, tm.bls_config("bls_sync"), isolation)
-    tm.write(repo, "bls_async", tm.BLS_ASYNC, tm.bls_config("bls_async"), isolation)
-    tm.write(repo, "bls_decoupled", tm.BLS_DECOUPLED, tm.BLS_DECOUPLED_CONFIG, isolation)
+    tm.write(repo, "init_args", tm.INIT_ARGS, tm.INIT_ARGS_CONFIG, isolation_line)
+    tm.write(repo, "auto_complete", tm.AUTO_COMPLETE, None)
+    tm.write(repo, "error_code", tm.ERROR_CODE, tm.ERROR_CODE_CONFIG, isolation_line)
+    tm.write(repo, "batch_count", tm.BATCH_COUNT, tm.BATCH_COUNT_CONFIG, isolation_line)
+    tm.write(repo, "square_int32", tm.SQUARE, tm.SQUARE_CONFIG, isolation_line)
+    tm.write(repo, "repeat_int32", tm.REPEAT, tm.REPEAT_CONFIG, isolation_line)
+    tm.write(
+        repo,
+        "custom_metrics",
+        tm.CUSTOM_METRICS,
+        tm.add_sub_config("custom_metrics"),
+        isolation_line,
+    )
+    tm.write(repo, "bls_sync", tm.BLS_SYNC, tm.bls_config("bls_sync"), isolation_line)
+    tm.write(repo, "bls_async", tm.BLS_ASYNC, tm.bls_config("bls_async"), isolation_line)
+    tm.write(repo, "bls_decoupled", tm.BLS_DECOUPLED, tm.BLS_DECOUPLED_CONFIG, isolation_line)
     make_models.write_simple(repo)
     (repo / "simple_ens" / "1").mkdir(parents=True)
     (repo / "simple_ens" / "config.pbtxt").write_text(ENSEMBLE)
 
 
-@pytest.fixture(scope="module")
-def pyserver(tmp_path_factory):
+@pytest.fixture(scope="module", params=["thread", "process"])
+def pyserver(request, tmp_path_factory):
     from conftest import start_server
 
-    repo = tmp_path_factory.mktemp("tritonpy_repo")
-    write_repo(repo)
+    repo = tmp_path_factory.mktemp(f"tritonpy_{request.param}")
+    write_repo(repo, request.param)
     srv = start_server(repo, log_dir=tmp_path_factory.mktemp("logs"))
     yield srv
     srv.stop()
@@ -340,7 +351,7 @@ def test_other_models_serve_while_one_streams(pyserver, pyclient):
     def stream():
         try:
             sse_events(pyserver, "repeat_int32", {"IN": list(range(10)), "DELAY": 20})
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=stream)

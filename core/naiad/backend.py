@@ -119,6 +119,13 @@ class InferenceBackend:
         per model version before any instance is built, off the event loop.
         """
 
+    @classmethod
+    def default_isolation(cls, config: ModelConfig, version_path: Path) -> str:
+        """Where instances run when the config's ``instance_isolation`` parameter says nothing:
+        ``"thread"`` (in the server process, on the instance's own thread) or ``"process"``
+        (each instance in a process of its own). Triton python models say ``"process"``."""
+        return "thread"
+
     def load(self) -> None:
         """Load the model (import the framework here, not at module level)."""
 

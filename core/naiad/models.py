@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import repository, watch
+from . import isolation, repository, watch
 from .backend import InferenceBackend, InstanceContext
 from .config import (
     ConfigError,
@@ -384,8 +384,10 @@ class ModelManager:
         selected = select_versions(config.version_policy, available)
         if not selected:
             raise ModelLoadError(f"no version is available for model '{name}'")
+        mode = isolation.isolation_mode(config, backend_cls, source.path / str(selected[-1]))
+        env = isolation.execution_env(config, source.path, mode)
         if self.auto_complete:
-            backend_cls.auto_complete_config(config, source.path / str(selected[-1]))
+            isolation.auto_complete(backend_cls, mode, config, source.path / str(selected[-1]), env)
             normalize_model_config(
                 config,
                 model_name=name,
@@ -402,7 +404,9 @@ class ModelManager:
         versions: dict[int, ModelVersion] = {}
         try:
             for v in selected:
-                versions[v] = self._build_version(backend_cls, config, source, v, signature, labels)
+                versions[v] = self._build_version(
+                    backend_cls, config, source, v, signature, labels, mode, env
+                )
         except BaseException:
             for mv in versions.values():
                 for inst in mv.instances:
@@ -465,6 +469,8 @@ class ModelManager:
         version: int,
         signature: Signature,
         labels: dict[str, list[str]],
+        mode: str = "thread",
+        env: dict[str, str] | None = None,
     ) -> ModelVersion:
         version_path = source.path / str(version)
         contexts = []
@@ -476,7 +482,12 @@ class ModelManager:
                     name = f"{group.name}_{len(contexts)}"
                     contexts.append(InstanceContext(name, kind, device, self.host))
         instances = [
-            Instance(backend_cls(config, source.path, version_path, ctx), signature)
+            Instance(
+                isolation.make_backend(
+                    backend_cls, mode, config, source.path, version_path, ctx, env
+                ),
+                signature,
+            )
             for ctx in contexts
         ]
         # load every instance on its own thread, concurrently
@@ -489,6 +500,8 @@ class ModelManager:
                 errors.append(exc)
         if errors:
             for inst in instances:
+                if mode == "process":  # stop the children that did start
+                    inst.executor.submit(inst.unload)
                 inst.executor.shutdown(wait=False)
             exc = errors[0]
             if isinstance(exc, NaiadError):

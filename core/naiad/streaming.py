@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import InternalError, NaiadError
@@ -50,6 +51,7 @@ class ResponseStream:
         self._lock = threading.Lock()
         self._closed = False
         self._cancelled = threading.Event()
+        self._on_cancel: list[Callable[[], None]] = []
 
     @property
     def closed(self) -> bool:
@@ -63,6 +65,19 @@ class ResponseStream:
 
     def cancel(self) -> None:
         self._cancelled.set()
+        callbacks, self._on_cancel = self._on_cancel, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a callback must not stop the others
+                pass
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once, on the canceller's thread) when the request is cancelled."""
+        if self.cancelled:
+            callback()
+        else:
+            self._on_cancel.append(callback)
 
     def send(
         self,

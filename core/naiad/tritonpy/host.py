@@ -293,6 +293,22 @@ class ServerHost(Host):
 
         return iterate(), cancel
 
+    def instance_failed(self, model: str, version: int, reason: str) -> None:
+        """An instance is down for good: its model version stops serving, with the reason."""
+        loop = self.loop
+        if loop is None:
+            return
+
+        def mark() -> None:
+            from ..models import ModelState
+
+            mv = self.dataplane.models.versions(model).get(version)
+            if mv is not None and mv.state is ModelState.READY:
+                mv.state = ModelState.UNAVAILABLE
+                mv.reason = reason
+
+        loop.call_soon_threadsafe(mark)
+
     def load_model(self, name: str, config: str, files: dict[str, bytes] | None) -> None:
         self._call(self.dataplane.load_model(name, config or None, files_for_load(files, name)))
 
