@@ -518,3 +518,54 @@ input [ { name: "MODE" data_type: TYPE_INT32 dims: [ 1 ] } ]
 output [ { name: "PID" data_type: TYPE_INT64 dims: [ 1 ] } ]
 instance_group [ { kind: KIND_CPU } ]
 """
+
+#: an identity over FP32 [-1] (large tensors cross the process boundary through shared memory)
+IDENTITY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy() * 2)]) for r in requests]
+"""
+
+IDENTITY_CONFIG = """
+name: "double"
+backend: "python"
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
+"""
+
+#: model control from model code: loads, checks and unloads the model named in NAME
+LOADER = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            name = pb_utils.get_input_tensor_by_name(request, "NAME").as_numpy()[0].decode()
+            steps = [pb_utils.is_model_ready(name)]
+            pb_utils.load_model(name)
+            steps.append(pb_utils.is_model_ready(name))
+            pb_utils.unload_model(name)
+            steps.append(pb_utils.is_model_ready(name))
+            try:
+                pb_utils.load_model("no_such_model")
+                steps.append(True)
+            except pb_utils.TritonModelException as exc:
+                steps.append(str(exc).startswith("Failed to load model: "))
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("STEPS", np.array(steps, dtype=np.bool_))]))
+        return responses
+"""
+
+LOADER_CONFIG = """
+name: "loader"
+backend: "python"
+input [ { name: "NAME" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "STEPS" data_type: TYPE_BOOL dims: [ 4 ] } ]
+"""

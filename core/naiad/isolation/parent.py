@@ -398,19 +398,21 @@ class InstanceProcess:
             f"Failed to process the request(s) for model instance '{self.name}', message: "
             f"Stub process '{self.name}' is not healthy: it exited with {cause}"
         )
-        for waiter in pending.values():
-            waiter.done(None, error)
-        for stream in streams.values():
-            stream.fail(error)
         now = time.monotonic()
         self._crashes.append(now)
         while self._crashes and now - self._crashes[0] > CRASH_WINDOW_S:
             self._crashes.popleft()
-        if len(self._crashes) >= MAX_CRASHES:
+        give_up = len(self._crashes) >= MAX_CRASHES
+        if give_up:  # marked before the failed requests are answered
             self._give_up(
                 f"{self.label} crashed {len(self._crashes)} times within "
                 f"{CRASH_WINDOW_S:.0f} s (last: {cause})"
             )
+        for waiter in pending.values():
+            waiter.done(None, error)
+        for stream in streams.values():
+            stream.fail(error)
+        if give_up:
             return
         try:
             self.start()

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..backend import InstanceContext
 from ..config import ModelConfig, model_config_from_json, model_config_to_json
-from ..errors import InternalError, ModelLoadError, NaiadError
+from ..errors import InternalError, ModelLoadError, NaiadError, Unsupported
 from ..inference import InferRequest, InferResponse
 from ..streaming import StreamClosed
 from . import host as _host
@@ -81,6 +81,19 @@ def auto_complete(cls: type, config: ModelConfig) -> None:
     config.CopyFrom(model_config_from_json(result.as_dict(), model_name=config.name))
 
 
+def check_parameters(config: ModelConfig) -> None:
+    """Triton's python-backend parameters: what they mean here, or a refusal with the reason.
+
+    ``FORCE_CPU_ONLY_INPUT_TENSORS``: inputs are always in CPU memory here, so ``"yes"`` and
+    ``"no"`` both hold; other values are refused as Triton refuses them. ``EXECUTION_ENV_PATH``
+    is read where the instance process starts (:func:`naiad.isolation.execution_env`).
+    """
+    if "FORCE_CPU_ONLY_INPUT_TENSORS" in config.parameters:
+        value = config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value
+        if value.lower() not in ("yes", "no"):
+            raise Unsupported(f"Incorrect value for FORCE_CPU_ONLY_INPUT_TENSORS: {value}'")
+
+
 class TritonRunner:
     """One ``TritonPythonModel`` object and what it needs to serve requests."""
 
@@ -108,6 +121,7 @@ class TritonRunner:
     # ---- life cycle -----------------------------------------------------------------------------
 
     def initialize(self) -> None:
+        check_parameters(self.config)
         if not callable(getattr(self._model, "execute", None)):
             raise ModelLoadError(
                 f"Python model {self.version_path / 'model.py'} does not implement `execute` "
