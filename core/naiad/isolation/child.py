@@ -200,7 +200,8 @@ class Child:
         # the load runs on the execution thread while this one reads: initialize may call the
         # server (custom metrics, model control) and needs the replies
         self.jobs.put(("load", spec))
-        threading.Thread(target=self._executor, name="naiad-child-exec", daemon=True).start()
+        executor = threading.Thread(target=self._executor, name="naiad-child-exec", daemon=True)
+        executor.start()
         while True:
             try:
                 message = self.channel.recv()
@@ -218,6 +219,7 @@ class Child:
                 if stream is not None:
                     stream.cancel()
             if kind == "finalize":
+                executor.join()  # finalize runs there, then says so
                 return
 
     def _stream_closed(self, key: int) -> None:
