@@ -132,9 +132,10 @@ def test_instances_are_separate_processes_and_tensors_cross_through_shm(tmp_path
     big = np.random.default_rng(0).random(1 << 20, dtype=np.float32)  # 4 MiB each way
     inp = httpclient.InferInput("IN", [big.size], "FP32")
     inp.set_data_from_numpy(big)
-    for _ in range(3):
+    for _ in range(20):
         np.testing.assert_array_equal(client.infer("double", [inp]).as_numpy("OUT"), big * 2)
-    assert shm_segments(srv.process.pid) == []  # every segment was unlinked by its reader
+    # segments are reused once released, not made per tensor
+    assert 0 < len(shm_segments(srv.process.pid)) <= 6
 
     simple_request(client)
     stats = client.get_inference_statistics("simple")["model_stats"][0]

@@ -61,7 +61,7 @@ def describe_exit(code: int | None) -> str:
 
 def _spawn(env: Mapping[str, str] | None, label: str) -> tuple[subprocess.Popen, Channel, str]:
     """A fresh child process and the channel to it."""
-    base = f"naiad-{os.getpid()}-{next(_generations)}"
+    base = f"naiad-{os.getpid()}-{next(_generations)}-"
     parent_sock, child_sock = socket.socketpair()
     command = [sys.executable, "-m", "naiad.isolation.child", str(child_sock.fileno()), base + "c"]
     try:
@@ -118,7 +118,7 @@ def run_auto_complete(
         completed.ParseFromString(reply[1])
         config.CopyFrom(completed)
     finally:
-        channel.conn.close()
+        channel.close()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -200,7 +200,7 @@ class InstanceProcess:
             pass  # the reader sees it die
         ready.event.wait()
         if ready.error is not None:
-            channel.conn.close()
+            channel.close()
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
@@ -227,7 +227,7 @@ class InstanceProcess:
                 proc.kill()
                 proc.wait()
         if channel is not None:
-            channel.conn.close()
+            channel.close()
         if self._base:
             remove_segments(self._base)
         self._pool.shutdown(wait=False, cancel_futures=True)
