@@ -283,6 +283,7 @@ def main(argv: list[str]) -> int:
     import signal
 
     faulthandler.enable()  # a crash leaves its traceback in the server's log
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: where is it stuck?
     fd = int(argv[1])
     channel = Channel(Connection(fd), argv[2])
