@@ -65,7 +65,9 @@ def write_repo(repo, mode: str):
     tm.write(repo, "bls_sync", tm.BLS_SYNC, tm.bls_config("bls_sync"), isolation_line)
     tm.write(repo, "bls_async", tm.BLS_ASYNC, tm.bls_config("bls_async"), isolation_line)
     tm.write(repo, "bls_decoupled", tm.BLS_DECOUPLED, tm.BLS_DECOUPLED_CONFIG, isolation_line)
+    tm.write(repo, "bls_sequence", tm.BLS_SEQUENCE, tm.BLS_SEQUENCE_CONFIG, isolation_line)
     make_models.write_simple(repo)
+    make_models.write_simple_dyna_sequence(repo)
     (repo / "simple_ens" / "1").mkdir(parents=True)
     (repo / "simple_ens" / "config.pbtxt").write_text(ENSEMBLE)
 
@@ -297,6 +299,15 @@ def test_bls_to_an_unknown_model_is_an_error_response(pyclient):
     with pytest.raises(InferenceServerException) as info:
         pyclient.infer("bls_sync", [name, *add_sub_inputs(a, a, "INT32")])
     assert "Model 'missing' is not ready" in info.value.message()
+
+
+def test_bls_sequence_with_a_correlation_id(pyclient):
+    inp = httpclient.InferInput("X", [1], "INT32")
+    inp.set_data_from_numpy(np.array([5], np.int32))
+    result = pyclient.infer("bls_sequence", [inp])
+    # simple_dyna_sequence: INPUT + START, INPUT, INPUT + END * CORRID
+    assert result.as_numpy("Y").tolist() == [6, 5, 47]
+    assert result.as_numpy("REFUSED").tolist() == [True]  # exec() of a decoupled model
 
 
 def test_bls_decoupled_stream_and_a_model_calling_itself(pyclient):

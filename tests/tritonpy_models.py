@@ -569,3 +569,45 @@ backend: "python"
 input [ { name: "NAME" data_type: TYPE_STRING dims: [ 1 ] } ]
 output [ { name: "STEPS" data_type: TYPE_BOOL dims: [ 4 ] } ]
 """
+
+#: BLS with a correlation id and sequence flags (START, -, END) to simple_dyna_sequence; and a
+#: plain exec() of a decoupled model, which must come back as Triton's error response
+BLS_SEQUENCE = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy().reshape(1, 1)
+            outs = []
+            for flags in (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START, 0,
+                          pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END):
+                r = pb_utils.InferenceRequest(
+                    model_name="simple_dyna_sequence", requested_output_names=["OUTPUT"],
+                    inputs=[pb_utils.Tensor("INPUT", x.astype(np.int32))],
+                    correlation_id=42, flags=flags).exec()
+                if r.has_error():
+                    raise pb_utils.TritonModelException(r.error().message())
+                outs.append(int(pb_utils.get_output_tensor_by_name(r, "OUTPUT").as_numpy().flat[0]))
+            wrong = pb_utils.InferenceRequest(
+                model_name="square_int32", requested_output_names=["OUT"],
+                inputs=[pb_utils.Tensor("IN", np.array([1], np.int32))]).exec()
+            refused = wrong.has_error() and "is using the decoupled" in wrong.error().message()
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("Y", np.array(outs, np.int32)),
+                pb_utils.Tensor("REFUSED", np.array([refused]))]))
+        return responses
+"""
+
+BLS_SEQUENCE_CONFIG = """
+name: "bls_sequence"
+backend: "python"
+input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [
+  { name: "Y" data_type: TYPE_INT32 dims: [ 3 ] },
+  { name: "REFUSED" data_type: TYPE_BOOL dims: [ 1 ] }
+]
+"""
