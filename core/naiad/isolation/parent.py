@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from ..backend import CustomInstance, InferenceBackend, InstanceContext
 from ..config import ModelConfig
 from ..errors import InternalError, ModelLoadError, NaiadError, Unavailable
 from ..inference import InferRequest
+from ..scheduling.worker import DaemonPool
 from ..streaming import ResponseStream
 from .wire import Channel, remove_segments
 
@@ -173,7 +173,7 @@ class InstanceProcess:
         self._failed = ""
         self._stopping = False
         self._init: _Waiter | None = None
-        self._pool = ThreadPoolExecutor(8, thread_name_prefix=f"naiad-{ctx.name}-calls")
+        self._pool = DaemonPool(f"naiad-{ctx.name}-calls")
 
     @property
     def pid(self) -> int | None:
@@ -230,7 +230,7 @@ class InstanceProcess:
             channel.close()
         if self._base:
             remove_segments(self._base)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     # ---- executions (the instance thread) -------------------------------------------------------
 

@@ -365,10 +365,21 @@ class InferenceRequest:
         """BLS inside ``async def execute``: several may run concurrently."""
         import asyncio
         import contextvars
-        import functools
 
-        call = functools.partial(contextvars.copy_context().run, self.exec, decoupled)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        context = contextvars.copy_context()
+        return await asyncio.wrap_future(_bls_pool().submit(context.run, self.exec, decoupled))
+
+
+_pools: list[Any] = []
+
+
+def _bls_pool() -> Any:
+    """The daemon threads ``async_exec`` calls wait on (one pool per process)."""
+    if not _pools:
+        from ..scheduling.worker import DaemonPool
+
+        _pools.append(DaemonPool("naiad-bls", 32))
+    return _pools[0]
 
 
 def sequence_flags(start: bool, end: bool) -> int:
