@@ -66,6 +66,9 @@ def write_repo(repo, mode: str):
     tm.write(repo, "bls_async", tm.BLS_ASYNC, tm.bls_config("bls_async"), isolation_line)
     tm.write(repo, "bls_decoupled", tm.BLS_DECOUPLED, tm.BLS_DECOUPLED_CONFIG, isolation_line)
     tm.write(repo, "bls_sequence", tm.BLS_SEQUENCE, tm.BLS_SEQUENCE_CONFIG, isolation_line)
+    tm.write(
+        repo, "decoupled_errors", tm.DECOUPLED_ERRORS, tm.DECOUPLED_ERRORS_CONFIG, isolation_line
+    )
     make_models.write_simple(repo)
     make_models.write_simple_dyna_sequence(repo)
     (repo / "simple_ens" / "1").mkdir(parents=True)
@@ -241,6 +244,31 @@ def test_decoupled_model_over_infer_is_refused(pyserver, pyclient):
         "HTTP end point doesn't support models with decoupled transaction policy"
     )
     assert sse_events(pyserver, "square_int32", {"IN": 1})[0]["OUT"] == 1
+
+
+def test_decoupled_errors(pyserver):
+    conn, response = post(pyserver, "/v2/models/decoupled_errors/generate_stream", {"MODE": 0})
+    assert response.status == 500
+    message = json.loads(response.read())["error"]
+    conn.close()
+    assert message.startswith(
+        "Failed to process the request(s) for model 'decoupled_errors_0', message: "
+    )
+    assert "decoupled failure" in message
+    conn, response = post(pyserver, "/v2/models/decoupled_errors/generate_stream", {"MODE": 1})
+    assert response.status == 500
+    assert json.loads(response.read())["error"] == (
+        "Python model 'decoupled_errors_0' is using the decoupled mode and the execute "
+        "function must return None."
+    )
+    conn.close()
+    conn, response = post(pyserver, "/v2/models/decoupled_errors/generate_stream", {"MODE": 2})
+    assert response.status == 200
+    text = response.read().decode()
+    conn.close()
+    events = [json.loads(c[len("data: ") :]) for c in text.split("\n\n") if c]
+    assert events[0]["OUT"] == 7
+    assert events[1] == {"error": "late failure"}
 
 
 def test_generate_on_a_plain_model(pyserver):

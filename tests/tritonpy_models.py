@@ -611,3 +611,35 @@ output [
   { name: "REFUSED" data_type: TYPE_BOOL dims: [ 1 ] }
 ]
 """
+
+#: decoupled failures: MODE 0 raises, 1 returns a list (must return None), 2 streams one
+#: response and then an error response with the final flag
+DECOUPLED_ERRORS = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            mode = int(pb_utils.get_input_tensor_by_name(request, "MODE").as_numpy()[0])
+            if mode == 0:
+                raise pb_utils.TritonModelException("decoupled failure")
+            if mode == 1:
+                return [pb_utils.InferenceResponse()]
+            sender = request.get_response_sender()
+            sender.send(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUT", np.array([7], np.int32))]))
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                "late failure", pb_utils.TritonError.INVALID_ARG)),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+DECOUPLED_ERRORS_CONFIG = """
+name: "decoupled_errors"
+backend: "python"
+model_transaction_policy { decoupled: true }
+input [ { name: "MODE" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
