@@ -23,7 +23,7 @@ from typing import Any
 
 from ..backend import CustomInstance, InstanceContext
 from ..config import ModelConfig
-from ..errors import InternalError, NaiadError
+from ..errors import InternalError, ModelLoadError, NaiadError
 from ..inference import InferRequest, InferResponse
 from ..streaming import StreamClosed
 from ..tritonpy.host import Host, install_default
@@ -156,9 +156,15 @@ class ChildStream:
 
 
 def _backend_class(module: str, qualname: str) -> type:
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"backend class {module}.{qualname} cannot be imported in an instance process "
+            f"({type(exc).__name__}: {exc}); serve it with instance_isolation \"thread\""
+        ) from exc
     return obj
 
 
