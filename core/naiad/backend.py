@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -45,6 +45,9 @@ class InstanceContext:
     kind: str
     #: GPU id for KIND_GPU, -1 otherwise
     device_id: int = -1
+    #: the server's calls for model code (BLS, model control, custom metrics):
+    #: a :class:`naiad.tritonpy.host.Host`, None outside a server
+    host: Any = field(default=None, compare=False, repr=False)
 
     @property
     def device(self) -> str:
@@ -115,6 +118,13 @@ class InferenceBackend:
         :class:`naiad.ModelLoadError` if the user's config contradicts the model. Called once
         per model version before any instance is built, off the event loop.
         """
+
+    @classmethod
+    def default_isolation(cls, config: ModelConfig, version_path: Path) -> str:
+        """Where instances run when the config's ``instance_isolation`` parameter says nothing:
+        ``"thread"`` (in the server process, on the instance's own thread) or ``"process"``
+        (each instance in a process of its own). Triton python models say ``"process"``."""
+        return "thread"
 
     def load(self) -> None:
         """Load the model (import the framework here, not at module level)."""

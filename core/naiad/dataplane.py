@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +16,11 @@ import numpy as np
 
 from . import __version__
 from .config import model_config_from_json, model_config_to_json
-from .errors import InvalidArgument, NaiadError, NotFound, Unavailable
+from .errors import InternalError, InvalidArgument, NaiadError, NotFound, Unavailable, Unsupported
 from .inference import InferRequest, InferResponse
 from .models import ModelManager, ModelState, ModelVersion
 from .shm import SharedMemoryManager
+from .streaming import ResponseStream
 from .tensors import numpy_to_protocol
 from .trace import TraceSettings
 
@@ -142,6 +144,11 @@ class DataPlane:
             raise Unavailable("Server exiting")
         if mv is None:
             mv = self.models.resolve(request.model_name, request.model_version)
+        if mv.decoupled:
+            raise Unsupported(
+                f"model '{mv.name}' uses the decoupled transaction policy: its responses are "
+                "streamed (infer_stream)"
+            )
         mv.signature.check(request)
         self._inflight += 1
         self._idle.clear()
@@ -154,6 +161,53 @@ class DataPlane:
         response.model_version = mv.version
         self._finish(request, response, mv)
         return response
+
+    async def infer_stream(
+        self, request: InferRequest, mv: ModelVersion | None = None
+    ) -> AsyncIterator[InferResponse]:
+        """The responses of one request, in order; the last has ``final=True``.
+
+        A non-decoupled model yields exactly one response. A decoupled model yields 0..N, the
+        last final (with no outputs when the model sent only the final flag: transports drop
+        it unless the client asked for empty final responses). Raises :class:`NaiadError` on
+        failure, possibly after some responses. Closing the iterator early cancels the request.
+        """
+        if self.exiting:
+            raise Unavailable("Server exiting")
+        if mv is None:
+            mv = self.models.resolve(request.model_name, request.model_version)
+        if not mv.decoupled:
+            yield await self.infer(request, mv)
+            return
+        mv.signature.check(request)
+        stream = ResponseStream(asyncio.get_running_loop(), mv.signature, request)
+        request.stream = stream
+        self._inflight += 1
+        self._idle.clear()
+        task = asyncio.ensure_future(mv.scheduler.infer(request))
+        task.add_done_callback(lambda t: _end_stream(t, stream))
+        try:
+            while True:
+                response, final, error = await stream.get()
+                if error is not None:
+                    raise error
+                if response is None:
+                    response = InferResponse(mv.name, mv.version, request.id)
+                response.model_version = mv.version
+                response.final = final
+                if response.outputs:
+                    self._finish(request, response, mv)
+                yield response
+                if final:
+                    return
+        finally:
+            if not stream.closed:
+                stream.cancel()
+            if not task.done():
+                task.cancel()
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
 
     @property
     def inflight(self) -> int:
@@ -251,6 +305,18 @@ class DataPlane:
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._check_explicit()
         await self.models.unload(name, unload_dependents=unload_dependents)
+
+
+def _end_stream(task: asyncio.Future, stream: ResponseStream) -> None:
+    """A decoupled request's execution ended: an error it raised ends its stream."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is None:
+        return
+    if not isinstance(error, NaiadError):
+        error = InternalError(f"{type(error).__name__}: {error}")
+    stream.fail(error)
 
 
 def _load_failed(name: str, exc: NaiadError) -> NaiadError:

@@ -56,3 +56,15 @@ class ModelLoadError(NaiadError):
     """A model could not be loaded; the model becomes UNAVAILABLE with this message as reason."""
 
     status = HTTPStatus.BAD_REQUEST
+
+
+class AlreadyExists(NaiadError):
+    """Triton ALREADY_EXISTS. HTTP 400."""
+
+    status = HTTPStatus.BAD_REQUEST
+
+
+class Cancelled(NaiadError):
+    """Triton CANCELLED: the request was cancelled (its client went away). HTTP 400."""
+
+    status = HTTPStatus.BAD_REQUEST

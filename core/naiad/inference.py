@@ -48,6 +48,9 @@ class InferRequest:
     #: the parsed form of the request's JSON header when it came from a cached one
     #: (:class:`naiad.http.codec.BinaryPlan`): validation is then done once per header
     plan: Any = field(default=None, repr=False, compare=False)
+    #: where a decoupled model sends this request's responses
+    #: (:class:`naiad.streaming.ResponseStream`); None when one answer is awaited
+    stream: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -60,3 +63,5 @@ class InferResponse:
     #: output name -> protocol datatype
     datatypes: dict[str, str] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: the last response of its request (decoupled models send several, only the last is final)
+    final: bool = True

@@ -217,13 +217,19 @@ class InferenceCollector:
 
 
 def build_registry(
-    models: ModelManager, config: MetricsConfig, sampler: SystemSampler | None = None
+    models: ModelManager,
+    config: MetricsConfig,
+    sampler: SystemSampler | None = None,
+    extra: Iterable[object] = (),
 ) -> CollectorRegistry:
-    """A fresh registry for one server: inference metrics, and the sampler's CPU/GPU gauges."""
+    """A fresh registry for one server: inference metrics, the sampler's CPU/GPU gauges, and
+    ``extra`` collectors (the custom metrics models define)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(InferenceCollector(models, counter_latencies=config.counter_latencies))
     if sampler is not None:
         registry.register(sampler)
+    for collector in extra:
+        registry.register(collector)  # type: ignore[arg-type]
     return registry
 
 
@@ -292,14 +298,16 @@ def render(registry: CollectorRegistry) -> bytes:
 class Metrics:
     """One server's metrics: the registry and the sampler behind it, with paired start/stop."""
 
-    def __init__(self, models: ModelManager, config: MetricsConfig) -> None:
+    def __init__(
+        self, models: ModelManager, config: MetricsConfig, extra: Iterable[object] = ()
+    ) -> None:
         self.config = config
         self.sampler = SystemSampler(
             config.interval_ms / 1000.0,
             cpu=config.allow_cpu_metrics,
             gpu=config.allow_gpu_metrics,
         )
-        self.registry = build_registry(models, config, self.sampler)
+        self.registry = build_registry(models, config, self.sampler, extra)
 
     async def start(self) -> None:
         """Open the CPU/GPU readers (off the loop) and start polling them."""

@@ -13,8 +13,9 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import remote, repository, watch
+from . import isolation, remote, repository, watch
 from .backend import InferenceBackend, InstanceContext
 from .config import (
     ConfigError,
@@ -74,6 +75,11 @@ class ModelVersion:
     #: output name -> labels (for classification)
     labels: dict[str, list[str]] = field(default_factory=dict)
 
+    @property
+    def decoupled(self) -> bool:
+        """``model_transaction_policy { decoupled: true }``: 0..N responses per request."""
+        return self.config is not None and self.config.model_transaction_policy.decoupled
+
 
 @dataclass(eq=False)
 class _Plan:
@@ -115,6 +121,9 @@ class ModelManager:
         self._load_slots = asyncio.Semaphore(max(load_thread_count, 1))
         #: ensembles: composing models loaded first, then checked against
         self._ensembles = EnsembleLinker(self)
+        #: what model code calls back into (BLS, model control, custom metrics); set by the
+        #: server, handed to every instance through its InstanceContext
+        self.host: Any = None
 
     # ---- queries (loop thread, no awaits) ----------------------------------------------------
 
@@ -392,8 +401,10 @@ class ModelManager:
         selected = select_versions(config.version_policy, available)
         if not selected:
             raise ModelLoadError(f"no version is available for model '{name}'")
+        mode = isolation.isolation_mode(config, backend_cls, source.path / str(selected[-1]))
+        env = isolation.execution_env(config, source.path, mode)
         if self.auto_complete:
-            backend_cls.auto_complete_config(config, source.path / str(selected[-1]))
+            isolation.auto_complete(backend_cls, mode, config, source.path / str(selected[-1]), env)
             normalize_model_config(
                 config,
                 model_name=name,
@@ -410,7 +421,9 @@ class ModelManager:
         versions: dict[int, ModelVersion] = {}
         try:
             for v in selected:
-                versions[v] = self._build_version(backend_cls, config, source, v, signature, labels)
+                versions[v] = self._build_version(
+                    backend_cls, config, source, v, signature, labels, mode, env
+                )
         except BaseException:
             for mv in versions.values():
                 for inst in mv.instances:
@@ -473,6 +486,8 @@ class ModelManager:
         version: int,
         signature: Signature,
         labels: dict[str, list[str]],
+        mode: str = "thread",
+        env: dict[str, str] | None = None,
     ) -> ModelVersion:
         version_path = source.path / str(version)
         contexts: list[InstanceContext] = []
@@ -481,9 +496,15 @@ class ModelManager:
             devices = list(group.gpus) if kind == "KIND_GPU" else [-1]
             for device in devices:
                 for _ in range(group.count):
-                    contexts.append(InstanceContext(f"{group.name}_{len(contexts)}", kind, device))
+                    name = f"{group.name}_{len(contexts)}"
+                    contexts.append(InstanceContext(name, kind, device, self.host))
         instances = [
-            Instance(backend_cls(config, source.path, version_path, ctx), signature)
+            Instance(
+                isolation.make_backend(
+                    backend_cls, mode, config, source.path, version_path, ctx, env
+                ),
+                signature,
+            )
             for ctx in contexts
         ]
         # load every instance on its own thread, concurrently
@@ -496,7 +517,10 @@ class ModelManager:
                 loaded.append(inst)
             except Exception as exc:
                 errors.append(exc)
-                inst.executor.shutdown(wait=False)
+                if mode == "process":  # its child started: stop it (unload ends the process)
+                    inst.release()
+                else:
+                    inst.executor.shutdown(wait=False)
         if errors:
             for inst in loaded:  # the instances that did load are released (their unload runs)
                 inst.release()

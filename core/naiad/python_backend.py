@@ -7,8 +7,11 @@ Triton loads a custom backend from the model folder (TRTIS 1.x: ``libcustom.so``
       config.pbtxt          backend: "python"   (or platform: "custom")
       1/model.py            class MyModel(naiad.CustomInstance): ...
 
-``model.py`` must define exactly one subclass of :class:`naiad.CustomInstance` (or name the class
-with the config parameter ``custom_class`` when it defines several). Each instance executes the
+``model.py`` is told apart by the class it defines: ``class TritonPythonModel`` is a model
+written for Triton's python backend (``import triton_python_backend_utils as pb_utils``), run
+unchanged by :mod:`naiad.tritonpy`; otherwise it must define exactly one subclass of
+:class:`naiad.CustomInstance` (or name the class with the config parameter ``custom_class`` when
+it defines several). Each instance executes the
 file afresh, on its own worker thread, as Triton runs each Python-backend instance in a process of
 its own: module-level state is per instance. The class's ``auto_complete_config`` is honoured.
 
@@ -36,6 +39,8 @@ from naiad.backend import CustomInstance, InstanceContext
 from naiad.config import ModelConfig
 from naiad.errors import ModelLoadError
 from naiad.inference import InferRequest, InferResponse
+from naiad.tritonpy.runner import TritonRunner, add_import_paths
+from naiad.tritonpy.runner import auto_complete as tritonpy_auto_complete
 
 if TYPE_CHECKING:
     from naiad.plugins import BackendRegistry
@@ -45,6 +50,8 @@ __all__ = ["PythonFileBackend", "load_model_module", "naiad_register_backends"]
 #: config parameter that picks the class when ``model.py`` defines several
 CLASS_PARAMETER = "custom_class"
 _LEGACY_LIBRARY = ".so"
+TRITON_CLASS = "TritonPythonModel"
+_TRITON_CLASS_RE = re.compile(rf"^class\s+{TRITON_CLASS}\b", re.MULTILINE)
 
 
 class PythonFileBackend(CustomInstance):
@@ -63,41 +70,89 @@ class PythonFileBackend(CustomInstance):
         super().__init__(config, model_path, version_path, instance)
         self._module: ModuleType | None = None
         self._model: CustomInstance | None = None
+        self._triton: TritonRunner | None = None
 
     @classmethod
     def auto_complete_config(cls, config: ModelConfig, version_path: Path) -> None:
         """Let the user's class complete the config (its own ``auto_complete_config``)."""
         path = model_py_path(config, version_path)
+        triton = defines_triton_model(path)
+        if triton:
+            add_import_paths(path.parent)
         module = load_model_module(path, f"{config.name}_autocomplete")
         try:
-            find_model_class(module, config, path).auto_complete_config(config, version_path)
+            if triton:
+                tritonpy_auto_complete(getattr(module, TRITON_CLASS), config)
+            else:
+                find_model_class(module, config, path).auto_complete_config(config, version_path)
         finally:
             sys.modules.pop(module.__name__, None)
 
+    @classmethod
+    def default_isolation(cls, config: ModelConfig, version_path: Path) -> str:
+        """Triton python models run in processes of their own, as in Triton."""
+        try:
+            path = model_py_path(config, version_path)
+        except ModelLoadError:
+            return "thread"
+        return "process" if defines_triton_model(path) else "thread"
+
     def initialize(self) -> None:
         path = model_py_path(self.config, self.version_path)
+        triton = defines_triton_model(path)
+        if triton:
+            add_import_paths(path.parent)
         # unique while this instance lives, across versions and reloads of the same model
         tag = f"{self.config.name}_v{self.version_path.name}_{self.instance.name}_{id(self):x}"
         module = load_model_module(path, tag)
         self._module = module
+        if triton:
+            model_class = getattr(module, TRITON_CLASS, None)
+            if model_class is None:
+                raise ModelLoadError(f"'{path}' does not define class {TRITON_CLASS}")
+            runner = TritonRunner(
+                model_class,
+                self.config,
+                self.model_path,
+                self.version_path,
+                self.instance,
+                self.instance.host,
+            )
+            runner.initialize()
+            self._triton = runner
+            return
         cls = find_model_class(module, self.config, path)
         self._model = cls(self.config, self.model_path, self.version_path, self.instance)
         self._model.load()
 
     def execute_requests(self, requests: Sequence[InferRequest]) -> list[InferResponse | Exception]:
+        if self._triton is not None:
+            return self._triton.execute_requests(requests)
         if self._model is None:
             raise ModelLoadError(f"model '{self.config.name}' is not initialized")
         return self._model.execute_requests(requests)
 
     def finalize(self) -> None:
         try:
+            if self._triton is not None:
+                self._triton.finalize()
             if self._model is not None:
                 self._model.unload()
         finally:
+            self._triton = None
             self._model = None
             if self._module is not None:
                 sys.modules.pop(self._module.__name__, None)
                 self._module = None
+
+
+def defines_triton_model(path: Path) -> bool:
+    """The file defines ``class TritonPythonModel`` (read, not executed)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    return _TRITON_CLASS_RE.search(text) is not None
 
 
 def model_py_path(config: ModelConfig, version_path: Path) -> Path:
@@ -111,7 +166,7 @@ def model_py_path(config: ModelConfig, version_path: Path) -> Path:
         raise ModelLoadError(
             f"model '{config.name}' names the shared library '{filename}': naiad does not load "
             "TRTIS C custom backends; put a model.py defining a naiad.CustomInstance subclass in "
-            f"the version folder, or install a plugin and set backend: \"<its name>\""
+            f'the version folder, or install a plugin and set backend: "<its name>"'
         )
     path = Path(version_path) / filename
     if path.is_dir():

@@ -17,6 +17,8 @@ from .http.metrics import start_metrics_site
 from .metrics import Metrics, MetricsConfig
 from .models import ModelManager
 from .plugins import build_backend_registry
+from .tritonpy.custom_metrics import MetricRegistry
+from .tritonpy.host import ServerHost, install_default
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +72,20 @@ class Server:
                 allow_client_shm=config.allow_client_shm,
             ),
         )
+        #: model code's way back into the server (BLS, model control, custom metrics)
+        self.host = ServerHost(self.dataplane, MetricRegistry())
+        self.models.host = self.host
         self._runner: web.AppRunner | None = None
         self._poller: asyncio.Task | None = None
         self.metrics: Metrics | None = None
         if config.metrics.allow_metrics:
-            self.metrics = Metrics(self.models, config.metrics)
+            self.metrics = Metrics(self.models, config.metrics, extra=[self.host.metrics])
         self._metrics_runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         cfg = self.config
+        self.host.bind(asyncio.get_running_loop())
+        install_default(self.host)
         if cfg.allow_http:
             app = make_app(self.dataplane, max_input_size=cfg.max_input_size)
             self._runner = web.AppRunner(

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, NaiadError
-from . import codec, extensions, handlers, legacy
+from . import codec, extensions, generate, handlers, legacy
 from .common import DATAPLANE, MAX_INPUT, answer_response, error_response, json_body, json_response
 
 _json = json_response
@@ -151,6 +151,10 @@ def routes() -> list[web.RouteDef]:
     table = [
         web.post(_M + "/infer", infer),
         web.post(_MV + "/infer", infer),
+        web.post(_M + "/generate", generate.generate),
+        web.post(_MV + "/generate", generate.generate),
+        web.post(_M + "/generate_stream", generate.generate_stream),
+        web.post(_MV + "/generate_stream", generate.generate_stream),
         web.get("/v2/health/live", health_live),
         web.get("/v2/health/ready", health_ready),
         web.get("/v2", server_metadata),

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from ..dataplane import DataPlane
-from ..errors import NaiadError, Unavailable
+from ..errors import NaiadError, Unavailable, Unsupported
 from . import codec
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ async def infer(
     worker thread, and large bodies are (de)compressed there, so one big request never stalls
     the event loop.
     """
+    if mv.decoupled:
+        raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
     if content_encoding and content_encoding != "identity":
         if len(body) > COMPRESS_IN_THREAD:
             body = await asyncio.to_thread(codec.decompress, body, content_encoding, max_input)

@@ -90,6 +90,9 @@ class Instance:
             if isinstance(response, BaseException):
                 checked.append(self._as_error(response))
                 continue
+            if response is None:  # answered through its stream (a decoupled model)
+                checked.append(self._streamed(request))
+                continue
             try:
                 response.outputs = check_custom_outputs(
                     self.signature, request, response.outputs, extra_outputs
@@ -100,6 +103,15 @@ class Instance:
             checked.append(response)
         end = time.monotonic_ns()
         return BatchResult(checked, start, 0, t_infer - start, end - t_infer)
+
+    def _streamed(self, request: InferRequest) -> InferResponse | Exception:
+        """The placeholder for a request answered through ``request.stream``."""
+        if request.stream is None:
+            return InternalError(
+                f"custom backend of model '{self.signature.model_name}' returned no response "
+                "for a request"
+            )
+        return InferResponse(request.model_name, request.model_version, request.id, final=False)
 
     def _as_error(self, exc: BaseException) -> NaiadError:
         """A backend's exception as a NaiadError that names the model and the instance."""

@@ -99,6 +99,60 @@ class Worker:
                 self._thread.join()
 
 
+class DaemonPool:
+    """Up to ``size`` daemon threads running submitted callables (started as needed).
+
+    For calls that may block on the event loop (BLS, model control from model code): unlike
+    :class:`concurrent.futures.ThreadPoolExecutor`, whose threads the interpreter joins at exit,
+    a call stuck when the loop is gone never keeps the process from exiting.
+    """
+
+    def __init__(self, name: str, size: int = 8) -> None:
+        self._name = name
+        self._size = size
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = 0
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        fut: Future = Future()
+        self._queue.put((fut, fn, args))
+        with self._lock:
+            start = self._idle == 0 and self._threads < self._size
+            if start:
+                self._threads += 1
+        if start:
+            threading.Thread(
+                target=self._run, name=f"{self._name}-{self._threads}", daemon=True
+            ).start()
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if item is None:
+                return
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller
+                fut.set_exception(exc)
+            item = fut = fn = args = None
+
+    def shutdown(self) -> None:
+        with self._lock:
+            count = self._threads
+        for _ in range(count):
+            self._queue.put(None)
+
+
 def log_failure(_result: object, error: BaseException | None) -> None:
     """A callback for :meth:`Worker.call_soon` without a loop: log what the job raised."""
     if error is not None:

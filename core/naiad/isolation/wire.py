@@ -1,0 +1,157 @@
+"""Messages between the server and an instance process: pickles whose large arrays travel
+through POSIX shared memory instead of the socket.
+
+A numeric array of at least :data:`SHM_THRESHOLD` bytes is copied once into a segment
+(``/dev/shm/<prefix>-<n>``) the sender owns; the message carries only its name, dtype and shape.
+The receiver maps the segment and gets a numpy view of it: no copy on that side. When the last
+array over it is garbage-collected the segment goes back to its owner, which reuses it (a fresh
+segment per tensor costs page allocation, ~30x a copy). A channel's segments are removed when it
+closes, and by name prefix after a process died (:func:`remove_segments`).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import itertools
+import mmap
+import os
+import pickle
+import threading
+import weakref
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: arrays smaller than this travel inside the pickle
+SHM_THRESHOLD = 64 * 1024
+SHM_DIR = Path("/dev/shm")
+#: map every page at once (one kernel call instead of a fault per 4 KiB page)
+_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+
+_receiving = threading.local()
+
+
+def _from_segment(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Unpickling a shared-memory array: a view of the other side's segment. When the last
+    array over it is gone, the segment's name goes back to its owner for reuse."""
+    fd = os.open(SHM_DIR / name, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        mapped = mmap.mmap(fd, size, flags=_FLAGS)
+    finally:
+        os.close(fd)
+    weakref.finalize(mapped, _receiving.channel._released.append, name)
+    dt = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(mapped, dtype=dt, count=count).reshape(shape)
+
+
+class _Pickler(pickle.Pickler):
+    """Large numeric arrays by shared-memory reference, everything else as usual."""
+
+    def __init__(self, buffer: io.BytesIO, channel: Channel) -> None:
+        super().__init__(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        self.channel = channel
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray and obj.dtype.kind in "biuf" and obj.nbytes >= SHM_THRESHOLD:
+            return _from_segment, self.channel._to_segment(obj)
+        return NotImplemented
+
+
+class Channel:
+    """One end of the socket to the other process: thread-safe sends, one reader.
+
+    Each side owns the segments it writes (named ``<prefix>-<n>``, sized in powers of two) and
+    reuses one only after the other side released it: the names of released segments ride back
+    on the next message.
+    """
+
+    def __init__(self, conn: Connection, prefix: str) -> None:
+        self.conn = conn
+        self.prefix = prefix
+        self._send_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._names = itertools.count()
+        #: capacity -> this side's segments free for reuse
+        self._free: dict[int, list[tuple[str, mmap.mmap]]] = {}
+        #: every segment this side owns: name -> (capacity, mapping)
+        self._owned: dict[str, tuple[int, mmap.mmap]] = {}
+        #: names of the other side's segments this side is done with
+        self._released: collections.deque[str] = collections.deque()
+
+    def _to_segment(self, array: np.ndarray) -> tuple[str, str, tuple[int, ...]]:
+        data = np.ascontiguousarray(array)
+        capacity = 1 << max(data.nbytes - 1, 1).bit_length()
+        with self._pool_lock:
+            free = self._free.get(capacity)
+            name, mapped = free.pop() if free else (None, None)
+        if name is None or mapped is None:
+            name = f"{self.prefix}-{next(self._names)}"
+            fd = os.open(SHM_DIR / name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            try:
+                os.ftruncate(fd, capacity)
+                mapped = mmap.mmap(fd, capacity, flags=_FLAGS)
+            finally:
+                os.close(fd)
+            with self._pool_lock:
+                self._owned[name] = (capacity, mapped)
+        target = np.frombuffer(mapped, dtype=data.dtype, count=data.size)
+        target[...] = data.reshape(-1)
+        del target
+        return name, data.dtype.str, data.shape
+
+    def _reuse(self, names: list[str]) -> None:
+        with self._pool_lock:
+            for name in names:
+                owned = self._owned.get(name)
+                if owned is not None:
+                    self._free.setdefault(owned[0], []).append((name, owned[1]))
+
+    def send(self, message: Any) -> None:
+        released = []
+        while self._released:
+            try:
+                released.append(self._released.popleft())
+            except IndexError:
+                break
+        buffer = io.BytesIO()
+        _Pickler(buffer, self).dump((released, message))
+        with self._send_lock:
+            self.conn.send_bytes(buffer.getbuffer())
+
+    def recv(self) -> Any:
+        """The next message; raises EOFError / OSError when the other side is gone."""
+        data = self.conn.recv_bytes()
+        _receiving.channel = self
+        released, message = pickle.loads(data)
+        self._reuse(released)
+        return message
+
+    def close(self) -> None:
+        """Close the socket and remove this side's segments (mappings over them stay valid)."""
+        self.conn.close()
+        with self._pool_lock:
+            owned, self._owned, self._free = self._owned, {}, {}
+        for name in owned:
+            try:
+                os.unlink(SHM_DIR / name)
+            except OSError:
+                pass
+
+
+def remove_segments(prefix: str) -> int:
+    """Remove the segments whose names start with ``prefix`` (left by a process that died, or
+    at the end of a channel); their count."""
+    removed = 0
+    for path in SHM_DIR.glob(f"{prefix}*"):
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
