@@ -13,7 +13,15 @@ from aiohttp import web
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, NaiadError
 from . import codec, extensions, handlers, legacy
-from .common import DATAPLANE, MAX_INPUT, answer_response, error_response, json_body, json_response
+from .common import (
+    DATAPLANE,
+    MAX_INPUT,
+    answer_response,
+    error_response,
+    json_body,
+    json_response,
+    too_large_response,
+)
 
 _json = json_response
 _json_body = json_body
@@ -23,6 +31,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.content_length is not None and request.content_length > request.app[MAX_INPUT]:
+        return too_large_response(request.content_length, request.app[MAX_INPUT])
     try:
         return await handler(request)
     except NaiadError as exc:

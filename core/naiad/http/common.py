@@ -26,6 +26,14 @@ def error_response(
     return answer_response(handlers.error_answer(status, message, headers))
 
 
+def too_large_response(size: int, limit: int) -> web.Response:
+    """413 from the head of a request whose ``Content-Length`` is over the limit; aiohttp reads
+    and drops what the client still sends for a while, then closes the connection."""
+    response = error_response(413, handlers.too_large_message(size, limit))
+    response.force_close()
+    return response
+
+
 def json_response(obj: object) -> web.Response:
     return answer_response(handlers.json_answer(obj))
 

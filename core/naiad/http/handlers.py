@@ -37,6 +37,13 @@ def error_answer(status: int, message: str, headers: dict[str, str] | None = Non
     return status, orjson.dumps({"error": message}), JSON, headers
 
 
+def too_large_message(size: int, limit: int) -> str:
+    """Why a body of ``size`` bytes is refused (413), from its head, before it is read."""
+    return (
+        f"request body of {size} bytes exceeds the limit of {limit} bytes (--http-max-input-size)"
+    )
+
+
 def naiad_error_answer(exc: NaiadError) -> Answer:
     headers = {"Accept-Encoding": "gzip, deflate"} if "compression" in exc.message else None
     return error_answer(int(exc.status), exc.message, headers)

@@ -1,0 +1,173 @@
+"""Hostile clients: what a client does to the server stays bounded to that client.
+
+Connections that leave mid-request are released at once, stalled heads and bodies time out,
+oversize bodies are refused from their head, bare-LF heads get 400, on the lean front and on
+aiohttp alone (``--http-fast-path=false``). Bounds (descriptors, memory), never timings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+SIMPLE = "/v2/models/simple"
+
+
+@pytest.fixture(scope="module", params=["fast", "aiohttp"])
+def front(request, example_repo, tmp_path_factory):
+    """The example repository on the lean front, and on aiohttp alone."""
+    from conftest import start_server
+
+    args = ["--http-header-timeout", "1", "--http-body-timeout", "1"]
+    if request.param == "aiohttp":
+        args.append("--http-fast-path=false")
+    srv = start_server(example_repo, *args, log_dir=tmp_path_factory.mktemp("hostile"))
+    yield srv
+    srv.stop()
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _connect(srv, timeout: float = 10) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
+
+
+def _head(path: str, length: int, extra: str = "") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n{extra}\r\n"
+    ).encode()
+
+
+def _serving(srv) -> None:
+    c = httpclient.InferenceServerClient(srv.url)
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for i in inputs:
+        i.set_data_from_numpy(a)
+    np.testing.assert_array_equal(c.infer("simple", inputs).as_numpy("OUTPUT0"), a + a)
+    c.close()
+
+
+def _settles(pid: int, limit: int, within: float = 10.0) -> int:
+    """The server's descriptor count once it is at most ``limit`` (or after ``within`` s)."""
+    deadline = time.monotonic() + within
+    while (n := _fds(pid)) > limit and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return n
+
+
+def _response(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and raw bytes of one answer (read until the connection closes or 5 s pass)."""
+    data = b""
+    sock.settimeout(5)
+    try:
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    assert data, "no answer"
+    return int(data.split(b" ", 2)[1]), data
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+@pytest.mark.parametrize("leave", ["close", "half-close", "reset"])
+def test_clients_leaving_mid_request_are_released_at_once(front, leave):
+    """2,000 clients send a head (and part of the body) and go: the descriptors come back."""
+    pid = front.process.pid
+    _serving(front)
+    baseline = _fds(pid)
+    body = b'{"inputs": ['
+    for _ in range(20):
+        socks = []
+        for _ in range(100):
+            s = _connect(front)
+            s.sendall(_head(SIMPLE + "/infer", 4000) + body)
+            socks.append(s)
+        for s in socks:
+            if leave == "half-close":
+                s.shutdown(socket.SHUT_WR)
+            elif leave == "reset":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+    assert _settles(pid, baseline + 5) <= baseline + 5
+    _serving(front)
+
+
+def test_half_sent_large_bodies_are_freed(front):
+    """Clients that send half of a large body and close: their buffers go with them."""
+    pid = front.process.pid
+    baseline = _fds(pid)
+    half = b"x" * (4 << 20)
+    for _ in range(4):
+        with _connect(front) as s:
+            s.sendall(_head(SIMPLE + "/infer", 8 << 20) + half)
+    assert _settles(pid, baseline + 2) <= baseline + 2
+    _serving(front)
+
+
+@pytest.mark.parametrize("path", [SIMPLE + "/infer", "/v2/repository/index", "/v2/nowhere"])
+def test_an_oversize_body_is_refused_from_its_head(front, path):
+    """413 with the reason before any body byte is sent, then the connection closes."""
+    with _connect(front) as s:
+        s.sendall(_head(path, 1 << 40))
+        status, raw = _response(s)
+        assert status == 413, raw
+        assert b"exceeds the limit of 67108864 bytes" in raw
+        assert b"connection: close" in raw.lower()
+    _serving(front)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /v2/health/live HTTP/1.1\nHost: 127.0.0.1\n\n",
+        b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\n\n",
+        b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\nX-A: b\r\n\r\n",
+    ],
+    ids=["all bare LF", "bare LF end", "bare LF inside"],
+)
+def test_bare_lf_line_ends_get_400(front, raw):
+    with _connect(front) as s:
+        s.sendall(raw)
+        status, answer = _response(s)
+    assert status == 400, answer
+    _serving(front)
+
+
+def test_stalled_heads_and_bodies_time_out(front):
+    """A head that never ends, and a body that stops, are closed after their timeouts (1 s
+    here) on the lean front."""
+    if "--http-fast-path=false" in front.process.args:
+        pytest.skip("aiohttp alone has no head or body timeout (docs/http-api.md)")
+    pid = front.process.pid
+    baseline = _fds(pid)
+    slow_head = _connect(front)
+    slow_head.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 1")
+    slow_body = _connect(front)
+    slow_body.sendall(_head(SIMPLE + "/infer", 100) + b"{")
+    try:
+        for s in (slow_head, slow_body):
+            s.settimeout(10)
+            assert s.recv(100) == b""  # closed by the server
+        assert _settles(pid, baseline) <= baseline
+    finally:
+        slow_head.close()
+        slow_body.close()
