@@ -7,6 +7,8 @@ aiohttp alone (``--http-fast-path=false``). Bounds (descriptors, memory), never 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import struct
@@ -15,6 +17,8 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from httphelpers import raw
+from tritonclient.utils import InferenceServerException
 
 SIMPLE = "/v2/models/simple"
 
@@ -171,3 +175,92 @@ def test_stalled_heads_and_bodies_time_out(front):
     finally:
         slow_head.close()
         slow_body.close()
+
+
+# ---- the repository API ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def explicit(tmp_path_factory, models):
+    from conftest import start_server
+
+    repo = tmp_path_factory.mktemp("explicit_repo")
+    models.write_simple(repo)
+    srv = start_server(
+        repo,
+        "--model-control-mode=explicit",
+        "--load-model=simple",
+        log_dir=tmp_path_factory.mktemp("explicit_logs"),
+    )
+    yield srv
+    srv.stop()
+
+
+def _load(srv, name: str, parameters: dict) -> tuple[int, str]:
+    body = json.dumps({"parameters": parameters}).encode()
+    status, _, payload = raw(srv, "POST", f"/v2/repository/models/{name}/load", body)
+    return status, json.loads(payload)["error"] if payload else ""
+
+
+def test_failed_loads_of_unknown_names_leave_the_index_alone(explicit):
+    c = httpclient.InferenceServerClient(explicit.url)
+    before = c.get_model_repository_index()
+    for i in range(3):
+        with pytest.raises(InferenceServerException) as info:
+            c.load_model(f"nothing_here_{i}")
+        assert info.value.status() == "400" or info.value.status() == "500"
+        assert "failed to poll from model repository" in info.value.message()
+    assert c.get_model_repository_index() == before
+    c.close()
+
+
+_POLL_FAILED = "failed to poll from model repository"
+_CONFIG = json.dumps({"platform": "onnxruntime_onnx", "max_batch_size": 8})
+_B64 = base64.b64encode(b"x").decode()
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"config": _CONFIG, "file:" + "a" * 300: _B64},
+        {"config": _CONFIG, "file:" + "/".join(["d" * 200] * 30) + "/f": _B64},
+        {"config": _CONFIG, "file:1/x": _B64, "file:1/x/y": _B64},
+        {"config": _CONFIG, "file:" + "/".join(["d"] * 3000): _B64},
+        {"config": "[" * 100_000 + "]" * 100_000},
+        {"config": '{"parameters": ' * 100_000 + "{}" + "}" * 100_000},
+    ],
+    ids=["long name", "long path", "file under a file", "deep path", "deep list", "deep object"],
+)
+def test_bad_overrides_are_triton_s_internal_error(explicit, parameters):
+    """Over-long or over-deep file names and 100k-deep config JSON: Triton's INTERNAL error,
+    no internal path, no Python exception name."""
+    status, message = _load(explicit, "uploaded", parameters)
+    assert status == 500, message
+    assert message == f"failed to load 'uploaded', {_POLL_FAILED}"
+    _serving(explicit)
+
+
+# ---- JSON tensors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("datatype", ["INT32", "FP32"])
+@pytest.mark.parametrize(
+    "data",
+    [[True] * 16, [1] * 15 + [True], [0.5] * 15 + [False], [[1] * 8, [True] + [2] * 7]],
+    ids=["all true", "one true", "one false", "nested"],
+)
+def test_json_booleans_are_not_numbers(server, datatype, data):
+    """Triton refuses JSON true/false as data of a numeric input."""
+    if datatype == "INT32":
+        model, names = "simple", ("INPUT0", "INPUT1")
+        if any(isinstance(x, float) for x in data):
+            data = [int(x) if not isinstance(x, bool) else x for x in data]
+    else:
+        model, names = "mlp", ("input",)
+    body = {
+        "inputs": [{"name": n, "shape": [1, 16], "datatype": datatype, "data": data} for n in names]
+    }
+    status, _, payload = raw(server, "POST", f"/v2/models/{model}/infer", json.dumps(body).encode())
+    assert status == 400, payload
+    assert "must hold numbers" in json.loads(payload)["error"]
+    _serving(server)

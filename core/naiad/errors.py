@@ -52,6 +52,15 @@ class InternalError(NaiadError):
     status = HTTPStatus.INTERNAL_SERVER_ERROR
 
 
+class RepositoryPollError(InternalError):
+    """Triton's "failed to poll from model repository" (INTERNAL): a model's folder or the
+    files and config a load request sends cannot be read or written (not found, names the
+    file system refuses, JSON nested too deep). The detail is logged, never answered."""
+
+    def __init__(self, message: str = "failed to poll from model repository") -> None:
+        super().__init__(message)
+
+
 class ModelLoadError(NaiadError):
     """A model could not be loaded; the model becomes UNAVAILABLE with this message as reason."""
 

@@ -93,6 +93,7 @@ async def infer(
     length = codec.parse_header_length(header_length, len(body))
     raw_input = _raw_input(mv) if length == 0 else None
     lease = dp.shm.lease()
+    mv.arriving += 1  # an unload from now on waits for this request (see ModelManager)
     try:
         json_size = len(body) if length is None else length
         big = json_size > JSON_IN_THREAD
@@ -114,6 +115,7 @@ async def infer(
                 req, response, shm_writer=lease.write
             )
     finally:
+        mv.arriving -= 1
         lease.release()  # after the request's arrays over shared memory are gone
     headers: dict[str, str] | None = None
     if json_length is not None:
