@@ -68,7 +68,8 @@ class EnsembleLinker:
         manager = self._manager
         if self._depends_on(dep, name):
             raise ModelLoadError(
-                f"circular dependency: ensemble '{name}' uses model '{dep}', which uses '{name}'"
+                f"circular dependency: ensemble '{name}' uses model '{dep}', which uses "
+                f"'{name}'"
             )
         waits = self._waits.setdefault(name, set())
         waits.add(dep)
@@ -78,7 +79,9 @@ class EnsembleLinker:
                 async with lock:  # a load (or unload) of ``dep`` is under way: let it finish
                     pass
             elif not _has_ready(manager, dep):
-                found = await asyncio.to_thread(repository.find_model, manager.repositories, dep)
+                found = await asyncio.to_thread(
+                    repository.find_model, manager.repositories, dep
+                )
                 if found is None:
                     raise ModelLoadError(
                         f"ensemble '{name}' uses model '{dep}', which is not in the model "
@@ -88,7 +91,8 @@ class EnsembleLinker:
                     await manager.load(dep)
                 except NaiadError as exc:
                     raise ModelLoadError(
-                        f"ensemble '{name}' uses model '{dep}', which failed to load: {exc.message}"
+                        f"ensemble '{name}' uses model '{dep}', which failed to load: "
+                        f"{exc.message}"
                     ) from exc
         finally:
             waits.discard(dep)
@@ -121,9 +125,8 @@ class EnsembleLinker:
                 f"not available: {exc.message}"
             ) from exc
         if mv.signature is None:
-            raise ModelLoadError(
-                f"model '{step.model_name}' used by ensemble '{name}' has no signature"
-            )
+            raise ModelLoadError(f"model '{step.model_name}' used by ensemble '{name}' has no "
+                                 "signature")
         return mv
 
 

@@ -111,7 +111,7 @@ def model_py_path(config: ModelConfig, version_path: Path) -> Path:
         raise ModelLoadError(
             f"model '{config.name}' names the shared library '{filename}': naiad does not load "
             "TRTIS C custom backends; put a model.py defining a naiad.CustomInstance subclass in "
-            f'the version folder, or install a plugin and set backend: "<its name>"'
+            f"the version folder, or install a plugin and set backend: \"<its name>\""
         )
     path = Path(version_path) / filename
     if path.is_dir():
