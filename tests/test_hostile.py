@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,3 +265,76 @@ def test_json_booleans_are_not_numbers(server, datatype, data):
     assert status == 400, payload
     assert "must hold numbers" in json.loads(payload)["error"]
     _serving(server)
+
+
+# ---- memory proportional to the request ------------------------------------------------------
+
+ECHO_PY = """import naiad
+
+
+class Echo(naiad.CustomInstance):
+    def execute(self, inputs, outputs):
+        return {"OUTPUT0": inputs["INPUT0"]}
+"""
+
+
+@pytest.fixture(scope="module")
+def echo_server(tmp_path_factory):
+    """A BYTES echo in Python (no framework copies: what is measured is naiad's own)."""
+    from conftest import start_server
+
+    repo = tmp_path_factory.mktemp("echo_repo")
+    (repo / "echo" / "1").mkdir(parents=True)
+    (repo / "echo" / "config.pbtxt").write_text(
+        'backend: "python"\n'
+        'input [{ name: "INPUT0" data_type: TYPE_STRING dims: [ -1, -1 ] }]\n'
+        'output [{ name: "OUTPUT0" data_type: TYPE_STRING dims: [ -1, -1 ] }]\n'
+    )
+    (repo / "echo" / "1" / "model.py").write_text(ECHO_PY)
+    srv = start_server(repo, log_dir=tmp_path_factory.mktemp("echo"))
+    yield srv
+    srv.stop()
+
+
+def _status_mib(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def _strings_body(n: int) -> bytes:
+    """A JSON request of ``n`` 8-character strings (11 bytes each)."""
+    head = b'{"inputs": [{"name": "INPUT0", "shape": [1, %d], "datatype": "BYTES", "data": [' % n
+    return head + b'"abcdefgh", ' * (n - 1) + b'"abcdefgh"]}]}'
+
+
+def test_a_json_bytes_request_costs_memory_in_proportion(echo_server):
+    """1M strings in 11 MiB of JSON, echoed: the server's peak stays under 11x the body (it
+    was 12.7x: strings, bytes and the answer's strings all alive at once)."""
+    pid = echo_server.process.pid
+    status, _, _ = raw(echo_server, "POST", "/v2/models/echo/infer", _strings_body(10))
+    assert status == 200
+    base = _status_mib(pid, "VmRSS")
+    body = _strings_body(1_000_000)
+    status, _, payload = raw(echo_server, "POST", "/v2/models/echo/infer", body)
+    assert status == 200
+    out = json.loads(payload)["outputs"][0]
+    assert out["shape"] == [1, 1_000_000] and out["data"][-1] == "abcdefgh"
+    peak = _status_mib(pid, "VmHWM") - base
+    assert peak < 11 * len(body) / 2**20, (peak, len(body) / 2**20)
+
+
+def test_a_request_over_the_decoded_bound_is_413(echo_server):
+    """Tensors that would take more than 4x --http-max-input-size (256 MiB) once decoded: 413
+    with the reason, before they are built (estimated from the JSON, and per tensor)."""
+    pid = echo_server.process.pid
+    base = _status_mib(pid, "VmRSS")
+    # 4.5M elements: refused from the JSON's size alone; 2.5M: once the tensor's count is read
+    for n in (4_500_000, 2_500_000):
+        status, _, payload = raw(echo_server, "POST", "/v2/models/echo/infer", _strings_body(n))
+        assert status == 413, payload
+        assert "once decoded" in json.loads(payload)["error"]
+    status, _, _ = raw(echo_server, "POST", "/v2/models/echo/infer", _strings_body(10))
+    assert status == 200
+    assert _status_mib(pid, "VmRSS") - base < 100

@@ -40,6 +40,12 @@ class Unavailable(NaiadError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class RequestTooLarge(NaiadError):
+    """A request larger than a limit of the server (body, decoded tensors). HTTP 413."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
 class Unsupported(NaiadError):
     """Triton UNSUPPORTED. HTTP 501."""
 

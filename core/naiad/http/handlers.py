@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .. import memory
 from ..dataplane import DataPlane
 from ..errors import NaiadError, Unavailable
 from . import codec
@@ -30,6 +31,8 @@ Answer = tuple[int, bytes, "str | None", "dict[str, str] | None"]
 COMPRESS_IN_THREAD = 1 << 16
 #: JSON request parts larger than this are parsed off the event loop
 JSON_IN_THREAD = 1 << 18
+#: a request's tensors may take this many times ``--http-max-input-size`` once decoded
+MAX_DECODED_FACTOR = 4
 
 
 def error_answer(status: int, message: str, headers: dict[str, str] | None = None) -> Answer:
@@ -97,7 +100,12 @@ async def infer(
     try:
         json_size = len(body) if length is None else length
         big = json_size > JSON_IN_THREAD
-        kwargs = {"shm_reader": lease.read, "raw_input": raw_input, "plans": mv.signature.plans}
+        kwargs = {
+            "shm_reader": lease.read,
+            "raw_input": raw_input,
+            "plans": mv.signature.plans,
+            "max_decoded": MAX_DECODED_FACTOR * max_input,
+        }
         if big:
             req = await asyncio.to_thread(
                 codec.parse_infer_request, body, length, name, version, **kwargs
@@ -106,6 +114,7 @@ async def infer(
             req = codec.parse_infer_request(body, length, name, version, **kwargs)
         lease.reserve(req.outputs)
         response = await dp.infer(req, mv)
+        req.inputs = {}  # the answer is encoded without them: free them first
         if big:
             payload, json_length = await asyncio.to_thread(
                 codec.encode_infer_response, req, response, shm_writer=lease.write
@@ -117,6 +126,8 @@ async def infer(
     finally:
         mv.arriving -= 1
         lease.release()  # after the request's arrays over shared memory are gone
+        if len(body) >= memory.TRIM_FROM:
+            memory.trim_soon()
     headers: dict[str, str] | None = None
     if json_length is not None:
         headers = {"Inference-Header-Content-Length": str(json_length)}
