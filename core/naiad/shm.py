@@ -9,11 +9,12 @@ region's bounds with Triton's messages.
 
 The region is never mapped into the server: a client owns the object and can ``ftruncate`` it
 at any moment, and touching a mapped page past the new end is a SIGBUS that kills the process
-(Python cannot catch it safely). Every access instead checks the object's current size
-(``fstat``) and copies with ``pread`` / ``pwrite``, which return short or fail instead of
-faulting: a truncated, replaced or unlinked object fails only the request that uses it (a
-replaced or unlinked one keeps its old contents, as a mapping would). A read costs what a copy
-out of a mapping cost (the one copy below) plus one ``fstat``.
+(Python cannot catch it safely). Reads copy with ``pread``, which returns short instead of
+faulting; writes check the object's current size (``fstat``) and copy with ``pwrite`` (which
+would otherwise grow a truncated object). A truncated object fails only the request that uses
+it; a replaced or unlinked one keeps its old contents, as a mapping would. The price is the
+kernel's per-page copy path instead of a memcpy: a few µs per request, about twice the copy
+time for large tensors (docs/performance.md).
 
 A request pins the regions it touches through a :class:`ShmLease`; unregistering a pinned region
 removes its name at once (so new requests cannot use it) but closes its descriptor only when the
@@ -96,11 +97,12 @@ class Region:
         )
 
     def read(self, offset: int, size: int) -> bytes:
-        """A copy of ``size`` bytes at ``offset`` of the region."""
-        start, end = self.bounds(offset, size)
-        self._check_size(end)
+        """A copy of ``size`` bytes at ``offset`` of the region (a short read: truncated)."""
+        start, _ = self.bounds(offset, size)
+        if self.fd < 0:
+            raise NotFound(f"Unable to find shared memory region: '{self.name}'")
         data = os.pread(self.fd, size, start)
-        if len(data) < size:  # truncated since the fstat, or a read of more than _IO_MAX
+        if len(data) < size:  # truncated by the client, or a read of more than _IO_MAX
             parts = [data]
             got = len(data)
             while got < size:
