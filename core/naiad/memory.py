@@ -17,7 +17,7 @@ import time
 log = logging.getLogger(__name__)
 
 #: requests with bodies at least this large trim afterwards
-TRIM_FROM = 16 << 20
+TRIM_FROM = 4 << 20
 #: the wait after the request, so that its objects (and its answer's bytes) are freed first
 _DELAY = 0.5
 _MIN_INTERVAL = 1.0
