@@ -129,8 +129,8 @@ def parse_head(buf: bytes | bytearray, pos: int, max_input: int) -> _Request | N
         return _NOT_OURS
     head = buf[pos : end + 4] if isinstance(buf, bytes) else bytes(memoryview(buf)[pos : end + 4])
     req = _HEADS.get(head)
-    if req is not None and (req.route == _TOO_LARGE or req.end - req.body_start <= max_input):
-        return req
+    if req is not None and (req.end - req.body_start > max_input) == (req.route == _TOO_LARGE):
+        return req  # (a head judged against another limit is parsed again)
     req = _parse_head(head, max_input)
     if isinstance(req, _Request):
         if len(_HEADS) >= _HEADS_MAX:
