@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import time
 
@@ -31,12 +32,18 @@ def _malloc_trim():
 
 
 _TRIM = _malloc_trim()
-_state = {"scheduled": False, "last": 0.0}
+_state = {"scheduled": False, "last": 0.0, "collect": False}
 
 
-def trim_soon() -> None:
-    """Return freed memory to the system shortly (call on the event loop)."""
-    if _TRIM is None or _state["scheduled"]:
+def trim_soon(collect: bool = False) -> None:
+    """Return freed memory to the system shortly (call on the event loop).
+
+    ``collect``: first free what only reference cycles hold — a request that failed while its
+    body was read leaves it in one (its exception, traceback and frames), which the cyclic
+    collector may not visit for a long time since few objects were allocated meanwhile.
+    """
+    _state["collect"] = _state["collect"] or collect
+    if _state["scheduled"] or (_TRIM is None and not _state["collect"]):
         return
     _state["scheduled"] = True
     loop = asyncio.get_running_loop()
@@ -46,7 +53,11 @@ def trim_soon() -> None:
 
 def _trim() -> None:
     try:
-        _TRIM(0)
+        if _state["collect"]:
+            _state["collect"] = False
+            gc.collect()
+        if _TRIM is not None:
+            _TRIM(0)
     finally:
         _state["last"] = time.monotonic()
         _state["scheduled"] = False

@@ -20,6 +20,7 @@ from .common import (
     error_response,
     json_body,
     json_response,
+    read_body,
     too_large_response,
 )
 
@@ -101,7 +102,7 @@ async def infer(request: web.Request) -> web.Response:
         mv,
         name,
         version,
-        await request.read(),
+        await read_body(request),
         max_input=request.app[MAX_INPUT],
         content_encoding=headers.get("Content-Encoding"),
         header_length=headers.get("Inference-Header-Content-Length"),
