@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -343,3 +344,43 @@ def test_a_request_over_the_decoded_bound_is_413(echo_server):
     status, _, _ = raw(echo_server, "POST", "/v2/models/echo/infer", _strings_body(10))
     assert status == 200
     assert _status_mib(pid, "VmRSS") - base < 100
+
+
+def test_a_request_received_before_an_unload_is_served(server_factory, tmp_path, models):
+    """The request's head arrives, then an unload of its model, then the rest of its body: the
+    request was received first, so it is answered (the unload waits for it), not 503."""
+    repo = tmp_path / "repo"
+    models.write_simple(repo)
+    srv = server_factory(
+        repo, "--model-control-mode=explicit", "--load-model=simple", "--http-fast-path=false"
+    )
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}
+                for n in ("INPUT0", "INPUT1")
+            ]
+        }
+    ).encode()
+    unloaded: dict[str, int] = {}
+
+    def unload():
+        unloaded["status"] = raw(srv, "POST", "/v2/repository/models/simple/unload", b"")[0]
+
+    with _connect(srv) as s:
+        s.sendall(_head(SIMPLE + "/infer", len(body)) + body[:10])
+        time.sleep(0.5)  # the head is in; its body is not
+        worker = threading.Thread(target=unload)
+        worker.start()
+        time.sleep(0.5)  # the unload is in
+        s.sendall(body[10:])
+        status, answer = _response(s)
+        worker.join()
+    assert status == 200, answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["outputs"][0]["data"] == [
+        2 * i for i in range(16)
+    ]
+    assert unloaded["status"] == 200
+    c = httpclient.InferenceServerClient(srv.url)
+    assert not c.is_model_ready("simple")
+    c.close()

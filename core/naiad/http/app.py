@@ -97,17 +97,21 @@ async def infer(request: web.Request) -> web.Response:
     version = _version(request)
     mv = dp.resolve(name, version)  # an unknown model fails before its body is read
     headers = request.headers
-    status, payload, content_type, out_headers = await handlers.infer(
-        dp,
-        mv,
-        name,
-        version,
-        await read_body(request),
-        max_input=request.app[MAX_INPUT],
-        content_encoding=headers.get("Content-Encoding"),
-        header_length=headers.get("Inference-Header-Content-Length"),
-        accept_encoding=headers.get("Accept-Encoding"),
-    )
+    mv.arriving += 1  # received before an unload, so served (see ModelManager)
+    try:
+        status, payload, content_type, out_headers = await handlers.infer(
+            dp,
+            mv,
+            name,
+            version,
+            await read_body(request),
+            max_input=request.app[MAX_INPUT],
+            content_encoding=headers.get("Content-Encoding"),
+            header_length=headers.get("Inference-Header-Content-Length"),
+            accept_encoding=headers.get("Accept-Encoding"),
+        )
+    finally:
+        mv.arriving -= 1
     return web.Response(status=status, body=payload, headers=out_headers, content_type=content_type)
 
 

@@ -88,16 +88,16 @@ async def infer(
     worker thread, and large bodies are (de)compressed there, so one big request never stalls
     the event loop.
     """
-    if content_encoding and content_encoding != "identity":
-        if len(body) > COMPRESS_IN_THREAD:
-            body = await asyncio.to_thread(codec.decompress, body, content_encoding, max_input)
-        else:
-            body = codec.decompress(body, content_encoding, max_input)
-    length = codec.parse_header_length(header_length, len(body))
-    raw_input = _raw_input(mv) if length == 0 else None
-    lease = dp.shm.lease()
     mv.arriving += 1  # an unload from now on waits for this request (see ModelManager)
+    lease = dp.shm.lease()
     try:
+        if content_encoding and content_encoding != "identity":
+            if len(body) > COMPRESS_IN_THREAD:
+                body = await asyncio.to_thread(codec.decompress, body, content_encoding, max_input)
+            else:
+                body = codec.decompress(body, content_encoding, max_input)
+        length = codec.parse_header_length(header_length, len(body))
+        raw_input = _raw_input(mv) if length == 0 else None
         json_size = len(body) if length is None else length
         big = json_size > JSON_IN_THREAD
         kwargs = {
