@@ -7,14 +7,18 @@ front reads each connection itself and answers the hot V2 requests — inference
 and model metadata, model readiness, configuration and statistics — by calling the same
 functions as the aiohttp handlers (:mod:`naiad.http.handlers`), so the answers are the same.
 
-Everything else — another route or method, a query string or a percent-escape in the path,
-``Transfer-Encoding``, ``Expect``, ``Upgrade``, HTTP/1.0, a repeated header, a body over the
-size limit, a head it cannot parse with certainty — makes the front hand the connection, with
-every byte read so far, to aiohttp's own ``RequestHandler`` for the rest of its life. aiohttp
-stays the complete implementation of the API; the front only answers what it fully understands.
+Heads are parsed by llhttp (``httptools``), once per distinct head. Everything else — another
+route or method, a query string or a percent-escape in the path, ``Transfer-Encoding``,
+``Expect``, ``Upgrade``, HTTP/1.0, a repeated header, a head llhttp refuses or one ended by bare
+LFs — makes the front hand the connection, with every byte read so far, to aiohttp's own
+``RequestHandler`` for the rest of its life. aiohttp stays the complete implementation of the
+API; the front only answers what it fully understands. A body over the size limit is refused
+(413) from its head.
 
 Requests on one connection are answered one at a time and in order (as aiohttp does), so a
-pipelining client gets its answers in the order it asked.
+pipelining client gets its answers in the order it asked. What a client can hold is bounded
+(see :class:`FastProtocol`): time for a head and between body bytes, bytes per connection and
+bodies in total, and nothing of a request it left before sending in full.
 """
 
 from __future__ import annotations
