@@ -39,8 +39,17 @@ def regions(client):
 
 
 def mapped(pid: int, key: str) -> bool:
-    """Whether process ``pid`` has ``/dev/shm/<key>`` mapped."""
-    return f"/dev/shm/{key.lstrip('/')}" in Path(f"/proc/{pid}/maps").read_text()
+    """Whether process ``pid`` holds ``/dev/shm/<key>`` open (or mapped)."""
+    path = f"/dev/shm/{key.lstrip('/')}"
+    if path in Path(f"/proc/{pid}/maps").read_text():
+        return True
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).removesuffix(" (deleted)") == path:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
 
 
 def ok(client):
@@ -425,3 +434,113 @@ def test_manager_unmaps_in_process():
         assert not mapped(os.getpid(), key)
     finally:
         path.unlink()
+
+
+# ---- a client that changes its object under the server -----------------------------------------
+
+
+def _infer_error(client, inputs, outputs=None) -> tuple[str, str]:
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("simple", inputs, outputs=outputs)
+    return info.value.status(), info.value.message()
+
+
+def test_a_truncated_object_fails_only_its_request(server_factory, example_repo):
+    """ftruncate under a registered region: that request fails (it was a SIGBUS), all else serves."""
+    srv = server_factory(example_repo)
+    c = httpclient.InferenceServerClient(srv.url)
+    key = f"/naiad-{uuid.uuid4().hex[:8]}-shrink"
+    handle = shm.create_shared_memory_region("shrink", key, 8192)
+    path = Path("/dev/shm") / key[1:]
+    try:
+        shm.set_shared_memory_region(handle, [np.arange(2048, dtype=np.int32)])
+        c.register_system_shared_memory("shrink", key, 8192)
+        ok_inputs = shm_inputs("shrink", 64, 4096)
+        assert c.infer("simple", ok_inputs).as_numpy("OUTPUT0").shape == (1, 16)
+        os.truncate(path, 0)
+        status, message = _infer_error(c, shm_inputs("shrink", 64, 4096))
+        assert status == "400" and "shared memory region 'shrink' is no longer valid" in message
+        assert "holds 0 bytes" in message
+        # an output into the truncated object fails the same way, with inputs sent inline
+        out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=False)
+        out.set_shared_memory("shrink", 64, offset=4096)
+        _, _, inline = simple_inputs()
+        status, message = _infer_error(c, inline, [out])
+        assert status == "400" and "no longer valid" in message
+        assert srv.process.poll() is None
+        ok(c)
+        # grown back: the region works again
+        os.truncate(path, 8192)
+        shm.set_shared_memory_region(handle, [np.arange(2048, dtype=np.int32)])
+        got = c.infer("simple", shm_inputs("shrink", 64, 4096)).as_numpy("OUTPUT0")
+        np.testing.assert_array_equal(got[0], np.arange(16) + np.arange(1024, 1040))
+        c.unregister_system_shared_memory()
+    finally:
+        shm.destroy_shared_memory_region(handle)
+        c.close()
+
+
+def test_an_unlinked_or_replaced_object_is_harmless(client, regions, server):
+    """The registered object is unlinked, or replaced by a smaller one of the same name: the
+    region keeps the object it opened (as a mapping would), and nothing crashes."""
+    key, handle = regions("gone", 128)
+    shm.set_shared_memory_region(handle, [np.arange(32, dtype=np.int32)])
+    client.register_system_shared_memory("gone", key, 128)
+    path = Path("/dev/shm") / key[1:]
+    path.unlink()
+    got = client.infer("simple", shm_inputs("gone", 64, 64)).as_numpy("OUTPUT0")
+    np.testing.assert_array_equal(got[0], np.arange(16) + np.arange(16, 32))
+    path.write_bytes(b"\0" * 8)  # a new, smaller object under the same name
+    got = client.infer("simple", shm_inputs("gone", 64, 64)).as_numpy("OUTPUT0")
+    np.testing.assert_array_equal(got[0], np.arange(16) + np.arange(16, 32))
+    client.unregister_system_shared_memory("gone")
+    assert not mapped(server.process.pid, key)
+    ok(client)
+
+
+def test_unregister_racing_requests(server_factory, example_repo):
+    """Regions registered and unregistered while other clients infer through them: every
+    request is answered (a result, or Triton's not-found error), and the server serves on."""
+    srv = server_factory(example_repo)
+    key = f"/naiad-{uuid.uuid4().hex[:8]}-race"
+    handle = shm.create_shared_memory_region("race", key, 128)
+    shm.set_shared_memory_region(handle, [np.arange(32, dtype=np.int32)])
+    stop = threading.Event()
+    answers: list[str] = []
+
+    def churn():
+        c = httpclient.InferenceServerClient(srv.url)
+        while not stop.is_set():
+            c.register_system_shared_memory("race", key, 128)
+            c.unregister_system_shared_memory("race")
+        c.close()
+
+    def infer():
+        c = httpclient.InferenceServerClient(srv.url)
+        for _ in range(150):
+            try:
+                c.infer("simple", shm_inputs("race", 64, 64))
+                answers.append("200")
+            except InferenceServerException as exc:
+                assert exc.status() == "404", exc.message()
+                answers.append("404")
+        c.close()
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        workers = [threading.Thread(target=infer) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        stop.set()
+        churner.join()
+        shm.destroy_shared_memory_region(handle)
+    assert len(answers) == 300
+    assert srv.process.poll() is None
+    c = httpclient.InferenceServerClient(srv.url)
+    ok(c)
+    assert c.get_system_shared_memory_status() == []
+    c.close()

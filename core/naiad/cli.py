@@ -131,6 +131,20 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="largest request body accepted (default 64 MiB)",
     )
+    p.add_argument(
+        "--http-header-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest a request head may take to arrive (lean front; default 30)",
+    )
+    p.add_argument(
+        "--http-body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait for the next bytes of a request body (lean front; default 30)",
+    )
     p.add_argument("--id", default="triton", dest="server_id", help="server name in metadata")
     p.add_argument("--plugin", action="append", default=[], help="extra plugin module to load")
     add_metrics_arguments(p)
@@ -229,6 +243,8 @@ def serve_config(args: argparse.Namespace):
         allow_client_shm=args.allow_client_shm,
         http_fast_path=args.http_fast_path,
         max_input_size=args.http_max_input_size,
+        http_head_timeout=args.http_header_timeout,
+        http_body_timeout=args.http_body_timeout,
         server_id=args.server_id,
         plugins=list(args.plugin),
         metrics=metrics_config(args),

@@ -40,6 +40,12 @@ class Unavailable(NaiadError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class RequestTooLarge(NaiadError):
+    """A request larger than a limit of the server (body, decoded tensors). HTTP 413."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
 class Unsupported(NaiadError):
     """Triton UNSUPPORTED. HTTP 501."""
 
@@ -50,6 +56,15 @@ class InternalError(NaiadError):
     """Triton INTERNAL: something failed inside the server or a backend. HTTP 500."""
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class RepositoryPollError(InternalError):
+    """Triton's "failed to poll from model repository" (INTERNAL): a model's folder or the
+    files and config a load request sends cannot be read or written (not found, names the
+    file system refuses, JSON nested too deep). The detail is logged, never answered."""
+
+    def __init__(self, message: str = "failed to poll from model repository") -> None:
+        super().__init__(message)
 
 
 class ModelLoadError(NaiadError):

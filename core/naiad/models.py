@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from .errors import (
     ModelLoadError,
     NaiadError,
     NotFound,
+    RepositoryPollError,
     Unavailable,
 )
 from .overrides import (
@@ -74,6 +76,9 @@ class ModelVersion:
     stats: ModelStats = field(default_factory=ModelStats)
     #: output name -> labels (for classification)
     labels: dict[str, list[str]] = field(default_factory=dict)
+    #: requests resolved to this version and not yet answered (their body may still be being
+    #: parsed): an unload lets them in first, as they were received before it
+    arriving: int = 0
 
     @property
     def decoupled(self) -> bool:
@@ -255,7 +260,8 @@ class ModelManager:
                 self._loading.discard(name)
                 if source_path is not None:
                     remove_override_folder(source_path)
-                self._record_failure(name, exc.message, old)
+                found = not isinstance(exc, RepositoryPollError)
+                self._record_failure(name, exc.message, old, found)
                 if quiet:
                     return
                 error = ModelLoadError(f"failed to load '{name}', {exc.message}")
@@ -350,8 +356,11 @@ class ModelManager:
             if current.get(mv.version) is mv:
                 continue
             mv.state = ModelState.UNLOADING
+            deadline = time.monotonic() + self.unload_timeout
+            while mv.arriving and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)  # requests received before the unload, being parsed
             if mv.scheduler is not None:
-                await mv.scheduler.drain(self.unload_timeout)
+                await mv.scheduler.drain(max(0.0, deadline - time.monotonic()))
             await asyncio.gather(*(i.executor.run(i.unload) for i in mv.instances))
             mv.state = ModelState.UNAVAILABLE
             mv.reason = "unloaded"
@@ -359,10 +368,14 @@ class ModelManager:
                 current[mv.version] = mv
             log.info("model '%s' version %d unloaded", mv.name, mv.version)
 
-    def _record_failure(self, name: str, reason: str, old: dict[int, ModelVersion]) -> None:
+    def _record_failure(
+        self, name: str, reason: str, old: dict[int, ModelVersion], found: bool = True
+    ) -> None:
         log.error("failed to load model '%s': %s", name, reason)
         if any(mv.state is ModelState.READY for mv in old.values()):
             return  # the old version keeps serving; the error goes back to the caller
+        if not found and not old:
+            return  # a name no repository has: the index does not learn it (as in Triton)
         self._model_errors[name] = reason
         self._versions.pop(name, None)
 
@@ -379,7 +392,7 @@ class ModelManager:
         if found is None or found.repository in remote_errors:  # never a stale cache
             if remote_errors:
                 raise ModelLoadError("; ".join(remote_errors.values()))
-            raise InternalError("failed to poll from model repository")
+            raise RepositoryPollError()
         source = found
         if remote_errors:
             log.warning("model '%s' loads from %s; %s", name, source.repository, remote_errors)

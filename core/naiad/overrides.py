@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, RepositoryPollError
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-][A-Za-z0-9_.\- ]{0,254}$")
 
@@ -46,7 +49,9 @@ def check_relative_file(path: str, what: str) -> None:
 def write_override_folder(name: str, files: dict[str, str]) -> Path:
     """Write ``files`` (path -> base64) to ``<private tmp>/<name>/`` and return that folder.
 
-    Raises InvalidArgument for unsafe paths or bad base64; nothing is left behind on failure.
+    Raises InvalidArgument for unsafe paths or bad base64, and Triton's RepositoryPollError
+    when the file system refuses a name (too long, too deep, a file where a folder must be);
+    nothing is left behind on failure.
     """
     check_model_name(name)
     root = Path(tempfile.mkdtemp(prefix="naiad-override-"))
@@ -77,6 +82,10 @@ def write_override_folder(name: str, files: dict[str, str]) -> Path:
                 raise InvalidArgument(f"file override '{rel}' is given twice") from exc
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+    except OSError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        log.warning("file overrides of '%s' could not be written: %s", name, exc.strerror)
+        raise RepositoryPollError() from exc
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

@@ -41,6 +41,9 @@ class ServerConfig:
     #: ``--allow-client-shm``: clients may register shared memory (default true, see docs)
     allow_client_shm: bool = True
     max_input_size: int = 64 * 1024 * 1024
+    #: ``--http-header-timeout`` / ``--http-body-timeout`` (naiad.http.fast)
+    http_head_timeout: float = 30.0
+    http_body_timeout: float = 30.0
     #: ``--http-fast-path``: the hot V2 requests skip aiohttp's machinery (naiad.http.fast)
     http_fast_path: bool = True
     server_id: str = "triton"
@@ -104,6 +107,8 @@ class Server:
                     cfg.http_port,
                     self.dataplane,
                     max_input=cfg.max_input_size,
+                    head_timeout=cfg.http_head_timeout,
+                    body_timeout=cfg.http_body_timeout,
                 )
             else:
                 site = web.TCPSite(

@@ -3,27 +3,36 @@
 Triton's ``system_shared_memory`` extension, transport-free. A client creates a POSIX shared
 memory object (``shm_open("/input_simple")``, which Linux keeps as ``/dev/shm/input_simple``),
 registers ``[offset, offset + byte_size)`` of it under a region name, then names that region in
-infer requests instead of sending tensor bytes. :class:`SharedMemoryManager` maps each
-registered region once (``os.open`` + ``mmap``; the descriptor is closed right away, as Triton
-does) and checks every access against the region's bounds with Triton's messages.
+infer requests instead of sending tensor bytes. :class:`SharedMemoryManager` opens each
+registered region's object once, keeps the descriptor, and checks every access against the
+region's bounds with Triton's messages.
+
+The region is never mapped into the server: a client owns the object and can ``ftruncate`` it
+at any moment, and touching a mapped page past the new end is a SIGBUS that kills the process
+(Python cannot catch it safely). Reads copy with ``pread``, which returns short instead of
+faulting; writes check the object's current size (``fstat``) and copy with ``pwrite`` (which
+would otherwise grow a truncated object). A truncated object fails only the request that uses
+it; a replaced or unlinked one keeps its old contents, as a mapping would. The price is the
+kernel's per-page copy path instead of a memcpy: a few µs per request, about twice the copy
+time for large tensors (docs/performance.md).
 
 A request pins the regions it touches through a :class:`ShmLease`; unregistering a pinned region
-removes its name at once (so new requests cannot use it) but unmaps it only when the last lease
-lets go, so an output region unregistered mid-request still receives its output. Inputs are
-copied out of the region once (:meth:`ShmLease.read`), so no array outlives the mapping it came
-from. (Python's ``mmap`` guards too: it refuses to unmap while a view points into it, in which
-case the mapping goes when that last view does.)
+removes its name at once (so new requests cannot use it) but closes its descriptor only when the
+last lease lets go, so an output region unregistered mid-request still receives its output.
+Inputs are copied out of the region once (:meth:`ShmLease.read`): the model sees a snapshot the
+client cannot change mid-request.
 
-Everything here runs on the event loop thread: register is one ``open`` + ``fstat`` + ``mmap``,
-cheap enough to run inline.
+Register and unregister run on the event loop thread (one ``open`` + ``fstat``); reads and writes
+run where the request is parsed or encoded, on the loop or a worker thread.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-import mmap
 import os
 import stat
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,22 +44,23 @@ log = logging.getLogger(__name__)
 
 #: where Linux keeps POSIX shared memory objects
 SHM_ROOT = Path("/dev/shm")
+#: the most one ``pread``/``pwrite`` call moves on Linux
+_IO_MAX = 0x7FFFF000
 
 
 @dataclass(eq=False)
 class Region:
-    """One registered region and its mapping."""
+    """One registered region and the open descriptor of its object."""
 
     name: str
     key: str
     offset: int
     byte_size: int
-    #: the mapping, which starts ``base`` bytes before the region (mmap offsets are page aligned)
-    mapping: mmap.mmap | None = field(repr=False, default=None)
-    base: int = 0
+    #: the object's descriptor, -1 once closed
+    fd: int = field(repr=False, default=-1)
     #: leases (in-flight requests) holding the region
     users: int = 0
-    #: unregistered: unmap once ``users`` drops to 0
+    #: unregistered: close once ``users`` drops to 0
     retired: bool = False
 
     def status(self) -> dict[str, object]:
@@ -62,28 +72,67 @@ class Region:
         }
 
     def bounds(self, offset: int, size: int) -> tuple[int, int]:
-        """Absolute ``[start, end)`` in the mapping of ``size`` bytes at ``offset``."""
+        """Absolute ``[start, end)`` in the object of ``size`` bytes at ``offset``."""
         if offset < 0 or size < 0 or offset >= self.byte_size:
             raise InvalidArgument(f"Invalid offset for shared memory region: '{self.name}'")
         if offset + size > self.byte_size:
             raise InvalidArgument(
                 f"Invalid offset + byte size for shared memory region: '{self.name}'"
             )
-        start = self.base + offset
+        start = self.offset + offset
         return start, start + size
 
-    def unmap(self) -> bool:
-        """Unmap now if nothing points into the mapping; else leave that to the last view."""
-        mapping, self.mapping = self.mapping, None
-        if mapping is None:
-            return True
-        try:
-            mapping.close()
-        except BufferError:
-            # views are still alive; the mapping goes when the last one is released
-            log.debug("shared memory region '%s' is unmapped when its last view goes", self.name)
-            return False
-        return True
+    def _check_size(self, end: int) -> None:
+        """The object still holds ``[0, end)`` (a client may have truncated it)."""
+        if self.fd < 0:
+            raise NotFound(f"Unable to find shared memory region: '{self.name}'")
+        size = os.fstat(self.fd).st_size
+        if size < end:
+            raise self._shrunk(size)
+
+    def _shrunk(self, size: int) -> InvalidArgument:
+        return InvalidArgument(
+            f"shared memory region '{self.name}' is no longer valid: its object '{self.key}' "
+            f"holds {size} bytes, fewer than the {self.offset + self.byte_size} registered"
+        )
+
+    def read(self, offset: int, size: int) -> bytes:
+        """A copy of ``size`` bytes at ``offset`` of the region (a short read: truncated)."""
+        start, _ = self.bounds(offset, size)
+        if self.fd < 0:
+            raise NotFound(f"Unable to find shared memory region: '{self.name}'")
+        data = os.pread(self.fd, size, start)
+        if len(data) < size:  # truncated by the client, or a read of more than _IO_MAX
+            parts = [data]
+            got = len(data)
+            while got < size:
+                part = os.pread(self.fd, size - got, start + got)
+                if not part:
+                    raise self._shrunk(os.fstat(self.fd).st_size)
+                parts.append(part)
+                got += len(part)
+            data = b"".join(parts)
+        return data
+
+    def write(self, offset: int, size: int, data: bytes | memoryview) -> None:
+        """Copy ``data`` (at most ``size`` bytes) to ``offset`` of the region."""
+        start, _ = self.bounds(offset, size)
+        view = memoryview(data).cast("B")
+        self._check_size(start + view.nbytes)
+        done = 0
+        while done < view.nbytes:
+            try:
+                done += os.pwrite(self.fd, view[done : done + _IO_MAX], start + done)
+            except OSError as exc:  # ENOSPC on a full /dev/shm, say
+                raise InternalError(
+                    f"failed to write to shared memory region '{self.name}': "
+                    f"{errno.errorcode.get(exc.errno, exc.errno)}"
+                ) from exc
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _check_name(name: str) -> None:
@@ -111,13 +160,18 @@ class SharedMemoryManager:
     def __init__(self, root: Path = SHM_ROOT) -> None:
         self.root = root
         self._regions: dict[str, Region] = {}
-        #: unregistered while in use; unmapped when their last lease is released
+        #: unregistered while in use; closed when their last lease is released
         self._retired: list[Region] = []
+        #: pins and closes are atomic: a request parsed on a worker thread pins its region
+        #: while the loop may unregister it, and a descriptor closed between the two could be
+        #: reused by another file
+        self._lock = threading.Lock()
 
     # ---- registration ----------------------------------------------------------------------
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        """Map ``byte_size`` bytes at ``offset`` of POSIX shm object ``key`` as region ``name``."""
+        """Open POSIX shm object ``key`` and register ``byte_size`` bytes at ``offset`` of it
+        as region ``name``."""
         _check_name(name)
         path = _key_path(name, key, self.root)
         if name in self._regions:
@@ -137,41 +191,29 @@ class SharedMemoryManager:
                 raise InvalidArgument(
                     f"failed to register shared memory region '{name}': invalid args"
                 )
-            base = offset % mmap.ALLOCATIONGRANULARITY
-            try:
-                mapping = mmap.mmap(
-                    fd,
-                    base + byte_size,
-                    flags=mmap.MAP_SHARED,
-                    prot=mmap.PROT_READ | mmap.PROT_WRITE,
-                    offset=offset - base,
-                )
-            except (OSError, ValueError) as exc:
-                raise InvalidArgument(
-                    f"failed to register shared memory region '{name}': unable to process "
-                    f"address space {exc}"
-                ) from exc
-        finally:
+        except BaseException:
             os.close(fd)
-        self._regions[name] = Region(name, key, offset, byte_size, mapping, base)
+            raise
+        self._regions[name] = Region(name, key, offset, byte_size, fd)
         log.debug("registered shared memory region '%s' (%s, %d bytes)", name, key, byte_size)
 
     def unregister(self, name: str = "") -> None:
         """Unregister region ``name``, or every region when ``name`` is empty.
 
         An unknown name is a no-op (as in Triton). A region in use by an in-flight request
-        disappears from the manager now and is unmapped when that request finishes.
+        disappears from the manager now and is closed when that request finishes.
         """
-        names = [name] if name else list(self._regions)
-        for n in names:
-            region = self._regions.pop(n, None)
-            if region is None:
-                continue
-            region.retired = True
-            if region.users:
-                self._retired.append(region)
-            else:
-                region.unmap()
+        with self._lock:
+            names = [name] if name else list(self._regions)
+            for n in names:
+                region = self._regions.pop(n, None)
+                if region is None:
+                    continue
+                region.retired = True
+                if region.users:
+                    self._retired.append(region)
+                else:
+                    region.close()
 
     def regions(self) -> list[Region]:
         """The registered regions, in registration order."""
@@ -187,52 +229,55 @@ class SharedMemoryManager:
         return [region.status()]
 
     def close(self) -> int:
-        """Unregister everything (server stop); returns how many regions were unmapped."""
-        regions = list(self._regions.values()) + self._retired
-        self._regions.clear()
-        self._retired.clear()
-        unmapped = 0
-        for region in regions:
-            region.retired = True
-            unmapped += region.unmap()
-        return unmapped
+        """Unregister everything (server stop); returns how many regions were released."""
+        with self._lock:
+            regions = list(self._regions.values()) + self._retired
+            self._regions.clear()
+            self._retired.clear()
+            for region in regions:
+                region.retired = True
+                region.close()
+        return len(regions)
 
     def __len__(self) -> int:
         return len(self._regions)
 
     # ---- access ----------------------------------------------------------------------------
 
-    def _find(self, name: object) -> Region:
-        region = self._regions.get(name) if isinstance(name, str) else None
-        if region is None:
-            raise NotFound(f"Unable to find shared memory region: '{name}'")
-        return region
+    def _pin(self, name: object) -> Region:
+        """The region ``name``, held open until :meth:`_release`."""
+        with self._lock:
+            region = self._regions.get(name) if isinstance(name, str) else None
+            if region is None:
+                raise NotFound(f"Unable to find shared memory region: '{name}'")
+            region.users += 1
+            return region
 
     def lease(self) -> ShmLease:
-        """A lease for one request: what it reads or reserves stays mapped until release."""
+        """A lease for one request: what it reads or reserves stays open until release."""
         return ShmLease(self)
 
     def _release(self, region: Region) -> None:
-        region.users -= 1
-        if region.retired and region.users == 0:
-            region.unmap()
-            if region in self._retired:
-                self._retired.remove(region)
+        with self._lock:
+            region.users -= 1
+            if region.retired and region.users == 0:
+                region.close()
+                if region in self._retired:
+                    self._retired.remove(region)
 
 
 def write_region(
     region: Region, offset: int, size: int, data: bytes | memoryview, output: str
 ) -> None:
     """Copy ``data`` (an output's wire bytes) into ``size`` bytes at ``offset`` of ``region``."""
-    start, _ = region.bounds(offset, size)
+    region.bounds(offset, size)
     n = len(data) if not isinstance(data, memoryview) else data.nbytes
     if n > size:
         raise InternalError(
             f"shared memory size specified with the request for output '{output}' ({size} "
             f"bytes) should be at least {n} bytes to hold the results"
         )
-    assert region.mapping is not None
-    region.mapping[start : start + n] = data
+    region.write(offset, size, data)
 
 
 class ShmLease:
@@ -249,22 +294,17 @@ class ShmLease:
     def _pin(self, name: object) -> Region:
         if isinstance(name, str) and name in self._held:
             return self._held[name]
-        region = self._manager._find(name)
-        region.users += 1
+        region = self._manager._pin(name)
         self._held[region.name] = region
         return region
 
     def read(self, name: str, offset: int, size: int) -> memoryview:
         """``size`` bytes at ``offset`` of region ``name``, copied out once (read-only).
 
-        The one copy (no HTTP transfer is saved by skipping it) means nothing in the request
-        points into the mapping: the model sees a snapshot the client cannot change mid-request,
-        and an unregistered region is unmapped at once, whoever still holds the input arrays.
+        The model sees a snapshot the client cannot change mid-request, and an unregistered
+        region is closed at once, whoever still holds the input arrays.
         """
-        region = self._pin(name)
-        start, end = region.bounds(offset, size)
-        assert region.mapping is not None
-        return memoryview(region.mapping[start:end])
+        return memoryview(self._pin(name).read(offset, size))
 
     def reserve(self, outputs: Iterable[RequestedOutput] | None) -> None:
         """Check and pin the regions of outputs that go to shared memory, before inference."""

@@ -11,6 +11,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from ..errors import RepositoryPollError
 from .errors import ConfigError
 from .model_config_pb2 import ModelConfig
 
@@ -75,6 +76,8 @@ def model_config_from_json(
             data = json.loads(data)
         except ValueError as err:
             raise ConfigError(f"failed to parse the JSON configuration of {what}: {err}") from err
+        except RecursionError as err:  # nested deeper than Python's stack: Triton's answer
+            raise RepositoryPollError() from err
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"the JSON configuration of {what} must be an object, got {type(data).__name__}"
@@ -85,6 +88,8 @@ def model_config_from_json(
     except (json_format.ParseError, ValueError, TypeError) as err:
         detail = str(err).replace('"naiad.inference.', '"inference.')
         raise ConfigError(f"invalid JSON configuration for {what}: {detail}") from err
+    except RecursionError as err:
+        raise RepositoryPollError() from err
     return config
 
 

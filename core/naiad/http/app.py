@@ -13,7 +13,16 @@ from aiohttp import web
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, NaiadError
 from . import codec, extensions, generate, handlers, legacy
-from .common import DATAPLANE, MAX_INPUT, answer_response, error_response, json_body, json_response
+from .common import (
+    DATAPLANE,
+    MAX_INPUT,
+    answer_response,
+    error_response,
+    json_body,
+    json_response,
+    read_body,
+    too_large_response,
+)
 
 _json = json_response
 _json_body = json_body
@@ -23,6 +32,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.content_length is not None and request.content_length > request.app[MAX_INPUT]:
+        return too_large_response(request.content_length, request.app[MAX_INPUT])
     try:
         return await handler(request)
     except NaiadError as exc:
@@ -86,17 +97,21 @@ async def infer(request: web.Request) -> web.Response:
     version = _version(request)
     mv = dp.resolve(name, version)  # an unknown model fails before its body is read
     headers = request.headers
-    status, payload, content_type, out_headers = await handlers.infer(
-        dp,
-        mv,
-        name,
-        version,
-        await request.read(),
-        max_input=request.app[MAX_INPUT],
-        content_encoding=headers.get("Content-Encoding"),
-        header_length=headers.get("Inference-Header-Content-Length"),
-        accept_encoding=headers.get("Accept-Encoding"),
-    )
+    mv.arriving += 1  # received before an unload, so served (see ModelManager)
+    try:
+        status, payload, content_type, out_headers = await handlers.infer(
+            dp,
+            mv,
+            name,
+            version,
+            await read_body(request),
+            max_input=request.app[MAX_INPUT],
+            content_encoding=headers.get("Content-Encoding"),
+            header_length=headers.get("Inference-Header-Content-Length"),
+            accept_encoding=headers.get("Accept-Encoding"),
+        )
+    finally:
+        mv.arriving -= 1
     return web.Response(status=status, body=payload, headers=out_headers, content_type=content_type)
 
 

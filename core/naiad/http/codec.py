@@ -19,6 +19,7 @@ import orjson
 from ..errors import InternalError, InvalidArgument, Unsupported
 from ..inference import InferRequest, InferResponse, RequestedOutput
 from ..tensors import ITEM_SIZES, NUMPY_DTYPES, element_count, from_wire_bytes, to_wire_bytes
+from .json_tensors import BYTES_ELEMENT_COST, DecodeBudget, json_data, json_to_array
 
 #: reads ``(region, offset, byte_size)`` of a registered shared-memory region
 ShmReader = Callable[[str, int, int], memoryview]
@@ -133,6 +134,7 @@ def parse_infer_request(
     shm_reader: ShmReader | None = None,
     raw_input: tuple[str, str, list[int]] | None = None,
     plans: dict[bytes, BinaryPlan] | None = None,
+    max_decoded: int | None = None,
 ) -> InferRequest:
     """Build an InferRequest from a V2 body.
 
@@ -141,6 +143,8 @@ def parse_infer_request(
         (header length 0).
     :param plans: the model's cache of binary request headers: a header seen before is not
         parsed again (see :class:`BinaryPlan`).
+    :param max_decoded: the most the request's tensors may take once decoded (JSON data,
+        BYTES elements, shared memory copies); beyond it :class:`RequestTooLarge` (413).
     """
     if header_length == 0:
         return _parse_raw(body, model_name, model_version, raw_input)
@@ -155,6 +159,9 @@ def parse_infer_request(
             plan = plans.get(key)
             if plan is not None and plan.total == len(binary):
                 return plan.build(binary, model_name, model_version)
+    budget = DecodeBudget(max_decoded) if max_decoded is not None else None
+    if budget is not None:
+        budget.estimate(header)
     obj = _loads(header)
     if not isinstance(obj, dict):
         raise InternalError(
@@ -176,7 +183,7 @@ def parse_infer_request(
     specs: list[tuple[str, str, tuple[int, ...], int]] | None = [] if key is not None else None
     for item in inputs:
         name, array, used = _parse_input(
-            item, binary, offset, header_length, model_name, shm_reader
+            item, binary, offset, header_length, model_name, shm_reader, budget
         )
         if name in request.inputs:
             raise InvalidArgument(f"input '{name}' already exists in request")
@@ -318,6 +325,7 @@ def _parse_input(
     header_length: int | None,
     model: str,
     shm_reader: ShmReader | None,
+    budget: DecodeBudget | None = None,
 ) -> tuple[str, np.ndarray, int]:
     if not isinstance(item, dict):
         raise _field_error("inputs", "attempt to access JSON non-object as object")
@@ -365,6 +373,8 @@ def _parse_input(
                 f"{len(binary) - offset} bytes of binary data remain for model '{model}'"
             )
         data = binary[offset : offset + bsize]
+        if budget is not None and datatype == "BYTES":
+            budget.take(count * BYTES_ELEMENT_COST, f"{count} BYTES elements of input '{name}'")
         return name, from_wire_bytes(data, datatype, shape, name), bsize
     if region is not None:
         if shm_reader is None:
@@ -379,81 +389,13 @@ def _parse_input(
             raise InvalidArgument(
                 f"input '{name}' must give an unsigned 'shared_memory_byte_size' (and offset)"
             )
+        if budget is not None:
+            budget.take(size, f"{size} bytes of shared memory for input '{name}'")
+            if datatype == "BYTES":
+                budget.take(count * BYTES_ELEMENT_COST, f"{count} BYTES elements of '{name}'")
         data = shm_reader(region, shm_offset, size)
         return name, from_wire_bytes(data, datatype, shape, name), 0
-    return name, json_to_array(item["data"], datatype, shape, name), 0
-
-
-def json_to_array(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
-    """A tensor from JSON ``data`` (flat or nested, row-major).
-
-    Numbers are converted and type-checked by numpy in C (a per-element Python check cost
-    ~1 µs per element, 190 ms for a 3×224×224 image).
-    """
-    if datatype in ("FP16", "BF16"):
-        raise InvalidArgument(
-            f"receiving {datatype} data via JSON is not supported. Please use the binary data "
-            f"format for input '{name}'"
-        )
-    count = element_count(shape)
-    if datatype == "BYTES":
-        return _json_bytes(data, shape, count, name)
-    dtype = NUMPY_DTYPES[datatype]
-    try:
-        raw = np.array(data)
-    except (ValueError, OverflowError, TypeError):  # ragged nesting, or nesting too deep
-        raw = None
-    if raw is None or raw.size != count:
-        got = "ragged or too deeply nested data" if raw is None else f"{raw.size} elements"
-        raise InternalError(
-            f"Unable to parse 'data': Shape does not match true shape of 'data' field for "
-            f"input '{name}' (shape {shape} has {count} elements, data has {got})"
-        )
-    kind = raw.dtype.kind
-    if count:
-        if datatype == "BOOL":
-            if kind != "b":
-                raise InvalidArgument(f"BOOL input '{name}' must hold true/false in JSON 'data'")
-        elif kind not in "iuf":
-            raise InvalidArgument(f"{datatype} input '{name}' must hold numbers in JSON 'data'")
-        elif kind == "f" and dtype.kind in "iu":
-            # numpy would truncate 1.5 to 1; Triton refuses a non-integer for an integer tensor
-            raise InvalidArgument(f"{datatype} input '{name}' must hold integers in JSON 'data'")
-        elif kind in "iu" and dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            if raw.min() < info.min or raw.max() > info.max:
-                raise InvalidArgument(f"data of input '{name}' does not fit {datatype}")
-    return raw.astype(dtype, copy=False).reshape(shape)
-
-
-def _json_bytes(data: Any, shape: list[int], count: int, name: str) -> np.ndarray:
-    if not isinstance(data, list):
-        data = [data]
-    flat = data
-    if any(isinstance(x, list) for x in data):
-        flat = []
-        _flatten(data, flat, 0)
-    if len(flat) != count:
-        raise InternalError(
-            f"Unable to parse 'data': Shape does not match true shape of 'data' field for "
-            f"input '{name}' (shape {shape} has {count} elements, data has {len(flat)})"
-        )
-    array = np.empty(count, dtype=np.object_)
-    for i, x in enumerate(flat):
-        if not isinstance(x, str):
-            raise InvalidArgument(f"BYTES input '{name}' must hold strings in JSON 'data'")
-        array[i] = x.encode("utf-8")
-    return array.reshape(shape)
-
-
-def _flatten(data: list, out: list, depth: int) -> None:
-    if depth > 100:
-        raise InvalidArgument("JSON 'data' nesting is deeper than 100 levels")
-    for x in data:
-        if isinstance(x, list):
-            _flatten(x, out, depth + 1)
-        else:
-            out.append(x)
+    return name, json_to_array(item["data"], datatype, shape, name, budget), 0
 
 
 def _parse_output(item: Any) -> RequestedOutput:
@@ -541,7 +483,7 @@ def encode_infer_response(
             out["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            out["data"] = _json_data(array, datatype)
+            out["data"] = json_data(array, datatype)
         outputs_json.append(out)
     head: dict[str, Any] = {}
     if response.id:
@@ -555,17 +497,3 @@ def encode_infer_response(
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
-
-
-def _json_data(array: np.ndarray, datatype: str) -> Any:
-    flat = array.reshape(-1)
-    if datatype == "BYTES":
-        return [
-            x.decode("utf-8", "replace") if isinstance(x, (bytes, bytearray)) else str(x)
-            for x in flat
-        ]
-    if datatype in ("FP16", "BF16"):
-        return flat.astype(np.float32).tolist()
-    if not flat.flags.c_contiguous or flat.dtype.byteorder == ">":
-        flat = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
-    return flat

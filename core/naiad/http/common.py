@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from .. import memory
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument
 from . import handlers
@@ -26,8 +27,27 @@ def error_response(
     return answer_response(handlers.error_answer(status, message, headers))
 
 
+def too_large_response(size: int, limit: int) -> web.Response:
+    """413 from the head of a request whose ``Content-Length`` is over the limit; aiohttp reads
+    and drops what the client still sends for a while, then closes the connection."""
+    response = error_response(413, handlers.too_large_message(size, limit))
+    response.force_close()
+    return response
+
+
 def json_response(obj: object) -> web.Response:
     return answer_response(handlers.json_answer(obj))
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body; when a large one never arrives in full (the client left), the
+    memory it took is handed back to the system (:func:`naiad.memory.trim_soon`)."""
+    try:
+        return await request.read()
+    except BaseException:
+        if (request.content_length or 0) >= memory.TRIM_FROM:
+            memory.trim_soon(collect=True)
+        raise
 
 
 async def json_body(request: web.Request) -> dict:

@@ -7,24 +7,30 @@ front reads each connection itself and answers the hot V2 requests — inference
 and model metadata, model readiness, configuration and statistics — by calling the same
 functions as the aiohttp handlers (:mod:`naiad.http.handlers`), so the answers are the same.
 
-Everything else — another route or method, a query string or a percent-escape in the path,
-``Transfer-Encoding``, ``Expect``, ``Upgrade``, HTTP/1.0, a repeated header, a body over the
-size limit, a head it cannot parse with certainty — makes the front hand the connection, with
-every byte read so far, to aiohttp's own ``RequestHandler`` for the rest of its life. aiohttp
-stays the complete implementation of the API; the front only answers what it fully understands.
+Heads are parsed by llhttp (``httptools``), once per distinct head. Everything else — another
+route or method, a query string or a percent-escape in the path, ``Transfer-Encoding``,
+``Expect``, ``Upgrade``, HTTP/1.0, a repeated header, a head llhttp refuses or one ended by bare
+LFs — makes the front hand the connection, with every byte read so far, to aiohttp's own
+``RequestHandler`` for the rest of its life. aiohttp stays the complete implementation of the
+API; the front only answers what it fully understands. A body over the size limit is refused
+(413) from its head.
 
 Requests on one connection are answered one at a time and in order (as aiohttp does), so a
-pipelining client gets its answers in the order it asked.
+pipelining client gets its answers in the order it asked. What a client can hold is bounded
+(see :class:`FastProtocol`): time for a head and between body bytes, bytes per connection and
+bodies in total, and nothing of a request it left before sending in full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import http
 import socket
 import time
 from email.utils import formatdate
 
+import httptools
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
@@ -40,14 +46,22 @@ MAX_LINE = 8190
 MAX_HEADERS = 100
 #: input buffered beyond this while a request runs pauses reading from the socket
 READ_AHEAD = 1 << 20
+#: bodies buffered by all connections of a front together (reserved from each head's
+#: Content-Length): a connection whose body does not fit waits, not reading, until others are
+#: answered; at least twice the largest body accepted
+MAX_BUFFERED = 1 << 30
+#: bodies up to this size are not counted against ``MAX_BUFFERED``
+_SMALL_BODY = 1 << 16
+#: after refusing a request from its head, what the client still sends is read and dropped for
+#: this long (so it sees the answer instead of a reset), then the connection closes
+_LINGER = 2.0
 #: pipelined requests answered in one go before the front yields to the event loop
 _PIPELINE_TURN = 32
 #: bodies at least this large are written as a separate buffer instead of joined to the head
 _JOIN_LIMIT = 1 << 16
 
-#: the characters of a header name (RFC 9110 token), and of a head the front parses at all
-#: (visible ASCII, space, tab, CR LF): anything else is aiohttp's to judge
-_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: the characters of a head the front takes at all (visible ASCII, space, tab, CR LF):
+#: anything else is aiohttp's to judge
 _HEAD_CHARS = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 _SERVER = SERVER_SOFTWARE.encode()
 _STATUS = {s.value: b"%d %s" % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
@@ -55,6 +69,8 @@ _NOT_OURS = object()
 
 # what the route of a request is, after parsing
 _LIVE, _READY, _SERVER_META, _ALL_STATS, _META, _MODEL_READY, _CONFIG, _STATS, _INFER = range(9)
+#: a body longer than the limit: answered 413 from the head, then the connection closes
+_TOO_LARGE = 9
 _GET_TAILS = {b"": _META, b"ready": _MODEL_READY, b"config": _CONFIG, b"stats": _STATS}
 _FIXED_GET = {
     b"/v2/health/live": _LIVE,
@@ -103,16 +119,22 @@ _HEADS_MAX = 512
 
 def parse_head(buf: bytes | bytearray, pos: int, max_input: int) -> _Request | None | object:
     """The request at ``buf[pos:]``; None while its head is incomplete, ``_NOT_OURS`` when
-    aiohttp must answer it. The request's body offsets count from ``pos``."""
+    aiohttp must answer it. The request's body offsets count from ``pos``.
+
+    A head is parsed by llhttp (``httptools``, the parser aiohttp's own C parser is), and kept
+    by its exact bytes: the next request with the same head is not parsed again.
+    """
     end = buf.find(b"\r\n\r\n", pos)
     if end < 0:
-        return _NOT_OURS if len(buf) - pos > MAX_HEAD else None
+        if len(buf) - pos > MAX_HEAD or buf.find(b"\n\n", pos) >= 0:
+            return _NOT_OURS  # too long, or ended by bare LFs: aiohttp answers 400
+        return None
     if end - pos > MAX_HEAD:
         return _NOT_OURS
-    head = buf[pos:end] if isinstance(buf, bytes) else bytes(memoryview(buf)[pos:end])
+    head = buf[pos : end + 4] if isinstance(buf, bytes) else bytes(memoryview(buf)[pos : end + 4])
     req = _HEADS.get(head)
-    if req is not None and req.end - req.body_start <= max_input:
-        return req
+    if req is not None and (req.end - req.body_start > max_input) == (req.route == _TOO_LARGE):
+        return req  # (a head judged against another limit is parsed again)
     req = _parse_head(head, max_input)
     if isinstance(req, _Request):
         if len(_HEADS) >= _HEADS_MAX:
@@ -121,49 +143,68 @@ def parse_head(buf: bytes | bytearray, pos: int, max_input: int) -> _Request | N
     return req
 
 
-def _parse_head(head: bytes, max_input: int) -> _Request | object:
-    end = len(head)
-    # only visible ASCII, and CR and LF only as line ends
-    if head.translate(None, _HEAD_CHARS) or head.count(b"\n") != head.count(b"\r\n"):
-        return _NOT_OURS
-    if head.count(b"\r") != head.count(b"\n"):
-        return _NOT_OURS
-    lines = head.split(b"\r\n")
-    if len(lines) > MAX_HEADERS + 1 or max(map(len, lines)) > MAX_LINE:
-        return _NOT_OURS
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
-        return _NOT_OURS
-    method, target = parts[0], parts[1]
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TOKEN):
-            return _NOT_OURS  # no colon, an empty name, space before the colon, folding
+class _Head:
+    """httptools callbacks: the target and headers of one head (``repeated`` if any repeats)."""
+
+    __slots__ = ("url", "headers", "repeated", "complete")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.repeated = False
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
         key = name.lower()
-        if key in headers:
-            return _NOT_OURS
-        headers[key] = value.strip(b" \t")
+        if key in self.headers:
+            self.repeated = True
+        self.headers[key] = value
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def _parse_head(head: bytes, max_input: int) -> _Request | object:
+    """``head`` (ending in CRLF CRLF) as the front's request, or ``_NOT_OURS``."""
+    if head.translate(None, _HEAD_CHARS):  # only visible ASCII
+        return _NOT_OURS
+    lines = head.count(b"\n")
+    if lines > MAX_HEADERS + 2 or max(map(len, head.split(b"\r\n"))) > MAX_LINE:
+        return _NOT_OURS
+    parsed = _Head()
+    parser = httptools.HttpRequestParser(parsed)
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return _NOT_OURS  # aiohttp's llhttp says the same: it answers 400
+    headers = parsed.headers
+    if not parsed.complete or parsed.repeated or parser.get_http_version() != "1.1":
+        return _NOT_OURS
     if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
         return _NOT_OURS
     if b"host" not in headers:  # HTTP/1.1 requires it; aiohttp answers 400
         return _NOT_OURS
-    route = _route(method, target)
+    route = _route(parser.get_method(), parsed.url)
     if route is _NOT_OURS:
-        return _NOT_OURS
-    length = headers.get(b"content-length", b"0")
-    if not length.isdigit() or len(length) > 18 or int(length) > max_input:
         return _NOT_OURS
     keep_alive = True
     connection = headers.get(b"connection")
     if connection is not None:
+        # (llhttp's should_keep_alive() reads the next message's state once a head without a
+        # body is complete)
         tokens = {t.strip() for t in connection.lower().split(b",")}
         if b"upgrade" in tokens:
             return _NOT_OURS
         keep_alive = b"close" not in tokens
     kind, name, version = route  # type: ignore[misc]
-    body_start = end + 4
-    return _Request(kind, name, version, headers, keep_alive, body_start, body_start + int(length))
+    length = int(headers.get(b"content-length", b"0"))  # llhttp checked: digits only
+    body_start = len(head)
+    if length > max_input:
+        kind = _TOO_LARGE
+    return _Request(kind, name, version, headers, keep_alive, body_start, body_start + length)
 
 
 def _route(method: bytes, target: bytes) -> tuple[int, str, bytes | None] | object:
@@ -216,25 +257,67 @@ class FastFront:
         *,
         max_input: int,
         keepalive_timeout: float = 75.0,
+        head_timeout: float = 30.0,
+        body_timeout: float = 30.0,
+        max_buffered: int = MAX_BUFFERED,
     ) -> None:
         self.dataplane = dataplane
         self.aiohttp_server = aiohttp_server
         self.max_input = max_input
         self.keepalive_timeout = keepalive_timeout
+        #: the longest a request head may take to arrive, from its first byte
+        self.head_timeout = head_timeout
+        #: the longest wait for the next bytes of a request body
+        self.body_timeout = body_timeout
+        self.max_buffered = max(max_buffered, 2 * max_input)
+        #: body bytes reserved by connections receiving or holding a large body
+        self.buffered = 0
+        #: connections waiting (not reading) until their body fits in ``max_buffered``
+        self.waiting: collections.deque[FastProtocol] = collections.deque()
         self.connections: set[FastProtocol] = set()
         self.date = _Date()
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
+        timeouts = (keepalive_timeout, head_timeout, body_timeout)
+        self._period = max(0.05, min(1.0, *(t / 4 for t in timeouts)))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sweeper = loop.call_later(self.keepalive_timeout / 4, self._sweep, loop)
+        self._sweeper = loop.call_later(self._period, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Close connections idle for longer than the keep-alive timeout (as aiohttp does)."""
-        deadline = loop.time() - self.keepalive_timeout
+        """Close connections idle for longer than the keep-alive timeout (as aiohttp does), and
+        those whose request head or body stopped arriving."""
+        now = loop.time()
         for conn in list(self.connections):
-            conn.close_if_idle(deadline)
-        self._sweeper = loop.call_later(self.keepalive_timeout / 4, self._sweep, loop)
+            conn.sweep(now)
+        self._sweeper = loop.call_later(self._period, self._sweep, loop)
+
+    def reserve(self, conn: FastProtocol, size: int) -> bool:
+        """Reserve ``size`` body bytes for ``conn``; else queue it (it stops reading)."""
+        if self.buffered + size <= self.max_buffered or not self.buffered:
+            self.buffered += size
+            conn._reserved = size
+            return True
+        conn._wanted = size
+        self.waiting.append(conn)
+        return False
+
+    def release(self, conn: FastProtocol) -> None:
+        """``conn`` holds its body no more: the bytes go to the connections waiting, in order."""
+        self.buffered -= conn._reserved
+        conn._reserved = 0
+        conn._wanted = 0
+        while self.waiting:
+            nxt = self.waiting[0]
+            if not nxt._wanted or nxt._transport is None:
+                self.waiting.popleft()
+                continue
+            if self.buffered + nxt._wanted > self.max_buffered and self.buffered:
+                break
+            self.waiting.popleft()
+            self.buffered += nxt._wanted
+            nxt._reserved, nxt._wanted = nxt._wanted, 0
+            nxt._granted()
 
     def close(self) -> None:
         """Stop: idle connections close now, busy ones after their answer."""
@@ -250,7 +333,13 @@ class FastFront:
 
 
 class FastProtocol(asyncio.Protocol):
-    """One client connection, until it closes or is handed to aiohttp."""
+    """One client connection, until it closes or is handed to aiohttp.
+
+    A connection holds nothing the client cannot complete: when the client half-closes or
+    resets with a request only partly sent, the connection and its buffer go at once; a head
+    that takes longer than ``head_timeout`` or a body that stalls for ``body_timeout`` closes
+    it; a large body is received only once it fits in the front's ``max_buffered``.
+    """
 
     __slots__ = (
         "_front",
@@ -263,7 +352,12 @@ class FastProtocol(asyncio.Protocol):
         "_write_paused",
         "_read_paused",
         "_eof",
+        "_more",
         "_last",
+        "_started",
+        "_reserved",
+        "_wanted",
+        "_linger",
     )
 
     def __init__(self, front: FastFront) -> None:
@@ -277,7 +371,16 @@ class FastProtocol(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._eof = False
+        #: a continuation of a long pipeline is scheduled
+        self._more = False
+        #: when bytes last came, and when the request now arriving began
         self._last = 0.0
+        self._started = 0.0
+        #: body bytes reserved in the front, and wanted while waiting for them
+        self._reserved = 0
+        self._wanted = 0
+        #: refused from its head: what comes is dropped until this timer closes the connection
+        self._linger: asyncio.TimerHandle | None = None
 
     # ---- asyncio protocol ------------------------------------------------------------------
 
@@ -297,29 +400,34 @@ class FastProtocol(asyncio.Protocol):
         self._transport = None
         self._buf = b""
         self._pending = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self._reserved or self._wanted:
+            self._front.release(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._transport is None:  # closed after a "Connection: close" answer
-            return
+        if self._transport is None or self._linger is not None:
+            return  # closed after a "Connection: close" answer, or dropping what follows a 413
         buf = self._buf
+        now = self._last = self._loop.time()
         if not buf:
             self._buf = data
+            self._started = now
         elif isinstance(buf, bytearray):
             buf += data
         else:
             self._buf = bytearray(buf)
             self._buf += data
-        self._last = self._loop.time()
-        if self._busy or self._write_paused:
-            if len(self._buf) > READ_AHEAD and not self._read_paused:
-                self._read_paused = True
-                self._transport.pause_reading()  # type: ignore[union-attr]
+        if self._busy or self._write_paused or self._wanted:
+            self._update_reading()
             return
         self._process()
 
     def eof_received(self) -> bool:
-        """The client is done sending (a half-close): answer what it sent, then close."""
-        if self._busy or self._buf:
+        """The client is done sending (a half-close): answer what it sent in full, then close.
+        A request it sent only in part can never complete: the connection goes now."""
+        if self._linger is None and (self._busy or self._write_paused or self._more):
             self._eof = True
             return True  # keep the transport open for the answers
         return False  # nothing running or waiting: the transport closes now
@@ -332,6 +440,42 @@ class FastProtocol(asyncio.Protocol):
         if not self._busy:
             self._process()
 
+    def sweep(self, now: float) -> None:
+        """The front's periodic check: close if idle too long, or a request stalled."""
+        transport = self._transport
+        if transport is None or self._busy or self._wanted or self._write_paused:
+            return
+        front = self._front
+        if self._buf:
+            if self._pending is None:
+                stalled = now - self._started > front.head_timeout
+            else:
+                stalled = now - self._last > front.body_timeout
+            if stalled:
+                transport.close()
+        elif now - self._last > front.keepalive_timeout:
+            transport.close()
+
+    def _update_reading(self) -> None:
+        """Read while the buffer is small, or a body with its reservation is arriving."""
+        transport = self._transport
+        if transport is None:
+            return
+        pause = bool(self._wanted) or (
+            (self._busy or self._write_paused) and len(self._buf) > READ_AHEAD
+        )
+        if pause != self._read_paused:
+            self._read_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _granted(self) -> None:
+        """The front reserved the body this connection waited for: receive it."""
+        self._last = self._loop.time()
+        self._update_reading()
+
     # ---- requests --------------------------------------------------------------------------
 
     def _process(self) -> None:
@@ -340,13 +484,13 @@ class FastProtocol(asyncio.Protocol):
         buf = self._buf
         pos = 0  # where the next request starts: the buffer is cut once, at the end
         answered = 0
-        more = False  # a continuation is scheduled
+        self._more = False
         while self._transport is not None and not self._busy and not self._write_paused:
             if pos >= len(buf):
                 break
             if answered == _PIPELINE_TURN:  # a long pipeline: let other connections in
                 self._loop.call_soon(self._process)
-                more = True
+                self._more = True
                 break
             answered += 1
             req = self._pending
@@ -359,8 +503,14 @@ class FastProtocol(asyncio.Protocol):
                     self._hand_off()
                     return
                 req = parsed  # type: ignore[assignment]
+                if req.route == _TOO_LARGE:
+                    self._refuse(req)
+                    return
             if len(buf) - pos < req.end:
                 self._pending = req  # its body is still arriving
+                size = req.end - req.body_start
+                if size > _SMALL_BODY and not self._reserved and not self._wanted:
+                    front.reserve(self, size)
                 break
             self._pending = None
             start, end = pos + req.body_start, pos + req.end
@@ -378,16 +528,24 @@ class FastProtocol(asyncio.Protocol):
                 self._task = self._loop.create_task(self._infer(req, body))
                 break
             self._answer(self._get(req), req.keep_alive)
+            if self._reserved:
+                front.release(self)
         transport = self._transport
         if transport is None:  # closed by a "Connection: close" answer
             return
         if pos:
             self._buf = buf[pos:]
-        if self._eof and not (self._busy or self._write_paused or more):
+            self._started = self._loop.time()
+        if self._eof and not (self._busy or self._write_paused or self._more):
             transport.close()  # half-closed by the client, and all it sent is answered
-        elif self._read_paused and len(self._buf) <= READ_AHEAD:
-            self._read_paused = False
-            transport.resume_reading()
+        else:
+            self._update_reading()
+
+    def _refuse(self, req: _Request) -> None:
+        """413 from the head of a request whose body is over the limit, then close."""
+        size = req.end - req.body_start
+        answer = handlers.error_answer(413, handlers.too_large_message(size, self._front.max_input))
+        self._answer(answer, keep_alive=False, linger=True)
 
     def _get(self, req: _Request) -> handlers.Answer:
         dp = self._front.dataplane
@@ -439,9 +597,11 @@ class FastProtocol(asyncio.Protocol):
         self._task = None
         self._busy = False
         self._answer(answer, req.keep_alive)
+        if self._reserved:
+            self._front.release(self)
         self._process()  # requests that arrived meanwhile; a half-close; reading again
 
-    def _answer(self, answer: handlers.Answer, keep_alive: bool) -> None:
+    def _answer(self, answer: handlers.Answer, keep_alive: bool, linger: bool = False) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -467,12 +627,21 @@ class FastProtocol(asyncio.Protocol):
             transport.writelines((head, body))
         self._last = self._loop.time()
         if not keep_alive:
-            transport.close()
-            # whatever the client sent after this request is not read, let alone run
-            self._transport = None
             self._buf = b""
             self._pending = None
             self._front.connections.discard(self)
+            if linger:
+                # the client may still be sending the body: read and drop it for a while, so
+                # that it reads this answer instead of a reset
+                transport.write_eof()
+                self._linger = self._loop.call_later(_LINGER, transport.close)
+                if self._read_paused:
+                    self._read_paused = False
+                    transport.resume_reading()
+                return
+            transport.close()
+            # whatever the client sent after this request is not read, let alone run
+            self._transport = None
 
     # ---- the rest of the connection's life -------------------------------------------------
 
@@ -528,6 +697,8 @@ class FastSite(web.BaseSite):
         dataplane: DataPlane,
         *,
         max_input: int,
+        head_timeout: float = 30.0,
+        body_timeout: float = 30.0,
         reuse_address: bool = True,
         backlog: int = 128,
     ) -> None:
@@ -537,7 +708,13 @@ class FastSite(web.BaseSite):
         self._reuse_address = reuse_address
         server = runner.server
         assert server is not None
-        self._front = FastFront(dataplane, server, max_input=max_input)
+        self._front = FastFront(
+            dataplane,
+            server,
+            max_input=max_input,
+            head_timeout=head_timeout,
+            body_timeout=body_timeout,
+        )
         self._bound_port = port
 
     @property

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .. import memory
 from ..dataplane import DataPlane
 from ..errors import NaiadError, Unavailable, Unsupported
 from . import codec
@@ -30,11 +31,20 @@ Answer = tuple[int, bytes, "str | None", "dict[str, str] | None"]
 COMPRESS_IN_THREAD = 1 << 16
 #: JSON request parts larger than this are parsed off the event loop
 JSON_IN_THREAD = 1 << 18
+#: a request's tensors may take this many times ``--http-max-input-size`` once decoded
+MAX_DECODED_FACTOR = 4
 
 
 def error_answer(status: int, message: str, headers: dict[str, str] | None = None) -> Answer:
     """Triton's error form: ``{"error": "..."}`` with a JSON content type."""
     return status, orjson.dumps({"error": message}), JSON, headers
+
+
+def too_large_message(size: int, limit: int) -> str:
+    """Why a body of ``size`` bytes is refused (413), from its head, before it is read."""
+    return (
+        f"request body of {size} bytes exceeds the limit of {limit} bytes (--http-max-input-size)"
+    )
 
 
 def naiad_error_answer(exc: NaiadError) -> Answer:
@@ -80,18 +90,24 @@ async def infer(
     """
     if mv.decoupled:
         raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
-    if content_encoding and content_encoding != "identity":
-        if len(body) > COMPRESS_IN_THREAD:
-            body = await asyncio.to_thread(codec.decompress, body, content_encoding, max_input)
-        else:
-            body = codec.decompress(body, content_encoding, max_input)
-    length = codec.parse_header_length(header_length, len(body))
-    raw_input = _raw_input(mv) if length == 0 else None
+    mv.arriving += 1  # an unload from now on waits for this request (see ModelManager)
     lease = dp.shm.lease()
     try:
+        if content_encoding and content_encoding != "identity":
+            if len(body) > COMPRESS_IN_THREAD:
+                body = await asyncio.to_thread(codec.decompress, body, content_encoding, max_input)
+            else:
+                body = codec.decompress(body, content_encoding, max_input)
+        length = codec.parse_header_length(header_length, len(body))
+        raw_input = _raw_input(mv) if length == 0 else None
         json_size = len(body) if length is None else length
         big = json_size > JSON_IN_THREAD
-        kwargs = {"shm_reader": lease.read, "raw_input": raw_input, "plans": mv.signature.plans}
+        kwargs = {
+            "shm_reader": lease.read,
+            "raw_input": raw_input,
+            "plans": mv.signature.plans,
+            "max_decoded": MAX_DECODED_FACTOR * max_input,
+        }
         if big:
             req = await asyncio.to_thread(
                 codec.parse_infer_request, body, length, name, version, **kwargs
@@ -100,6 +116,7 @@ async def infer(
             req = codec.parse_infer_request(body, length, name, version, **kwargs)
         lease.reserve(req.outputs)
         response = await dp.infer(req, mv)
+        req.inputs = {}  # the answer is encoded without them: free them first
         if big:
             payload, json_length = await asyncio.to_thread(
                 codec.encode_infer_response, req, response, shm_writer=lease.write
@@ -109,7 +126,10 @@ async def infer(
                 req, response, shm_writer=lease.write
             )
     finally:
+        mv.arriving -= 1
         lease.release()  # after the request's arrays over shared memory are gone
+        if len(body) >= memory.TRIM_FROM:
+            memory.trim_soon()
     headers: dict[str, str] | None = None
     if json_length is not None:
         headers = {"Inference-Header-Content-Length": str(json_length)}
