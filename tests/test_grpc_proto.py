@@ -7,9 +7,8 @@ import ast
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
-from tritonclient.grpc import service_pb2 as triton
-
 from naiad.grpc import grpc_service_pb2 as naiad
+from tritonclient.grpc import service_pb2 as triton
 
 GRPC_DIR = Path(naiad.__file__).parent
 
