@@ -7,6 +7,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -18,6 +19,9 @@ from .http.metrics import start_metrics_site
 from .metrics import Metrics, MetricsConfig
 from .models import ModelManager
 from .plugins import build_backend_registry
+
+if TYPE_CHECKING:
+    from .grpc.server import GrpcEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ class Server:
         if config.metrics.allow_metrics:
             self.metrics = Metrics(self.models, config.metrics)
         self._metrics_runner: web.AppRunner | None = None
-        self._grpc = None
+        self._grpc: GrpcEndpoint | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -156,7 +160,7 @@ class Server:
         if self._grpc is not None:
             # open streams get what is left of the timeout to finish their answers
             await self._grpc.stop(deadline - loop.time())
-            self._grpc = None
+            self._grpc: GrpcEndpoint | None = None
         if self._runner is not None:
             await self._runner.cleanup()
         await self.models.unload_all()

@@ -42,9 +42,9 @@ def rpc(method: Handler) -> Handler:
             return await method(self, request, context)
         except NaiadError as exc:
             await context.abort(status_code(exc), exc.message)
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:  # the server keeps serving whatever a handler did
-            if isinstance(exc, asyncio.CancelledError | grpc.aio.AbortError):
-                raise
             log.error("unhandled error in gRPC %s", name, exc_info=exc)
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
@@ -106,8 +106,11 @@ class InferenceService:
             context.set_compression(grpc.Compression.Gzip)
         lease = dp.shm.lease()
         try:
-            if not request.raw_input_contents and any(
-                t.HasField("contents") for t in request.inputs
+            inputs = request.inputs
+            if (
+                not request.raw_input_contents
+                and any(t.HasField("contents") for t in inputs)
+                and not any(t.parameters for t in inputs)
             ):  # typed values are converted element by element: off the event loop
                 req, _ = await asyncio.to_thread(codec.parse_infer_request, request, lease.read)
             else:

@@ -78,7 +78,7 @@ class _Stream:
     def issue(self, msg: pb.ModelInferRequest) -> None:
         dp = self.dp
         if dp.exiting:
-            self.replies.put_nowait(error_reply(SHUTTING_DOWN, msg, issued=False))
+            self.in_order(error_reply(SHUTTING_DOWN, msg, issued=False))
             return
         lease = dp.shm.lease()
         try:
@@ -89,13 +89,13 @@ class _Stream:
                 codec.forward_headers(request, metadata, self.options.forward_pattern)
             lease.reserve(request.outputs)
             mv.signature.check(request)
-        except NaiadError as exc:
+        except Exception as exc:
             lease.release()
-            self.replies.put_nowait(error_reply(exc.message, msg, issued=False))
+            if not isinstance(exc, NaiadError):
+                log.error("unhandled error reading a gRPC stream request", exc_info=exc)
+                exc = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+            self.in_order(error_reply(exc.message, msg, issued=False))
             return
-        except Exception:
-            lease.release()
-            raise
         decoupled = mv.config.model_transaction_policy.decoupled
         previous, done = None, None
         if not decoupled:
