@@ -104,3 +104,32 @@ def test_health_check_matches_grpc_health_v1():
     assert health_pb2.HealthCheckRequest.DESCRIPTOR.fields_by_name["service"].number == 1
     text = (GRPC_DIR / "health_service_pb2_grpc.py").read_text()
     assert "'/grpc.health.v1.Health/Check'" in text
+
+
+def test_one_error_table_for_every_transport():
+    """Triton's HttpCodeFromError and GrpcStatusUtil::CodeToStatus, from naiad.errors.STATUS."""
+    import grpc
+    from naiad import errors
+    from naiad.grpc.options import status_code
+
+    expected = {
+        errors.InvalidArgument: (400, grpc.StatusCode.INVALID_ARGUMENT),
+        errors.ModelLoadError: (400, grpc.StatusCode.INVALID_ARGUMENT),
+        errors.NotFound: (404, grpc.StatusCode.NOT_FOUND),
+        errors.Unavailable: (503, grpc.StatusCode.UNAVAILABLE),
+        errors.Unsupported: (501, grpc.StatusCode.UNIMPLEMENTED),
+        errors.InternalError: (500, grpc.StatusCode.INTERNAL),
+        errors.AlreadyExists: (400, grpc.StatusCode.ALREADY_EXISTS),
+        errors.Cancelled: (400, grpc.StatusCode.CANCELLED),
+    }
+    for cls, (http, code) in expected.items():
+        exc = cls("x")
+        assert (int(exc.status), status_code(exc)) == (http, code), cls
+    assert set(errors.STATUS) == set(errors.ErrorCode)
+    # an error re-raised with another's kind (a load failure keeps its cause's code)
+    wrapped = errors.ModelLoadError("failed to load 'm', failed to poll from model repository")
+    wrapped.code = errors.InternalError.code
+    assert status_code(wrapped) == grpc.StatusCode.INTERNAL and wrapped.status == 500
+    legacy = errors.ModelLoadError("y")
+    legacy.status = 503  # code that sets an HTTP status still works
+    assert status_code(legacy) == grpc.StatusCode.UNAVAILABLE
