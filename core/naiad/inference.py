@@ -39,8 +39,6 @@ class InferRequest:
     #: default kind for outputs not listed (``binary_data_output``)
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
-    #: the last response of its request (a decoupled model may send several before it)
-    final: bool = True
     sequence_id: int | str = 0
     sequence_start: bool = False
     sequence_end: bool = False
