@@ -23,6 +23,7 @@ input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
 output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
 instance_group [{ kind: KIND_CPU count: 2 }]
 """
+DECOUPLED_CONFIG = SLEEP_CONFIG + "model_transaction_policy { decoupled: true }\n"
 FAIL_CONFIG = """backend: "test_fail"
 max_batch_size: 4
 input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
@@ -65,7 +66,8 @@ def gc(server):
 @pytest.fixture
 def backend_server(server_factory, tmp_path):
     repo = tmp_path / "stream_repo"
-    for name, config in (("sleepy", SLEEP_CONFIG), ("failing", FAIL_CONFIG)):
+    models = (("sleepy", SLEEP_CONFIG), ("failing", FAIL_CONFIG), ("decoupled", DECOUPLED_CONFIG))
+    for name, config in models:
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(config)
     return server_factory(repo, "--plugin", "naiad_test_backends")
@@ -225,3 +227,41 @@ def test_sigterm_with_open_streams(backend_server):
     assert backend_server.process.wait(30) == 0
     c.close()
     idle.close()
+
+
+def test_decoupled_model(backend_server):
+    """ModelInfer refuses a decoupled model as Triton does; the stream serves it, each response
+    marked with triton_final_response."""
+    c = grpcclient.InferenceServerClient(backend_server.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        c.infer("decoupled", _fp_input(1.0))
+    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert info.value.message() == (
+        "ModelInfer RPC doesn't support models with decoupled transaction policy"
+    )
+    assert c.get_model_config("decoupled").config.model_transaction_policy.decoupled
+    replies = Replies()
+    c.start_stream(callback=replies)
+    c.async_stream_infer(
+        "decoupled", _fp_input(3.0), request_id="d", enable_empty_final_response=True
+    )
+    ((result, error),) = replies.take(1)
+    c.stop_stream()
+    assert error is None and result.as_numpy("OUTPUT0")[0, 0] == 3.0
+    assert result.get_response().parameters["triton_final_response"].bool_param is True
+    c.close()
+
+
+def test_replies_keep_request_order_errors_included(backend_server):
+    c = grpcclient.InferenceServerClient(backend_server.grpc_url)
+    replies = Replies()
+    c.start_stream(callback=replies)
+    c.async_stream_infer("sleepy", _fp_input(300.0), request_id="slow")
+    c.async_stream_infer("nope", _fp_input(1.0), request_id="unknown")
+    c.async_stream_infer("sleepy", _fp_input(1.0), request_id="quick")
+    (r0, e0), (r1, e1), (r2, e2) = replies.take(3)
+    c.stop_stream()
+    assert e0 is None and r0.get_response().id == "slow"
+    assert r1 is None and "Request for unknown model: 'nope'" in e1.message()
+    assert e2 is None and r2.get_response().id == "quick"
+    c.close()

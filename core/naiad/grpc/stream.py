@@ -101,9 +101,30 @@ class _Stream:
         if not decoupled:
             previous, done = self.tail, asyncio.get_running_loop().create_future()
             self.tail = done
-        task = asyncio.create_task(self.run(msg, request, mv, lease, empty_final, previous, done))
+        self.spawn(self.run(msg, request, mv, lease, empty_final, previous, done))
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def in_order(self, reply: Any) -> None:
+        """Queue ``reply`` once every reply the stream owes before it has been queued."""
+        previous = self.tail
+        if previous is None or previous.done():
+            self.replies.put_nowait(reply)
+            return
+        done = asyncio.get_running_loop().create_future()
+        self.tail = done
+        self.spawn(self.after(previous, reply, done))
+
+    async def after(self, previous: asyncio.Future, reply: Any, done: asyncio.Future) -> None:
+        try:
+            await previous
+            self.replies.put_nowait(reply)
+        finally:
+            if not done.done():
+                done.set_result(None)
 
     async def run(
         self,
