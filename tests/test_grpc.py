@@ -752,3 +752,24 @@ def test_grpc_off_and_port_in_use(example_repo, server_factory, server):
     )
     assert busy.process.wait(60) != 0
     assert "already in use" in busy.log()
+
+
+def test_many_bytes_elements_raw_typed_and_streamed(gc, stub):
+    """Big BYTES tensors (decoded and encoded off the event loop) come back whole."""
+    n = 50_000
+    data = np.array([[str(i).encode() for i in range(n)]], dtype=np.object_)
+    inp = grpcclient.InferInput("INPUT0", [1, n], "BYTES")
+    inp.set_data_from_numpy(data)
+    assert gc.infer("simple_identity", [inp]).as_numpy("OUTPUT0").tolist() == data.tolist()
+    request = tpb.ModelInferRequest(model_name="simple_identity")
+    tensor = request.inputs.add(name="INPUT0", datatype="BYTES", shape=[1, n])
+    tensor.contents.bytes_contents.extend(data.reshape(-1).tolist())
+    response = stub.ModelInfer(request)
+    assert len(response.raw_output_contents[0]) == sum(4 + len(x) for x in data.reshape(-1))
+    results: queue.Queue = queue.Queue()
+    gc.start_stream(callback=lambda result, error: results.put((result, error)))
+    gc.async_stream_infer("simple_identity", [inp])
+    result, err = results.get(timeout=60)
+    gc.stop_stream()
+    assert err is None and result.as_numpy("OUTPUT0").tolist() == data.tolist()
+    assert gc.is_server_live()

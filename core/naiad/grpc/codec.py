@@ -170,6 +170,25 @@ def _int64(p: pb.InferParameter, key: str, tensor: str) -> int:
 
 # ---- requests -----------------------------------------------------------------------------------
 
+#: BYTES tensors with more wire bytes (or typed values) than this are converted off the loop
+COSTLY = 1 << 16
+
+
+def costly_request(msg: pb.ModelInferRequest) -> bool:
+    """Whether decoding takes long enough to belong off the event loop: typed ``contents``
+    (converted value by value) or a big raw BYTES input (split element by element). Requests
+    that read shared memory stay on the loop, which owns the region bookkeeping."""
+    inputs = msg.inputs
+    if any(t.parameters for t in inputs):
+        return False
+    raw = msg.raw_input_contents
+    if not raw:
+        return any(t.HasField("contents") for t in inputs)
+    return any(
+        t.datatype == "BYTES" and i < len(raw) and len(raw[i]) > COSTLY
+        for i, t in enumerate(inputs)
+    )
+
 
 def parse_infer_request(
     msg: pb.ModelInferRequest, shm_reader: ShmReader | None = None
@@ -286,6 +305,12 @@ def _parse_output(tensor: pb.ModelInferRequest.InferRequestedOutputTensor) -> Re
 
 
 # ---- responses ----------------------------------------------------------------------------------
+
+
+def costly_response(response: InferResponse) -> bool:
+    """Whether encoding belongs off the event loop: a big BYTES output (joined element by
+    element)."""
+    return any(a.dtype == np.object_ and a.size > COSTLY // 16 for a in response.outputs.values())
 
 
 def _parameter(value: Any) -> pb.InferParameter:

@@ -106,12 +106,7 @@ class InferenceService:
             context.set_compression(grpc.Compression.Gzip)
         lease = dp.shm.lease()
         try:
-            inputs = request.inputs
-            if (
-                not request.raw_input_contents
-                and any(t.HasField("contents") for t in inputs)
-                and not any(t.parameters for t in inputs)
-            ):  # typed values are converted element by element: off the event loop
+            if codec.costly_request(request):
                 req, _ = await asyncio.to_thread(codec.parse_infer_request, request, lease.read)
             else:
                 req, _ = codec.parse_infer_request(request, lease.read)
@@ -120,6 +115,10 @@ class InferenceService:
                 codec.forward_headers(req, metadata, self.options.forward_pattern)
             lease.reserve(req.outputs)
             response = await dp.infer(req, mv)
+            if codec.costly_response(response):
+                return await asyncio.to_thread(
+                    codec.encode_infer_response, req, response, lease.write
+                )
             return codec.encode_infer_response(req, response, lease.write)
         finally:
             lease.release()

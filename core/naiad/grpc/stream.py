@@ -69,13 +69,13 @@ class _Stream:
             async for msg in requests:
                 if self.failure is not None:
                     break
-                self.issue(msg)
+                await self.issue(msg)
             while self.tasks:
                 await asyncio.wait(set(self.tasks))
         finally:
             self.replies.put_nowait(_END)
 
-    def issue(self, msg: pb.ModelInferRequest) -> None:
+    async def issue(self, msg: pb.ModelInferRequest) -> None:
         dp = self.dp
         if dp.exiting:
             self.in_order(error_reply(SHUTTING_DOWN, msg, issued=False))
@@ -83,7 +83,11 @@ class _Stream:
         lease = dp.shm.lease()
         try:
             mv = dp.resolve(msg.model_name, parse_model_version(msg.model_version))
-            request, empty_final = codec.parse_infer_request(msg, lease.read)
+            if codec.costly_request(msg):
+                parsed = await asyncio.to_thread(codec.parse_infer_request, msg, lease.read)
+            else:
+                parsed = codec.parse_infer_request(msg, lease.read)
+            request, empty_final = parsed
             if self.options.forward_pattern is not None:
                 metadata = self.context.invocation_metadata() or ()
                 codec.forward_headers(request, metadata, self.options.forward_pattern)
@@ -141,7 +145,12 @@ class _Stream:
         try:
             try:
                 async for response in self.dp.infer_stream(request, mv):
-                    reply = self.reply(msg, request, response, lease, empty_final)
+                    if codec.costly_response(response):
+                        reply = await asyncio.to_thread(
+                            self.reply, msg, request, response, lease, empty_final
+                        )
+                    else:
+                        reply = self.reply(msg, request, response, lease, empty_final)
                     if reply is None:
                         continue
                     if done is None:
