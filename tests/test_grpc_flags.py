@@ -8,6 +8,7 @@ import ipaddress
 import subprocess
 import sys
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -144,6 +145,15 @@ def test_restricted_protocol(example_repo, server_factory):
     assert c.is_server_live(headers=admin)
     assert c.get_model_metadata("simple", headers=admin).name == "simple"
     assert c.get_model_config("simple").config.name == "simple"  # model-config: unrestricted
+    from naiad.grpc import health_pb2, health_service_pb2_grpc
+
+    with grpc.insecure_channel(srv.grpc_url) as channel:
+        health = health_service_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            health.Check(health_pb2.HealthCheckRequest())
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        answer = health.Check(health_pb2.HealthCheckRequest(), metadata=list(admin.items()))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
     e = _fails(lambda: _ok(c))
     assert "expecting header 'triton-grpc-protocol-infer-key'" in e.message()
     _ok(c, headers={"triton-grpc-protocol-infer-key": "infer-value"})
