@@ -355,8 +355,11 @@ def run_pa(
     batch: int = 1,
     extra: list[str] | None = None,
     timeout: float = 300,
+    protocol: str = "http",
+    hostport: str | None = None,
 ) -> dict:
-    """One perf_analyzer level (HTTP, binary tensors, sync), with CPU and batching accounting."""
+    """One perf_analyzer level (HTTP binary tensors, or ``protocol="grpc"`` at ``hostport``;
+    sync), with CPU and batching accounting."""
     need(PA, "perf_analyzer")
     outdir.mkdir(parents=True, exist_ok=True)
     stem = f"{tag}-{model}-b{batch}-c{conc}".replace("/", "_")
@@ -366,9 +369,9 @@ def run_pa(
         "-m",
         model,
         "-u",
-        srv.hostport,
+        hostport or srv.hostport,
         "-i",
-        "http",
+        protocol,
         "-b",
         str(batch),
         "--concurrency-range",
@@ -388,6 +391,7 @@ def run_pa(
         "batch": batch,
         "concurrency": conc,
         "tag": tag,
+        "protocol": protocol,
         "cmd": " ".join(cmd[1:]),
     }
     c0 = model_counts(srv, model)

@@ -43,6 +43,8 @@ class RunningServer:
     log_path: Path
     #: the metrics port (``--metrics-port``), None when metrics are off
     metrics_port: int | None = None
+    #: the gRPC port (``--grpc-port``), None when the test turned gRPC off
+    grpc_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -52,6 +54,11 @@ class RunningServer:
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """host:port of the gRPC endpoint, the form tritonclient.grpc wants."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -70,6 +77,19 @@ class RunningServer:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+_GRPC_OFF = ("--allow-grpc=false", "--allow-grpc=0")
+
+
+def _option(args: tuple[str, ...], name: str) -> str | None:
+    """The value of ``name`` in ``args`` (``--name=V`` or ``--name V``), None when absent."""
+    for i, a in enumerate(args):
+        if a.startswith(name + "="):
+            return a.partition("=")[2]
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+    return None
 
 
 def start_server(
@@ -105,6 +125,12 @@ def start_server(
                 metrics_port = int(a.partition("=")[2])
             elif a == "--metrics-port" and i + 1 < len(args):
                 metrics_port = int(args[i + 1])
+    grpc_port = _option(args, "--grpc-port")
+    if grpc_port is None and not any(a in _GRPC_OFF for a in args):
+        grpc_port = free_port()  # a free gRPC port too (never 8001), unless the test chose
+        cmd += ["--grpc-port", str(grpc_port)]
+        if _option(args, "--grpc-address") is None:
+            cmd += ["--grpc-address", "127.0.0.1"]
     cmd += list(args)
     log_path = log_dir / f"naiad-{port}.log"
     log_file = open(log_path, "wb")
@@ -114,7 +140,7 @@ def start_server(
         [str(ROOT / "tests" / "plugins"), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    server = RunningServer(proc, port, log_path, metrics_port)
+    server = RunningServer(proc, port, log_path, metrics_port, grpc_port and int(grpc_port))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

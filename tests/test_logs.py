@@ -131,6 +131,7 @@ def test_server_log_file(example_repo, tmp_path):
     path = tmp_path / "server.log"
     cmd = [sys.executable, "-m", "naiad", "serve", "--model-repository", str(example_repo)]
     cmd += ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
+    cmd += ["--grpc-port", str(free_port()), "--grpc-address", "127.0.0.1"]
     cmd += ["--http-address", "127.0.0.1", "--log-file", str(path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

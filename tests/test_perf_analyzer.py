@@ -1,4 +1,4 @@
-"""NVIDIA's perf_analyzer (the real C++ binary, 2.51.0) against naiad over HTTP.
+"""NVIDIA's perf_analyzer (the real C++ binary, 2.51.0) against naiad over HTTP and gRPC.
 
 perf_analyzer comes from the ``tritonclient`` 2.51.0 wheel, set up by
 ``../shared/anchors/client/setup.sh`` (CI runs it before pytest, see ``.ci/run``). The tests find it
@@ -88,9 +88,12 @@ def pa_server(perf_analyzer, models, tmp_path_factory):
     srv.stop()
 
 
-def run_pa(pa: Path, srv, model: str, *args: str, expect_ok: bool = True) -> str:
-    """Run perf_analyzer -i http against ``srv``; return its output (stdout and stderr)."""
-    cmd = [str(pa), "-m", model, "-u", srv.url, "-i", "http", "-p", "300", "-s", "999", *args]
+def run_pa(
+    pa: Path, srv, model: str, *args: str, expect_ok: bool = True, protocol: str = "http"
+) -> str:
+    """Run perf_analyzer -i http (or grpc) against ``srv``; return its output (stdout+stderr)."""
+    url = srv.grpc_url if protocol == "grpc" else srv.url
+    cmd = [str(pa), "-m", model, "-u", url, "-i", protocol, "-p", "300", "-s", "999", *args]
     proc = subprocess.run(
         cmd,
         stdout=subprocess.PIPE,
@@ -282,4 +285,78 @@ def test_bytes_models(perf_analyzer, pa_server):
 def test_sequence_model(perf_analyzer, pa_server):
     c0 = counts(pa_server, "simple_sequence")
     run_pa(perf_analyzer, pa_server, "simple_sequence", "--concurrency-range", "1:2")
+    assert delta(c0, counts(pa_server, "simple_sequence"))[2] > 0
+
+
+# ---- over gRPC (-i grpc), streaming included -------------------------------------------------------
+
+
+def test_grpc_simple(perf_analyzer, pa_server, tmp_path):
+    c0 = counts(pa_server, "simple")
+    out = run_pa(perf_analyzer, pa_server, "simple", "--concurrency-range", "1:2", protocol="grpc")
+    assert set(throughputs(out)) == {1, 2}
+    inferences, executions, successes = delta(c0, counts(pa_server, "simple"))
+    assert inferences == executions == successes > 0
+    data, expected = _simple_data([(list(range(16)), [1] * 16), ([3] * 16, list(range(-8, 8)))])
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"data": data, "validation_data": expected}))
+    run_pa(perf_analyzer, pa_server, "simple", "--input-data", str(good), protocol="grpc")
+    expected[0]["OUTPUT1"]["content"][0] += 1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": data, "validation_data": expected}))
+    out = run_pa(
+        perf_analyzer,
+        pa_server,
+        "simple",
+        "--input-data",
+        str(bad),
+        protocol="grpc",
+        expect_ok=False,
+    )
+    assert "Output doesn't match expected output" in out, out[-2000:]
+
+
+def test_grpc_batch_shared_memory_and_bytes(perf_analyzer, pa_server):
+    c0 = counts(pa_server, "simple")
+    run_pa(perf_analyzer, pa_server, "simple", "-b", "8", protocol="grpc")
+    inferences, executions, _ = delta(c0, counts(pa_server, "simple"))
+    assert inferences == 8 * executions > 0
+    out = run_pa(perf_analyzer, pa_server, "simple", "--shared-memory", "system", protocol="grpc")
+    assert throughputs(out)[1] > 0
+    assert get_json(pa_server, "/v2/systemsharedmemory/status") == []
+    run_pa(perf_analyzer, pa_server, "simple_string", "--string-data", "7", protocol="grpc")
+    run_pa(
+        perf_analyzer, pa_server, "mlp", "--async", "--concurrency-range", "2:2", protocol="grpc"
+    )
+
+
+def test_grpc_streaming(perf_analyzer, pa_server):
+    c0 = counts(pa_server, "simple")
+    out = run_pa(
+        perf_analyzer,
+        pa_server,
+        "simple",
+        "--streaming",
+        "--concurrency-range",
+        "1:2",
+        protocol="grpc",
+    )
+    assert set(throughputs(out)) == {1, 2}
+    assert delta(c0, counts(pa_server, "simple"))[2] > 0
+
+
+def test_grpc_streaming_sequence_model(perf_analyzer, pa_server):
+    c0 = counts(pa_server, "simple_sequence")
+    out = run_pa(
+        perf_analyzer,
+        pa_server,
+        "simple_sequence",
+        "--streaming",
+        "--concurrency-range",
+        "1:2",
+        "--sequence-length",
+        "5",
+        protocol="grpc",
+    )
+    assert set(throughputs(out)) == {1, 2}
     assert delta(c0, counts(pa_server, "simple_sequence"))[2] > 0

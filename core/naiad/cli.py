@@ -149,6 +149,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], help="extra plugin module to load")
     add_metrics_arguments(p)
     add_log_arguments(p)
+    add_grpc_arguments(p)
 
 
 def add_metrics_arguments(p: argparse.ArgumentParser) -> None:
@@ -195,6 +196,99 @@ def add_log_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--log-file", default="", metavar="PATH", help="write the log here, not to the console"
+    )
+
+
+def add_grpc_arguments(p: argparse.ArgumentParser) -> None:
+    """Triton's gRPC flags (docs/cli.md, docs/grpc.md)."""
+    g = p.add_argument_group("gRPC")
+    _flag(g, "--allow-grpc", True, "serve Triton's GRPCInferenceService")
+    g.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
+    g.add_argument(
+        "--grpc-address", default="0.0.0.0", help="address the gRPC port binds (default 0.0.0.0)"
+    )
+    _flag(g, "--reuse-grpc-port", False, "SO_REUSEPORT: several servers may share the port")
+    _flag(g, "--grpc-use-ssl", False, "TLS on the gRPC port")
+    _flag(g, "--grpc-use-ssl-mutual", False, "mutual TLS: clients must show a certificate")
+    for name, what in (
+        ("--grpc-server-cert", "PEM server certificate"),
+        ("--grpc-server-key", "PEM server key"),
+        ("--grpc-root-cert", "PEM root certificate that client certificates are checked with"),
+    ):
+        g.add_argument(name, default="", metavar="PATH", help=what)
+    g.add_argument(
+        "--grpc-infer-response-compression-level",
+        default="none",
+        metavar="LEVEL",
+        help="none, low, medium or high: compress inference responses (default none)",
+    )
+    for name, default, what in (
+        ("--grpc-keepalive-time", 7_200_000, "ms between keepalive pings"),
+        ("--grpc-keepalive-timeout", 20_000, "ms to wait for a ping's answer"),
+        ("--grpc-http2-max-pings-without-data", 2, "pings without data allowed (0: any)"),
+        (
+            "--grpc-http2-min-recv-ping-interval-without-data",
+            300_000,
+            "ms; pings closer than this without data are strikes",
+        ),
+        ("--grpc-http2-max-ping-strikes", 2, "bad pings before GOAWAY (0: any)"),
+        ("--grpc-max-connection-age", 0, "ms a connection may live (0: for ever)"),
+        ("--grpc-max-connection-age-grace", 0, "ms of grace after the maximum age"),
+        ("--grpc-infer-thread-count", 2, "Triton's handler threads, 2-128 (accepted; no effect)"),
+        ("--grpc-infer-allocation-pool-size", 8, "Triton's object pool (accepted; no effect)"),
+        (
+            "--grpc-max-response-pool-size",
+            2**31 - 1,
+            "responses queued per request, > 0 (accepted; no effect)",
+        ),
+    ):
+        g.add_argument(name, type=int, default=default, metavar="N", help=f"{what} ({default})")
+    _flag(g, "--grpc-keepalive-permit-without-calls", False, "allow pings with no call open")
+    g.add_argument(
+        "--grpc-restricted-protocol",
+        action="append",
+        default=[],
+        metavar="CATEGORIES:KEY=VALUE",
+        help="RPCs of these categories need header triton-grpc-protocol-KEY: VALUE (repeatable)",
+    )
+    g.add_argument(
+        "--grpc-header-forward-pattern",
+        default=None,
+        metavar="REGEX",
+        help="headers whose name matches become request parameters",
+    )
+
+
+def grpc_config(args: argparse.Namespace):
+    """The gRPC part of the server config; raises ValueError for a bad flag value."""
+    from .grpc.config import GrpcConfig, parse_restricted
+
+    return GrpcConfig(
+        allow_grpc=args.allow_grpc,
+        address=args.grpc_address,
+        port=args.grpc_port,
+        reuse_port=args.reuse_grpc_port,
+        use_ssl=args.grpc_use_ssl,
+        use_ssl_mutual=args.grpc_use_ssl_mutual,
+        server_cert=args.grpc_server_cert,
+        server_key=args.grpc_server_key,
+        root_cert=args.grpc_root_cert,
+        infer_response_compression_level=args.grpc_infer_response_compression_level,
+        keepalive_time_ms=args.grpc_keepalive_time,
+        keepalive_timeout_ms=args.grpc_keepalive_timeout,
+        keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,
+        http2_max_pings_without_data=args.grpc_http2_max_pings_without_data,
+        http2_min_recv_ping_interval_without_data_ms=(
+            args.grpc_http2_min_recv_ping_interval_without_data
+        ),
+        http2_max_ping_strikes=args.grpc_http2_max_ping_strikes,
+        max_connection_age_ms=args.grpc_max_connection_age,
+        max_connection_age_grace_ms=args.grpc_max_connection_age_grace,
+        restricted=parse_restricted(args.grpc_restricted_protocol),
+        header_forward_pattern=args.grpc_header_forward_pattern,
+        infer_thread_count=args.grpc_infer_thread_count,
+        infer_allocation_pool_size=args.grpc_infer_allocation_pool_size,
+        max_response_pool_size=args.grpc_max_response_pool_size,
     )
 
 
@@ -248,6 +342,7 @@ def serve_config(args: argparse.Namespace):
         server_id=args.server_id,
         plugins=list(args.plugin),
         metrics=metrics_config(args),
+        grpc=grpc_config(args),
         repository_poll_secs=args.repository_poll_secs,
         model_load_thread_count=args.model_load_thread_count,
     )

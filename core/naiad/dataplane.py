@@ -1,7 +1,7 @@
 """What the server does, independent of any transport.
 
-The V2 HTTP routes and the legacy TRTIS ``/api`` routes both call into one :class:`DataPlane`;
-nothing here knows about HTTP.
+The V2 HTTP routes, the legacy TRTIS ``/api`` routes and the gRPC service all call into one
+:class:`DataPlane`; nothing here knows about HTTP or gRPC.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .config import model_config_from_json, model_config_to_json
+from .config import ModelConfig, model_config_from_json, model_config_to_json
 from .errors import InternalError, InvalidArgument, NaiadError, NotFound, Unavailable, Unsupported
 from .inference import InferRequest, InferResponse
 from .models import ModelManager, ModelState, ModelVersion
@@ -85,6 +85,12 @@ class DataPlane:
     def live(self) -> bool:
         return not self.exiting
 
+    def health(self, ready: bool) -> bool:
+        """Readiness (``ready``) or liveness; Unavailable "Server exiting" once shutdown began."""
+        if self.exiting:
+            raise Unavailable("Server exiting")
+        return self.ready() if ready else self.live()
+
     def ready(self) -> bool:
         if not self.started or self.exiting:
             return False
@@ -131,7 +137,11 @@ class DataPlane:
         }
 
     def model_config(self, name: str, version: int = -1) -> dict:
-        return model_config_to_json(self.models.resolve(name, version).config)
+        return model_config_to_json(self.model_config_message(name, version))
+
+    def model_config_message(self, name: str, version: int = -1) -> ModelConfig:
+        """The effective (auto-completed) config, as the ModelConfig message."""
+        return self.models.resolve(name, version).config
 
     # ---- inference -----------------------------------------------------------------------------
 
@@ -275,6 +285,55 @@ class DataPlane:
             ]
         }
 
+    # ---- shared memory and trace settings -------------------------------------------------------
+
+    def check_client_shm(self) -> None:
+        """``--allow-client-shm=false``: registering and unregistering regions is refused."""
+        if not self.options.allow_client_shm:
+            raise Unsupported(
+                "Client shared memory is disabled. Start the server with "
+                "'--allow-client-shm=true' to enable."
+            )
+
+    def shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.check_client_shm()
+        self.shm.register(name, key, offset, byte_size)
+
+    def shm_unregister(self, name: str = "") -> None:
+        self.check_client_shm()
+        self.shm.unregister(name)
+
+    def cuda_shm_status(self, name: str = "") -> list[dict]:
+        """CUDA shared memory as a GPU-less Triton answers: nothing is ever registered."""
+        if not name:
+            return []
+        # region names are one namespace: a registered system region is not a CUDA one
+        if any(r.name == name for r in self.shm.regions()):
+            raise NotFound(
+                f"The region named '{name}' is registered as system shared memory, not CUDA "
+                "shared memory"
+            )
+        raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
+
+    def cuda_shm_register(self, name: str) -> None:
+        self.check_client_shm()
+        raise InvalidArgument(
+            f"failed to register CUDA shared memory region: '{name}', GPUs not supported"
+        )
+
+    def cuda_shm_unregister(self, name: str = "") -> None:
+        """Nothing is ever registered, so there is nothing to do (tritonclient's examples and
+        perf_analyzer call unregister-all before they start)."""
+        self.check_client_shm()
+
+    def trace_setting(self, model: str = "", changes: dict | None = None) -> dict:
+        """The trace settings of ``model`` (or the global ones), after applying ``changes``."""
+        if model and not self.model_ready(model):
+            raise InvalidArgument(f"Request for unknown model : {model}")
+        if changes is not None:
+            return self.trace.update(changes, model)
+        return self.trace.get(model)
+
     # ---- model repository ----------------------------------------------------------------------
 
     def repository_index(self, ready_only: bool = False) -> list[dict]:
@@ -292,9 +351,13 @@ class DataPlane:
         self,
         name: str,
         config_json: str | dict | None = None,
-        files: dict[str, str] | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> None:
-        """Load (or reload) ``name``; ``config_json`` overrides its config.pbtxt."""
+        """Load (or reload) ``name``; ``config_json`` overrides its config.pbtxt.
+
+        ``files`` (path -> raw bytes) is a model folder sent with the request
+        (:mod:`naiad.overrides`).
+        """
         self._check_explicit()
         try:
             override = model_config_from_json(config_json) if config_json is not None else None

@@ -1,18 +1,57 @@
-"""One error hierarchy for the whole server.
+"""One error hierarchy for the whole server, and the one table every transport answers it with.
 
-The core raises these; the HTTP edge turns them into Triton's ``{"error": "..."}`` body with the
-status code of Triton's table (``HttpCodeFromError``). Nothing here imports aiohttp.
+The core raises these. Each class carries Triton's error code (:class:`ErrorCode`); the HTTP edge
+answers Triton's ``{"error": "..."}`` body with that code's HTTP status (Triton's
+``HttpCodeFromError``) and the gRPC edge ends the call with its gRPC status code (Triton's
+``GrpcStatusUtil::CodeToStatus``), both from :data:`STATUS` below. Nothing here imports aiohttp or
+grpc: gRPC codes are kept as their numbers.
 """
 
 from __future__ import annotations
 
+import enum
 from http import HTTPStatus
 
 
-class NaiadError(Exception):
-    """Base class. ``status`` is the HTTP status Triton uses for this kind of error."""
+class ErrorCode(enum.Enum):
+    """Triton's error codes (``TRITONSERVER_Error_Code``)."""
 
-    status: HTTPStatus = HTTPStatus.BAD_REQUEST
+    UNKNOWN = "UNKNOWN"
+    INTERNAL = "INTERNAL"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_ARG = "INVALID_ARG"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNSUPPORTED = "UNSUPPORTED"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    CANCELLED = "CANCELLED"
+
+
+#: Triton's code -> (HTTP status, gRPC status code number), as Triton answers each transport
+STATUS: dict[ErrorCode, tuple[HTTPStatus, int]] = {
+    ErrorCode.UNKNOWN: (HTTPStatus.BAD_REQUEST, 2),  # grpc UNKNOWN
+    ErrorCode.INTERNAL: (HTTPStatus.INTERNAL_SERVER_ERROR, 13),  # INTERNAL
+    ErrorCode.NOT_FOUND: (HTTPStatus.NOT_FOUND, 5),  # NOT_FOUND
+    ErrorCode.INVALID_ARG: (HTTPStatus.BAD_REQUEST, 3),  # INVALID_ARGUMENT
+    ErrorCode.UNAVAILABLE: (HTTPStatus.SERVICE_UNAVAILABLE, 14),  # UNAVAILABLE
+    ErrorCode.UNSUPPORTED: (HTTPStatus.NOT_IMPLEMENTED, 12),  # UNIMPLEMENTED
+    ErrorCode.ALREADY_EXISTS: (HTTPStatus.BAD_REQUEST, 6),  # ALREADY_EXISTS
+    ErrorCode.CANCELLED: (HTTPStatus.BAD_REQUEST, 1),  # CANCELLED
+}
+
+#: an HTTP status given to an error (``error.status = ...``) -> the code it stands for
+_CODE_OF_STATUS = {
+    HTTPStatus.BAD_REQUEST: ErrorCode.INVALID_ARG,
+    HTTPStatus.NOT_FOUND: ErrorCode.NOT_FOUND,
+    HTTPStatus.INTERNAL_SERVER_ERROR: ErrorCode.INTERNAL,
+    HTTPStatus.SERVICE_UNAVAILABLE: ErrorCode.UNAVAILABLE,
+    HTTPStatus.NOT_IMPLEMENTED: ErrorCode.UNSUPPORTED,
+}
+
+
+class NaiadError(Exception):
+    """Base class. ``code`` is Triton's error code; ``status`` and ``grpc_code`` follow from it."""
+
+    code: ErrorCode = ErrorCode.INVALID_ARG
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -21,23 +60,37 @@ class NaiadError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def status(self) -> HTTPStatus:
+        """The HTTP status Triton answers this error with."""
+        return STATUS[self.code][0]
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self.code = _CODE_OF_STATUS.get(HTTPStatus(value), ErrorCode.UNKNOWN)
+
+    @property
+    def grpc_code(self) -> int:
+        """The gRPC status code number Triton ends a call with for this error."""
+        return STATUS[self.code][1]
+
 
 class InvalidArgument(NaiadError):
     """Triton INVALID_ARG: the request (or a config) is wrong. HTTP 400."""
 
-    status = HTTPStatus.BAD_REQUEST
+    code = ErrorCode.INVALID_ARG
 
 
 class NotFound(NaiadError):
     """Triton NOT_FOUND: unknown model, version or region. HTTP 404."""
 
-    status = HTTPStatus.NOT_FOUND
+    code = ErrorCode.NOT_FOUND
 
 
 class Unavailable(NaiadError):
     """Triton UNAVAILABLE: not ready, queue full, timed out, exiting. HTTP 503."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
 
 
 class RequestTooLarge(NaiadError):
@@ -47,15 +100,27 @@ class RequestTooLarge(NaiadError):
 
 
 class Unsupported(NaiadError):
-    """Triton UNSUPPORTED. HTTP 501."""
+    """Triton UNSUPPORTED. HTTP 501, gRPC UNIMPLEMENTED."""
 
-    status = HTTPStatus.NOT_IMPLEMENTED
+    code = ErrorCode.UNSUPPORTED
 
 
 class InternalError(NaiadError):
     """Triton INTERNAL: something failed inside the server or a backend. HTTP 500."""
 
-    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = ErrorCode.INTERNAL
+
+
+class AlreadyExists(NaiadError):
+    """Triton ALREADY_EXISTS (a shared memory region name taken). HTTP 400."""
+
+    code = ErrorCode.ALREADY_EXISTS
+
+
+class Cancelled(NaiadError):
+    """Triton CANCELLED: the client cancelled the request. HTTP 400."""
+
+    code = ErrorCode.CANCELLED
 
 
 class RepositoryPollError(InternalError):
@@ -70,16 +135,4 @@ class RepositoryPollError(InternalError):
 class ModelLoadError(NaiadError):
     """A model could not be loaded; the model becomes UNAVAILABLE with this message as reason."""
 
-    status = HTTPStatus.BAD_REQUEST
-
-
-class AlreadyExists(NaiadError):
-    """Triton ALREADY_EXISTS. HTTP 400."""
-
-    status = HTTPStatus.BAD_REQUEST
-
-
-class Cancelled(NaiadError):
-    """Triton CANCELLED: the request was cancelled (its client went away). HTTP 400."""
-
-    status = HTTPStatus.BAD_REQUEST
+    code = ErrorCode.INVALID_ARG

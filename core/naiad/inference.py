@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InvalidArgument
+
 
 @dataclass(slots=True)
 class RequestedOutput:
@@ -63,5 +65,29 @@ class InferResponse:
     #: output name -> protocol datatype
     datatypes: dict[str, str] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
-    #: the last response of its request (decoupled models send several, only the last is final)
+    #: the last response of its request (a decoupled model may send several before it)
     final: bool = True
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def parse_model_version(text: str | None) -> int:
+    """A request's version string as Triton reads it; -1 (the server picks) when empty.
+
+    One that is not an integer, or does not fit a signed 64-bit integer, is Triton's
+    INVALID_ARG (its ``std::stol`` fails), not a Python ``int()`` of thousands of digits.
+    """
+    if not text:
+        return -1
+    if text.startswith("-") and text[1:].isdigit():
+        raise InvalidArgument(
+            f"invalid model version specified '{text}' , version should be an integral value > 0"
+        )
+    digits = text.lstrip("0")
+    if not text.isdigit() or len(digits) > 19 or int(digits or "0") > _INT64_MAX:
+        raise InvalidArgument(
+            f"failed to get model version from specified version string '{text}' "
+            "(details: stol), version should be an integral value > 0"
+        )
+    return int(digits or "0")

@@ -228,12 +228,12 @@ class ModelManager:
         config_override: ModelConfig | None = None,
         *,
         quiet: bool = False,
-        files: dict[str, str] | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> None:
         """Load or reload ``name``. On failure a model that was serving keeps serving; the error
         is raised (or only recorded, with ``quiet``).
 
-        ``files`` (path -> base64) is a whole model folder sent with the request; it is written to
+        ``files`` (path -> bytes) is a whole model folder sent with the request; it is written to
         a private temporary folder and ``config_override`` is then mandatory.
         """
         check_model_name(name)
@@ -265,7 +265,7 @@ class ModelManager:
                 if quiet:
                     return
                 error = ModelLoadError(f"failed to load '{name}', {exc.message}")
-                error.status = exc.status
+                error.code = exc.code
                 raise error from exc
             except Exception as exc:  # a backend bug must not escape as a crash
                 self._loading.discard(name)

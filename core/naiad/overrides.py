@@ -1,9 +1,11 @@
 """Model folders written from a load request's ``file:<path>`` parameters.
 
-Triton's load API can carry a whole model as base64 ``file:`` parameters; Triton once wrote them
-wherever the path pointed (CVE-2023-31036). Here every file lands inside a fresh private
-temporary folder: relative paths only, no ``..``, no absolute paths, no backslashes, no symlinks
-followed, no file written twice.
+Triton's load API can carry a whole model as ``file:`` parameters (base64 strings over HTTP, raw
+bytes over gRPC); Triton once wrote them wherever the path pointed (CVE-2023-31036). Here every
+file lands inside a fresh private temporary folder: relative paths only, no ``..``, no absolute
+paths, no backslashes, no symlinks followed, no file written twice. A path component longer than
+the file system allows (NAME_MAX) fails as Triton's does: INTERNAL "failed to poll from model
+repository".
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from pathlib import Path
 from .errors import InvalidArgument, RepositoryPollError
 
 log = logging.getLogger(__name__)
+
+#: the longest file name (one path component, in bytes) Linux file systems take
+NAME_MAX = 255
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-][A-Za-z0-9_.\- ]{0,254}$")
 
@@ -46,26 +51,36 @@ def check_relative_file(path: str, what: str) -> None:
         raise InvalidArgument(f"{what} '{path}' must be a relative path inside the model folder")
 
 
-def write_override_folder(name: str, files: dict[str, str]) -> Path:
-    """Write ``files`` (path -> base64) to ``<private tmp>/<name>/`` and return that folder.
+def decode_base64_files(files: dict[str, object]) -> dict[str, bytes]:
+    """HTTP's ``file:`` parameters (path -> base64 string) as raw bytes."""
+    decoded = {}
+    for rel, encoded in files.items():
+        if not isinstance(encoded, str):
+            raise InvalidArgument(f"file override '{rel}' must be a base64 string")
+        try:
+            decoded[rel] = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgument(f"file override '{rel}' is not valid base64: {exc}") from exc
+    return decoded
 
-    Raises InvalidArgument for unsafe paths or bad base64, and Triton's RepositoryPollError
-    when the file system refuses a name (too long, too deep, a file where a folder must be);
+
+def write_override_folder(name: str, files: dict[str, bytes]) -> Path:
+    """Write ``files`` (path -> bytes) to ``<private tmp>/<name>/`` and return that folder.
+
+    Raises InvalidArgument for unsafe paths, and Triton's RepositoryPollError when the file
+    system refuses a name (too long, too deep, a file where a folder must be);
     nothing is left behind on failure.
     """
     check_model_name(name)
+    for rel in files:
+        check_relative_file(rel, "file override")
+        if any(len(part.encode()) > NAME_MAX for part in rel.split("/")):
+            raise RepositoryPollError()
     root = Path(tempfile.mkdtemp(prefix="naiad-override-"))
     model_dir = root / name
     try:
         model_dir.mkdir(mode=0o700)
-        for rel, encoded in files.items():
-            check_relative_file(rel, "file override")
-            if not isinstance(encoded, str):
-                raise InvalidArgument(f"file override '{rel}' must be a base64 string")
-            try:
-                data = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise InvalidArgument(f"file override '{rel}' is not valid base64: {exc}") from exc
+        for rel, data in files.items():
             target = model_dir.joinpath(*rel.split("/"))
             parent = target.parent
             parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -7,10 +7,12 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .dataplane import ControlMode, DataPlane, ServerOptions
+from .grpc.config import GrpcConfig
 from .http import make_app
 from .http.fast import FastSite
 from .http.metrics import start_metrics_site
@@ -19,6 +21,9 @@ from .models import ModelManager
 from .plugins import build_backend_registry
 from .tritonpy.custom_metrics import MetricRegistry
 from .tritonpy.host import ServerHost, install_default
+
+if TYPE_CHECKING:
+    from .grpc.server import GrpcEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ class ServerConfig:
     repository_poll_secs: float = 15.0
     model_load_thread_count: int = 4
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: the gRPC endpoint (``--allow-grpc``, ``--grpc-port``, ...)
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
 
 
 class Server:
@@ -84,6 +91,7 @@ class Server:
         if config.metrics.allow_metrics:
             self.metrics = Metrics(self.models, config.metrics, extra=[self.host.metrics])
         self._metrics_runner: web.AppRunner | None = None
+        self._grpc: GrpcEndpoint | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -116,6 +124,11 @@ class Server:
                 )
             await site.start()
             log.info("HTTP service listening on %s:%d", cfg.http_address, cfg.http_port)
+        if cfg.grpc.allow_grpc:
+            from .grpc.server import GrpcEndpoint
+
+            self._grpc = GrpcEndpoint(self.dataplane, cfg.grpc)
+            await self._grpc.start()
         if self.metrics is not None:
             await self._start_metrics()
         if cfg.control_mode is ControlMode.EXPLICIT:
@@ -142,10 +155,10 @@ class Server:
     async def stop(self) -> bool:
         """Shut down as Triton does on SIGTERM, within ``--exit-timeout-secs``.
 
-        New inferences are refused with 503 "Server exiting" (health answers the same) while
-        in-flight ones finish; then the HTTP port closes, models unload and shared memory is
-        unmapped. Returns False when the timeout ran out with inferences still in flight (the
-        caller then exits at once, with status 1).
+        New inferences are refused with 503 "Server exiting" (health answers the same; gRPC
+        streams answer new requests in-band) while in-flight ones finish; then the gRPC and HTTP
+        ports close, models unload and shared memory is unmapped. Returns False when the timeout
+        ran out with inferences still in flight (the caller then exits at once, with status 1).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.exit_timeout
@@ -160,6 +173,10 @@ class Server:
             )
             self.dataplane.shm.close()
             return False
+        if self._grpc is not None:
+            # open streams get what is left of the timeout to finish their answers
+            await self._grpc.stop(deadline - loop.time())
+            self._grpc: GrpcEndpoint | None = None
         if self._runner is not None:
             await self._runner.cleanup()
         await self.models.unload_all()

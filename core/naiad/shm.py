@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InternalError, InvalidArgument, NotFound
+from .errors import AlreadyExists, InternalError, InvalidArgument, NotFound
 from .inference import RequestedOutput
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class SharedMemoryManager:
         _check_name(name)
         path = _key_path(name, key, self.root)
         if name in self._regions:
-            raise InvalidArgument(f"shared memory region '{name}' already in manager")
+            raise AlreadyExists(f"shared memory region '{name}' already in manager")
         if offset < 0 or byte_size <= 0:
             raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args")
         try:

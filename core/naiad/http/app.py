@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, NaiadError
+from ..overrides import decode_base64_files
 from . import codec, extensions, generate, handlers, legacy
 from .common import (
     DATAPLANE,
@@ -134,7 +135,7 @@ async def repository_load(request: web.Request) -> web.Response:
     config = params.get("config")
     if config is not None and not isinstance(config, (str, dict)):
         raise InvalidArgument("parameter 'config' must be a JSON string")
-    files = {k[5:]: v for k, v in params.items() if k.startswith("file:")}
+    files = decode_base64_files({k[5:]: v for k, v in params.items() if k.startswith("file:")})
     await request.app[DATAPLANE].load_model(request.match_info["model"], config, files or None)
     return web.Response(status=200)
 

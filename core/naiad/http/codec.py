@@ -18,6 +18,7 @@ import orjson
 
 from ..errors import InternalError, InvalidArgument, Unsupported
 from ..inference import InferRequest, InferResponse, RequestedOutput
+from ..inference import parse_model_version as parse_model_version  # the URL's version
 from ..tensors import ITEM_SIZES, NUMPY_DTYPES, element_count, from_wire_bytes, to_wire_bytes
 from .json_tensors import BYTES_ELEMENT_COST, DecodeBudget, json_data, json_to_array
 
@@ -77,26 +78,6 @@ def compress(body: bytes, encoding: str) -> bytes:
         c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         return c.compress(body) + c.flush()
     return zlib.compress(body)
-
-
-_INT64_MAX = (1 << 63) - 1
-
-
-def parse_model_version(text: str | None) -> int:
-    """A version from the URL (the routes let only digits through); -1 when there is none.
-
-    One that does not fit a signed 64-bit integer is Triton's INVALID_ARG (its ``std::stol``
-    fails), not a Python ``int()`` of thousands of digits.
-    """
-    if text is None:
-        return -1
-    digits = text.lstrip("0")
-    if not text.isdigit() or len(digits) > 19 or int(digits or "0") > _INT64_MAX:
-        raise InvalidArgument(
-            f"failed to get model version from specified version string '{text}' "
-            "(details: stol), version should be an integral value > 0"
-        )
-    return int(digits or "0")
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:

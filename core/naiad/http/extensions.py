@@ -12,18 +12,10 @@ from typing import Any
 from aiohttp import web
 
 from .. import logs
-from ..dataplane import DataPlane
-from ..errors import InvalidArgument, Unsupported
-from .common import DATAPLANE, error_response, json_body, json_response
+from ..errors import InvalidArgument
+from .common import DATAPLANE, json_body, json_response
 
 _OK = 200
-
-
-def _check_client_shm(dp: DataPlane) -> None:
-    if not dp.options.allow_client_shm:
-        raise Unsupported(
-            "client shared memory is disabled; start the server with --allow-client-shm=true"
-        )
 
 
 def _uint(body: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -48,7 +40,7 @@ async def shm_status(request: web.Request) -> web.Response:
 
 async def shm_register(request: web.Request) -> web.Response:
     dp = request.app[DATAPLANE]
-    _check_client_shm(dp)
+    dp.check_client_shm()
     body = await json_body(request)
     key = body.get("key")
     if key is None:
@@ -57,14 +49,12 @@ async def shm_register(request: web.Request) -> web.Response:
         raise InvalidArgument("Unable to parse 'key': attempt to access JSON non-string as string")
     offset = _uint(body, "offset", 0)
     byte_size = _uint(body, "byte_size")
-    dp.shm.register(request.match_info["region"], key, offset, byte_size)
+    dp.shm_register(request.match_info["region"], key, offset, byte_size)
     return web.Response(status=_OK)
 
 
 async def shm_unregister(request: web.Request) -> web.Response:
-    dp = request.app[DATAPLANE]
-    _check_client_shm(dp)
-    dp.shm.unregister(request.match_info.get("region", ""))
+    request.app[DATAPLANE].shm_unregister(request.match_info.get("region", ""))
     return web.Response(status=_OK)
 
 
@@ -72,31 +62,17 @@ async def shm_unregister(request: web.Request) -> web.Response:
 
 
 async def cuda_shm_status(request: web.Request) -> web.Response:
-    region = request.match_info.get("region", "")
-    if not region:
-        return json_response([])
-    # region names are one namespace: a registered system region is not a CUDA one
-    if any(r["name"] == region for r in request.app[DATAPLANE].shm.status()):
-        return error_response(
-            404,
-            f"The region named '{region}' is registered as system shared memory, not CUDA "
-            "shared memory",
-        )
-    return error_response(404, f"Unable to find cuda shared memory region: '{region}'")
+    dp = request.app[DATAPLANE]
+    return json_response(dp.cuda_shm_status(request.match_info.get("region", "")))
 
 
 async def cuda_shm_register(request: web.Request) -> web.Response:
-    _check_client_shm(request.app[DATAPLANE])
-    region = request.match_info["region"]
-    raise InvalidArgument(
-        f"failed to register CUDA shared memory region: '{region}', GPUs not supported"
-    )
+    request.app[DATAPLANE].cuda_shm_register(request.match_info["region"])
+    return web.Response(status=_OK)
 
 
 async def cuda_shm_unregister(request: web.Request) -> web.Response:
-    """Nothing is ever registered, so there is nothing to do (tritonclient's examples and
-    perf_analyzer call unregister-all before they start)."""
-    _check_client_shm(request.app[DATAPLANE])
+    request.app[DATAPLANE].cuda_shm_unregister(request.match_info.get("region", ""))
     return web.Response(status=_OK)
 
 
@@ -106,12 +82,8 @@ async def cuda_shm_unregister(request: web.Request) -> web.Response:
 async def trace_setting(request: web.Request) -> web.Response:
     dp = request.app[DATAPLANE]
     model = request.match_info.get("model", "")
-    if model and not dp.model_ready(model):
-        raise InvalidArgument(f"Request for unknown model : {model}")
-    if request.method == "POST":
-        body = await json_body(request)
-        return json_response(dp.trace.update(body, model))
-    return json_response(dp.trace.get(model))
+    changes = await json_body(request) if request.method == "POST" else None
+    return json_response(dp.trace_setting(model, changes))
 
 
 # ---- logging settings ---------------------------------------------------------------------------

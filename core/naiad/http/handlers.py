@@ -16,7 +16,7 @@ import orjson
 
 from .. import memory
 from ..dataplane import DataPlane
-from ..errors import NaiadError, Unavailable, Unsupported
+from ..errors import NaiadError, Unsupported
 from . import codec
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,7 @@ def json_answer(obj: Any) -> Answer:
 
 def health_status(dp: DataPlane, ready: bool) -> int:
     """200 or 400, as Triton answers ``/v2/health/live`` and ``/v2/health/ready``."""
-    if dp.exiting:
-        raise Unavailable("Server exiting")
-    ok = dp.ready() if ready else dp.live()
-    return 200 if ok else 400
+    return 200 if dp.health(ready) else 400
 
 
 async def infer(

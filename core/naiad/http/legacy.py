@@ -21,13 +21,12 @@ from aiohttp import web
 
 from .. import repository
 from ..errors import (
-    InternalError,
+    ErrorCode,
     InvalidArgument,
     ModelLoadError,
     NaiadError,
     NotFound,
     Unavailable,
-    Unsupported,
 )
 from ..legacy_pb import (
     InferRequestHeader,
@@ -56,14 +55,12 @@ class LegacyState:
 
 LEGACY = web.AppKey("legacy", LegacyState)
 
-_CODES: list[tuple[type[NaiadError], int]] = [
-    (NotFound, RequestStatusCode.NOT_FOUND),
-    (Unavailable, RequestStatusCode.UNAVAILABLE),
-    (Unsupported, RequestStatusCode.UNSUPPORTED),
-    (InternalError, RequestStatusCode.INTERNAL),
-    (ModelLoadError, RequestStatusCode.INTERNAL),  # "failed to load '<m>', ..." is INTERNAL
-    (InvalidArgument, RequestStatusCode.INVALID_ARG),
-]
+#: Triton's error codes that TRTIS 1.x had under the same name (others are UNKNOWN)
+_CODES = {
+    code: RequestStatusCode.Value(code.value)
+    for code in ErrorCode
+    if code.value in RequestStatusCode.keys()
+}
 
 
 class _BareBadRequest(Exception):
@@ -82,10 +79,11 @@ def nv_status(code: int, message: str, server_id: str, request_id: int) -> dict[
 
 
 def _code(exc: NaiadError) -> int:
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    return RequestStatusCode.UNKNOWN
+    """The v1 status code of an error: its Triton code, except that a failed load is INTERNAL
+    ("failed to load '<m>', ..."), as TRTIS answered."""
+    if isinstance(exc, ModelLoadError):
+        return RequestStatusCode.INTERNAL
+    return _CODES.get(exc.code, RequestStatusCode.UNKNOWN)
 
 
 LegacyHandler = Callable[[web.Request, int], Awaitable[web.Response]]
@@ -214,21 +212,16 @@ async def shm_control(request: web.Request, request_id: int) -> web.Response:
         return _message(request, lc.shm_status(dp))
     if request.method != "POST":
         return web.Response(status=405)
-    if not dp.options.allow_client_shm:
-        raise Unsupported(
-            "client shared memory is disabled; start the server with --allow-client-shm=true"
-        )
+    dp.check_client_shm()
     if action == "register" and len(parts) >= 5:
         name, key = parts[1], "/".join(parts[2:-2])
-        dp.shm.register(name, key, _number(parts[-2]), _number(parts[-1]))
+        dp.shm_register(name, key, _number(parts[-2]), _number(parts[-1]))
     elif action == "cudaregister" and len(parts) == 4:
-        raise InvalidArgument(
-            f"failed to register CUDA shared memory region: '{parts[1]}', GPUs not supported"
-        )
+        dp.cuda_shm_register(parts[1])
     elif action == "unregister" and len(parts) == 2 and parts[1]:
-        dp.shm.unregister(parts[1])
+        dp.shm_unregister(parts[1])
     elif action == "unregisterall" and len(parts) == 1:
-        dp.shm.unregister()
+        dp.shm_unregister()
     else:
         raise _BareBadRequest
     return web.Response(status=200)

@@ -65,7 +65,7 @@ def steps_of(config: ModelConfig) -> list[Step]:
 def step_error(exc: NaiadError, where: str) -> NaiadError:
     """``exc`` with ``where`` in front of its message, same class and HTTP status."""
     error = type(exc)(f"{where}: {exc.message}")
-    error.status = exc.status
+    error.code = exc.code
     return error
 
 

@@ -1,0 +1,301 @@
+"""Triton's ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` over the data plane.
+
+Every RPC parses its message, calls the same :class:`~naiad.dataplane.DataPlane` as HTTP and
+builds the answer; a :class:`~naiad.errors.NaiadError` ends the call with the gRPC status of
+:data:`naiad.errors.STATUS` (the one table every transport uses) and the error's message. The
+bidirectional ``ModelStreamInfer`` lives in :mod:`naiad.grpc.stream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from .. import logs
+from ..dataplane import DataPlane
+from ..errors import InvalidArgument, NaiadError, Unsupported
+from ..inference import parse_model_version
+from . import codec, health_pb2, stream
+from . import grpc_service_pb2 as pb
+from .options import GrpcOptions, check_restricted, status_code
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def rpc(method: Handler) -> Handler:
+    """A unary RPC: restricted-protocol check, then errors as gRPC statuses."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            if self.options.restricted:
+                check_restricted(self.options, name, context)
+            return await method(self, request, context)
+        except NaiadError as exc:
+            await context.abort(status_code(exc), exc.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # the server keeps serving whatever a handler did
+            log.error("unhandled error in gRPC %s", name, exc_info=exc)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+            )
+
+    return wrapper
+
+
+class InferenceService:
+    """The servicer of ``inference.GRPCInferenceService`` (registered by :mod:`.server`)."""
+
+    def __init__(self, dataplane: DataPlane, options: GrpcOptions | None = None) -> None:
+        self.dp = dataplane
+        self.options = options or GrpcOptions()
+
+    # ---- health and metadata -------------------------------------------------------------------
+
+    @rpc
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.dp.health(ready=False))
+
+    @rpc
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.dp.health(ready=True))
+
+    @rpc
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> Any:
+        version = parse_model_version(request.version)
+        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, version))
+
+    @rpc
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> Any:
+        return pb.ServerMetadataResponse(**self.dp.server_metadata())
+
+    @rpc
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> Any:
+        meta = self.dp.model_metadata(request.name, parse_model_version(request.version))
+        Tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[Tensor(**t) for t in meta["inputs"]],
+            outputs=[Tensor(**t) for t in meta["outputs"]],
+        )
+
+    # ---- inference -----------------------------------------------------------------------------
+
+    @rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+        dp = self.dp
+        version = parse_model_version(request.model_version)
+        mv = dp.resolve(request.model_name, version)
+        if mv.config.model_transaction_policy.decoupled:
+            raise Unsupported(
+                "ModelInfer RPC doesn't support models with decoupled transaction policy"
+            )
+        if self.options.compress_responses:
+            context.set_compression(grpc.Compression.Gzip)
+        lease = dp.shm.lease()
+        try:
+            if codec.costly_request(request):
+                req, _ = await asyncio.to_thread(codec.parse_infer_request, request, lease.read)
+            else:
+                req, _ = codec.parse_infer_request(request, lease.read)
+            if self.options.forward_pattern is not None:
+                metadata = context.invocation_metadata() or ()
+                codec.forward_headers(req, metadata, self.options.forward_pattern)
+            lease.reserve(req.outputs)
+            response = await dp.infer(req, mv)
+            if codec.costly_response(response):
+                return await asyncio.to_thread(
+                    codec.encode_infer_response, req, response, lease.write
+                )
+            return codec.encode_infer_response(req, response, lease.write)
+        finally:
+            lease.release()
+
+    async def ModelStreamInfer(self, requests: Any, context: Any) -> None:
+        await stream.serve_stream(self, requests, context)
+
+    # ---- configuration and statistics ----------------------------------------------------------
+
+    @rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> Any:
+        version = parse_model_version(request.version)
+        return pb.ModelConfigResponse(config=self.dp.model_config_message(request.name, version))
+
+    @rpc
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> Any:
+        stats = self.dp.statistics(request.name, parse_model_version(request.version))
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    # ---- model repository ----------------------------------------------------------------------
+
+    @rpc
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> Any:
+        _check_repository_name(request.repository_name)
+        Index = pb.RepositoryIndexResponse.ModelIndex
+        entries = self.dp.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(models=[Index(**e) for e in entries])
+
+    @rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> Any:
+        _check_repository_name(request.repository_name)
+        config = None
+        files: dict[str, bytes] = {}
+        for key, p in request.parameters.items():
+            which = p.WhichOneof("parameter_choice")
+            if key == "config":
+                if which != "string_param":
+                    raise InvalidArgument(
+                        "invalid value type for load parameter 'config', expected string_param."
+                    )
+                config = p.string_param
+            elif key.startswith("file:"):
+                if which != "bytes_param":
+                    raise InvalidArgument(
+                        f"invalid value type for load parameter '{key}', expected bytes_param."
+                    )
+                files[key[5:]] = p.bytes_param
+            else:
+                raise InvalidArgument(f"unrecognized load parameter '{key}'.")
+        await self.dp.load_model(request.model_name, config, files or None)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> Any:
+        _check_repository_name(request.repository_name)
+        dependents = False
+        p = request.parameters.get("unload_dependents")
+        if p is not None:
+            if p.WhichOneof("parameter_choice") != "bool_param":
+                raise InvalidArgument(
+                    "invalid value type for 'unload_dependents' parameter, expected bool_param."
+                )
+            dependents = p.bool_param
+        await self.dp.unload_model(request.model_name, dependents)
+        return pb.RepositoryModelUnloadResponse()
+
+    # ---- shared memory -------------------------------------------------------------------------
+
+    @rpc
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> Any:
+        Status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        regions = {r["name"]: Status(**r) for r in self.dp.shm.status(request.name)}
+        return pb.SystemSharedMemoryStatusResponse(regions=regions)
+
+    @rpc
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> Any:
+        self.dp.shm_register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @rpc
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> Any:
+        self.dp.shm_unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @rpc
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Any
+    ) -> Any:
+        self.dp.cuda_shm_status(request.name)  # nothing is ever registered
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @rpc
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Any
+    ) -> Any:
+        self.dp.cuda_shm_register(request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @rpc
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> Any:
+        self.dp.cuda_shm_unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    # ---- trace and log settings ----------------------------------------------------------------
+
+    @rpc
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> Any:
+        changes: dict[str, Any] | None = None
+        if request.settings:
+            changes = {}
+            for key, setting in request.settings.items():
+                values = list(setting.value)
+                if key == "trace_level":
+                    changes[key] = values or None
+                elif not values:
+                    changes[key] = None  # an empty list clears the model's override
+                elif len(values) != 1:
+                    raise InvalidArgument(f"expect only 1 value for '{key}'")
+                else:
+                    changes[key] = values[0]
+        settings = self.dp.trace_setting(request.model_name, changes)
+        Value = pb.TraceSettingResponse.SettingValue
+        return pb.TraceSettingResponse(
+            settings={
+                k: Value(value=v if isinstance(v, list) else [str(v)]) for k, v in settings.items()
+            }
+        )
+
+    @rpc
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> Any:
+        if request.settings:
+            changes = {}
+            for key, setting in request.settings.items():
+                which = setting.WhichOneof("parameter_choice")
+                changes[key] = getattr(setting, which) if which is not None else None
+            settings = logs.update_settings(changes)
+        else:
+            settings = logs.get_settings()
+        Value = pb.LogSettingsResponse.SettingValue
+        out = {}
+        for key, value in settings.items():
+            if isinstance(value, bool):
+                out[key] = Value(bool_param=value)
+            elif isinstance(value, int):
+                out[key] = Value(uint32_param=value)
+            else:
+                out[key] = Value(string_param=str(value))
+        return pb.LogSettingsResponse(settings=out)
+
+
+def _check_repository_name(name: str) -> None:
+    if name:
+        raise Unsupported("'repository_name' specification is not supported")
+
+
+class HealthService:
+    """``grpc.health.v1.Health/Check``: SERVING when the server is ready (the service name is
+    ignored, as by Triton)."""
+
+    def __init__(self, dataplane: DataPlane, options: GrpcOptions | None = None) -> None:
+        self.dp = dataplane
+        self.options = options or GrpcOptions()
+
+    @rpc
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        Response = health_pb2.HealthCheckResponse
+        serving = self.dp.health(ready=True)
+        return Response(status=Response.SERVING if serving else Response.NOT_SERVING)
