@@ -20,7 +20,7 @@ from .errors import InternalError, InvalidArgument, NaiadError, NotFound, Unavai
 from .inference import InferRequest, InferResponse
 from .models import ModelManager, ModelState, ModelVersion
 from .shm import SharedMemoryManager
-from .streaming import ResponseStream
+from .streaming import ResponseStream, StreamClosed
 from .tensors import numpy_to_protocol
 from .trace import TraceSettings
 
@@ -371,11 +371,18 @@ class DataPlane:
 
 
 def _end_stream(task: asyncio.Future, stream: ResponseStream) -> None:
-    """A decoupled request's execution ended: an error it raised ends its stream."""
+    """A decoupled request's execution ended: an error it raised ends its stream, and an answer
+    it returned instead of sending (a backend that knows no streams) is its final response."""
     if task.cancelled():
         return
     error = task.exception()
     if error is None:
+        response = task.result()
+        if response is not None and response.final and not stream.closed:
+            try:
+                stream.send(response, final=True)
+            except StreamClosed:  # the backend sent its final response meanwhile
+                pass
         return
     if not isinstance(error, NaiadError):
         error = InternalError(f"{type(error).__name__}: {error}")
