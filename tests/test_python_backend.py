@@ -400,3 +400,71 @@ def test_other_models_serve_while_one_streams(pyserver, pyclient):
         pyclient.infer("add_sub", add_sub_inputs(x, x))
     thread.join()
     assert not errors
+
+
+class _StreamReplies:
+    """tritonclient.grpc stream callback: (result, error) pairs, in arrival order."""
+
+    def __init__(self):
+        import queue
+
+        self.items = queue.Queue()
+
+    def __call__(self, result, error):
+        self.items.put((result, error))
+
+    def take(self, n, timeout=30):
+        return [self.items.get(timeout=timeout) for _ in range(n)]
+
+
+def test_decoupled_square_over_a_grpc_stream(pyserver):
+    """NVIDIA's square_int32 client: IN = n gives n responses of n over ModelStreamInfer, then
+    an empty final response when asked; another request on the same stream is served after."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(pyserver.grpc_url)
+    replies = _StreamReplies()
+    client.start_stream(callback=replies)
+    try:
+        for n in (3, 0, 2):
+            inp = grpcclient.InferInput("IN", [1], "INT32")
+            inp.set_data_from_numpy(np.array([n], dtype=np.int32))
+            client.async_stream_infer(
+                "square_int32", [inp], request_id=f"sq{n}", enable_empty_final_response=True
+            )
+        got = replies.take(3 + 1 + 0 + 1 + 2 + 1)
+    finally:
+        client.stop_stream()
+        client.close()
+    assert all(error is None for _, error in got), [e for _, e in got if e]
+    by_id: dict[str, list] = {}
+    for result, _ in got:
+        response = result.get_response()
+        final = response.parameters["triton_final_response"].bool_param
+        out = result.as_numpy("OUT")
+        by_id.setdefault(response.id, []).append((None if out is None else int(out[0]), final))
+    assert by_id["sq3"] == [(3, False)] * 3 + [(None, True)]
+    assert by_id["sq0"] == [(None, True)]
+    assert by_id["sq2"] == [(2, False)] * 2 + [(None, True)]
+
+
+def test_decoupled_repeat_over_a_grpc_stream(pyserver):
+    """repeat_int32 (``async def execute``): each value back with its index, in order."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(pyserver.grpc_url)
+    replies = _StreamReplies()
+    client.start_stream(callback=replies)
+    try:
+        values = grpcclient.InferInput("IN", [4], "INT32")
+        values.set_data_from_numpy(np.array([7, 8, 9, 10], dtype=np.int32))
+        delay = grpcclient.InferInput("DELAY", [1], "UINT32")
+        delay.set_data_from_numpy(np.array([2], dtype=np.uint32))
+        client.async_stream_infer("repeat_int32", [values, delay], request_id="rep")
+        got = replies.take(4)
+    finally:
+        client.stop_stream()
+        client.close()
+    assert all(error is None for _, error in got)
+    assert [int(r.as_numpy("OUT")[0]) for r, _ in got] == [7, 8, 9, 10]
+    assert [int(r.as_numpy("IDX")[0]) for r, _ in got] == [0, 1, 2, 3]

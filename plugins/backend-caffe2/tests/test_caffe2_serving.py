@@ -87,15 +87,22 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(repo, tmp_path_factory):
+def server(repo, tmp_path_factory):
     srv = server_fixtures.start_server(
         repo, "--exit-on-error=false", log_dir=tmp_path_factory.mktemp("logs"))  # fmt: skip
-    c = httpclient.InferenceServerClient(srv.url, concurrency=8)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = httpclient.InferenceServerClient(server.url, concurrency=8)
     try:
         yield c
     finally:
         c.close()
-        srv.stop()
 
 
 def infer(client, model: str, x: np.ndarray, name: str = "data", out: str = "prob"):
@@ -245,3 +252,27 @@ def test_committed_example_repository_is_up_to_date(tmp_path):
     for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
         rel = path.relative_to(tmp_path)
         assert (EXAMPLE / rel).read_bytes() == path.read_bytes(), f"regenerate {rel}"
+
+
+def test_netdef_models_and_the_example_ensemble_over_grpc(server):
+    """The same answers through tritonclient.grpc: a NetDef classifier and the JPEG ensemble."""
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        x = batch(2, 3, 64, 64, seed=7)
+        inp = grpcclient.InferInput("data", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        got = c.infer("resnet_netdef", [inp]).as_numpy("prob")
+        np.testing.assert_allclose(got, models.run_torch(models.resnetish(), x), atol=1e-5)
+        blobs = _pictures()
+        data = np.array(blobs, dtype=object).reshape(len(blobs), 1)
+        image = grpcclient.InferInput("INPUT", [len(blobs), 1], "BYTES")
+        image.set_data_from_numpy(data)
+        out = grpcclient.InferRequestedOutput("OUTPUT", class_count=1)
+        result = c.infer(make_example.ENSEMBLE, [image], outputs=[out]).as_numpy("OUTPUT")
+        expected = _onnx_classifier_by_hand(blobs)
+        for row, want in zip(result, expected, strict=True):
+            assert int(row[0].decode().split(":")[1]) == int(np.argmax(want))
+    finally:
+        c.close()
