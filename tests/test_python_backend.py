@@ -468,3 +468,26 @@ def test_decoupled_repeat_over_a_grpc_stream(pyserver):
     assert all(error is None for _, error in got)
     assert [int(r.as_numpy("OUT")[0]) for r, _ in got] == [7, 8, 9, 10]
     assert [int(r.as_numpy("IDX")[0]) for r, _ in got] == [0, 1, 2, 3]
+
+
+def test_the_example_python_repository_serves_add_sub(tmp_path):
+    """examples/python_model_repository, as README points a new user to it: HTTP and gRPC."""
+    import tritonclient.grpc as grpcclient
+    from conftest import ROOT, start_server
+
+    srv = start_server(ROOT / "examples" / "python_model_repository", log_dir=tmp_path)
+    try:
+        a = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+        b = np.array([0.5, 0.5, 0.5, 0.5], dtype=np.float32)
+        for module, url in ((httpclient, srv.url), (grpcclient, srv.grpc_url)):
+            client = module.InferenceServerClient(url)
+            inputs = [module.InferInput(n, [4], "FP32") for n in ("INPUT0", "INPUT1")]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(b)
+            result = client.infer("add_sub", inputs)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+            client.close()
+    finally:
+        srv.stop()
+    assert "add_sub: finalize" in srv.log()
