@@ -250,6 +250,17 @@ class BinaryPlan:
         )
 
 
+def json_sequence_id(value: Any) -> int | str:
+    """A JSON ``sequence_id`` parameter: an unsigned integer or a string (Triton's rule)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or (isinstance(value, int) and value < 0)
+    ):
+        raise InvalidArgument("sequence_id must be an unsigned integer or a string")
+    return value
+
+
 def _apply_parameters(request: InferRequest, params: Any) -> None:
     if not isinstance(params, dict):
         raise _field_error("parameters", "attempt to access JSON non-object as object")
@@ -260,13 +271,7 @@ def _apply_parameters(request: InferRequest, params: Any) -> None:
                 f"should not be specified: '{key}'"
             )
         if key == "sequence_id":
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, str))
-                or (isinstance(value, int) and value < 0)
-            ):
-                raise InvalidArgument("sequence_id must be an unsigned integer or a string")
-            request.sequence_id = value
+            request.sequence_id = json_sequence_id(value)
         elif key == "sequence_start":
             request.sequence_start = _bool(key, value)
         elif key == "sequence_end":

@@ -45,13 +45,7 @@ def build_request(mv: Any, name: str, version: int, body: dict) -> InferRequest:
     request = InferRequest(model_name=name, model_version=version, inputs=inputs)
     for key, value in params.items():
         if key == "sequence_id":
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, str))
-                or (isinstance(value, int) and value < 0)
-            ):
-                raise InvalidArgument("sequence_id must be an unsigned integer or a string")
-            request.sequence_id = value
+            request.sequence_id = codec.json_sequence_id(value)
         elif key in ("sequence_start", "sequence_end") and isinstance(value, bool):
             setattr(request, key, value)
         else:
