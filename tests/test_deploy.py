@@ -53,7 +53,7 @@ def run_args(
 ) -> RunningServer:
     """Start naiad with a container's ``args`` (as the image's entrypoint gets them), its model
     repository and ports swapped for the test's own."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     swapped = []
     for arg in args:
         name, eq, _ = arg.partition("=")
@@ -61,10 +61,13 @@ def run_args(
             arg = f"{name}={repo}"
         elif eq and name == "--http-port":
             arg = f"{name}={port}"
-        elif eq and name.endswith("-port"):  # gRPC, metrics: never a fixed port in a test
+        elif eq and name == "--grpc-port":
+            arg = f"{name}={grpc_port}"
+        elif eq and name.endswith("-port"):  # metrics: never a fixed port in a test
             arg = f"{name}={free_port()}"
         swapped.append(arg)
-    for flag, value in (("--http-port", port), ("--metrics-port", free_port())):
+    defaults = (("--http-port", port), ("--grpc-port", grpc_port), ("--metrics-port", free_port()))
+    for flag, value in defaults:
         if not any(a.startswith(flag) for a in swapped):
             swapped.append(f"{flag}={value}")
     swapped += ["--http-address=127.0.0.1"]
@@ -73,7 +76,7 @@ def run_args(
     log = open(log_path, "wb")
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    srv = RunningServer(proc, port, log_path)
+    srv = RunningServer(proc, port, log_path, grpc_port=grpc_port)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -95,11 +98,20 @@ def http_status(srv: RunningServer, path: str) -> int:
         return exc.code
 
 
-def assert_serves_simple(srv: RunningServer) -> None:
+def assert_serves_simple(srv: RunningServer, grpc: bool = False) -> None:
     c = httpclient.InferenceServerClient(srv.url)
     a, b, inputs = simple_inputs()
     assert (c.infer("simple", inputs).as_numpy("OUTPUT0") == a + b).all()
     c.close()
+    if grpc:  # KServe's grpc-v2 protocol, on the port its args give
+        import tritonclient.grpc as grpcclient
+
+        g = grpcclient.InferenceServerClient(srv.grpc_url)
+        inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        inputs[0].set_data_from_numpy(a)
+        inputs[1].set_data_from_numpy(b)
+        assert (g.infer("simple", inputs).as_numpy("OUTPUT0") == a + b).all()
+        g.close()
 
 
 # ---- the tritonserver command line --------------------------------------------------------------
@@ -271,7 +283,7 @@ def test_image_command_and_tritonserver_wrapper_start_naiad(example_repo, tmp_pa
     wrapper = [str(ROOT / "deploy" / "docker" / "tritonserver")]
     srv = run_args(args[1:], example_repo, tmp_path, command=wrapper, env=env)
     try:
-        assert_serves_simple(srv)
+        assert_serves_simple(srv, grpc=True)
     finally:
         assert srv.stop() == 0
 
