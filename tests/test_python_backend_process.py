@@ -5,7 +5,9 @@ model code, and Triton's python-backend parameters are honoured or refused with 
 
 from __future__ import annotations
 
+import json
 import os
+import textwrap
 import threading
 from pathlib import Path
 
@@ -154,6 +156,34 @@ def test_model_control_from_model_code(tmp_path, server_factory):
     inp.set_data_from_numpy(np.array([b"add_sub"], dtype=np.object_))
     steps = client.infer("loader", [inp]).as_numpy("STEPS").tolist()
     assert steps == [False, True, False, True]
+    client.close()
+
+
+def test_model_sent_along_from_model_code_is_loaded_and_serves(tmp_path, server_factory):
+    """``pb_utils.load_model(name, config=..., files={"file:1/model.py": bytes})``: the files
+    are written as sent, and the model they make serves."""
+    tm.write(tmp_path, "uploader", tm.UPLOADER, tm.UPLOADER_CONFIG)
+    srv = server_factory(tmp_path, "--model-control-mode=explicit", "--load-model=uploader")
+    client = httpclient.InferenceServerClient(srv.url)
+    config = {
+        "name": "uploaded",
+        "backend": "python",
+        "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [-1]}],
+        "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [-1]}],
+    }
+    inputs = []
+    for key, value in (
+        ("NAME", b"uploaded"),
+        ("CONFIG", json.dumps(config).encode()),
+        ("SOURCE", textwrap.dedent(tm.IDENTITY).lstrip().encode()),
+    ):
+        inputs.append(httpclient.InferInput(key, [1], "BYTES"))
+        inputs[-1].set_data_from_numpy(np.array([value], dtype=np.object_))
+    assert client.infer("uploader", inputs).as_numpy("READY").tolist() == [True]
+    x = np.arange(5, dtype=np.float32)
+    inp = httpclient.InferInput("IN", [5], "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_array_equal(client.infer("uploaded", [inp]).as_numpy("OUT"), x * 2)
     client.close()
 
 

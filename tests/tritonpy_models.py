@@ -570,6 +570,39 @@ input [ { name: "NAME" data_type: TYPE_STRING dims: [ 1 ] } ]
 output [ { name: "STEPS" data_type: TYPE_BOOL dims: [ 4 ] } ]
 """
 
+#: model control with a model sent along: loads NAME from CONFIG (JSON) and SOURCE (its
+#: 1/model.py, as pb_utils.load_model's ``files``), and says whether it is ready
+UPLOADER = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            name, config, source = (
+                pb_utils.get_input_tensor_by_name(request, key).as_numpy()[0]
+                for key in ("NAME", "CONFIG", "SOURCE"))
+            name = name.decode()
+            pb_utils.load_model(name, config=config.decode(), files={"file:1/model.py": source})
+            ready = pb_utils.is_model_ready(name)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("READY", np.array([ready], dtype=np.bool_))]))
+        return responses
+"""
+
+UPLOADER_CONFIG = """
+name: "uploader"
+backend: "python"
+input [
+  { name: "NAME" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "CONFIG" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "SOURCE" data_type: TYPE_STRING dims: [ 1 ] }
+]
+output [ { name: "READY" data_type: TYPE_BOOL dims: [ 1 ] } ]
+"""
+
 #: BLS with a correlation id and sequence flags (START, -, END) to simple_dyna_sequence; and a
 #: plain exec() of a decoupled model, which must come back as Triton's error response
 BLS_SEQUENCE = """

@@ -38,7 +38,9 @@ def _repository(value: str) -> Path | str:
     return value
 
 
-def _flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+def _flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help: str
+) -> None:
     """A Triton-style boolean: ``--name`` alone means true, ``--name=false`` false."""
     parser.add_argument(
         name,

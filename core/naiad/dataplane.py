@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,9 @@ from .config import ModelConfig, model_config_from_json, model_config_to_json
 from .errors import InternalError, InvalidArgument, NaiadError, NotFound, Unavailable, Unsupported
 from .inference import InferRequest, InferResponse
 from .models import ModelManager, ModelState, ModelVersion
+from .scheduling import Scheduler
 from .shm import SharedMemoryManager
+from .signature import Signature
 from .streaming import ResponseStream, StreamClosed
 from .tensors import numpy_to_protocol
 from .trace import TraceSettings
@@ -111,9 +113,7 @@ class DataPlane:
         return True
 
     def model_metadata(self, name: str, version: int = -1) -> dict:
-        mv = self.models.resolve(name, version)
-        sig = mv.signature
-        config = mv.config
+        config, sig, _ = _serving(self.models.resolve(name, version))
         if version >= 0:
             versions = [str(version)]
         else:
@@ -141,7 +141,7 @@ class DataPlane:
 
     def model_config_message(self, name: str, version: int = -1) -> ModelConfig:
         """The effective (auto-completed) config, as the ModelConfig message."""
-        return self.models.resolve(name, version).config
+        return _serving(self.models.resolve(name, version))[0]
 
     # ---- inference -----------------------------------------------------------------------------
 
@@ -159,22 +159,23 @@ class DataPlane:
                 f"model '{mv.name}' uses the decoupled transaction policy: its responses are "
                 "streamed (infer_stream)"
             )
-        mv.signature.check(request)
+        _, sig, scheduler = _serving(mv)
+        sig.check(request)
         self._inflight += 1
         self._idle.clear()
         try:
-            response = await mv.scheduler.infer(request)
+            response = await scheduler.infer(request)
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
         response.model_version = mv.version
-        self._finish(request, response, mv)
+        self._finish(request, response, sig, mv.labels)
         return response
 
     async def infer_stream(
         self, request: InferRequest, mv: ModelVersion | None = None
-    ) -> AsyncIterator[InferResponse]:
+    ) -> AsyncGenerator[InferResponse, None]:
         """The responses of one request, in order; the last has ``final=True``.
 
         A non-decoupled model yields exactly one response. A decoupled model yields 0..N, the
@@ -189,12 +190,13 @@ class DataPlane:
         if not mv.decoupled:
             yield await self.infer(request, mv)
             return
-        mv.signature.check(request)
-        stream = ResponseStream(asyncio.get_running_loop(), mv.signature, request)
+        _, sig, scheduler = _serving(mv)
+        sig.check(request)
+        stream = ResponseStream(asyncio.get_running_loop(), sig, request)
         request.stream = stream
         self._inflight += 1
         self._idle.clear()
-        task = asyncio.ensure_future(mv.scheduler.infer(request))
+        task = asyncio.ensure_future(scheduler.infer(request))
         task.add_done_callback(lambda t: _end_stream(t, stream))
         try:
             while True:
@@ -206,7 +208,7 @@ class DataPlane:
                 response.model_version = mv.version
                 response.final = final
                 if response.outputs:
-                    self._finish(request, response, mv)
+                    self._finish(request, response, sig, mv.labels)
                 yield response
                 if final:
                     return
@@ -232,10 +234,15 @@ class DataPlane:
             return self._inflight == 0
         return True
 
-    def _finish(self, request: InferRequest, response: InferResponse, mv: ModelVersion) -> None:
+    def _finish(
+        self,
+        request: InferRequest,
+        response: InferResponse,
+        sig: Signature,
+        labels: dict[str, list[str]],
+    ) -> None:
         """Select the requested outputs, apply classification, note datatypes."""
         outputs = response.outputs
-        sig = mv.signature
         if request.outputs:
             chosen = {}
             for out in request.outputs:
@@ -244,7 +251,7 @@ class DataPlane:
                     array = classify(
                         array,
                         out.class_count,
-                        mv.labels.get(out.name),
+                        labels.get(out.name),
                         sig.max_batch_size > 0,
                         out.name,
                     )
@@ -270,12 +277,12 @@ class DataPlane:
             return {"model_stats": stats}
         versions = self.models.versions(name)
         if version >= 0:
-            mv = versions.get(version)
-            if mv is None or mv.state is not ModelState.READY:
+            chosen = versions.get(version)
+            if chosen is None or chosen.state is not ModelState.READY:
                 raise InvalidArgument(
                     f"requested model version is not available for model '{name}'"
                 )
-            return {"model_stats": [mv.stats.as_json(name, version)]}
+            return {"model_stats": [chosen.stats.as_json(name, version)]}
         ready = [mv for mv in versions.values() if mv.state is ModelState.READY]
         if not ready:
             raise InvalidArgument(f"requested model '{name}' is not available")
@@ -368,6 +375,15 @@ class DataPlane:
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._check_explicit()
         await self.models.unload(name, unload_dependents=unload_dependents)
+
+
+def _serving(mv: ModelVersion) -> tuple[ModelConfig, Signature, Scheduler]:
+    """The config, signature and scheduler of a version :meth:`ModelManager.resolve` gave out
+    (a ready one: all three are set)."""
+    config, sig, scheduler = mv.config, mv.signature, mv.scheduler
+    if config is None or sig is None or scheduler is None:
+        raise Unavailable(f"model '{mv.name}' version {mv.version} is not ready")
+    return config, sig, scheduler
 
 
 def _end_stream(task: asyncio.Future, stream: ResponseStream) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from http import HTTPStatus
+from typing import ClassVar
 
 
 class ErrorCode(enum.Enum):
@@ -52,6 +53,8 @@ class NaiadError(Exception):
     """Base class. ``code`` is Triton's error code; ``status`` and ``grpc_code`` follow from it."""
 
     code: ErrorCode = ErrorCode.INVALID_ARG
+    #: an HTTP status of the class's own, in place of its code's (a 413 has no Triton code)
+    http_status: ClassVar[HTTPStatus | None] = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -63,6 +66,8 @@ class NaiadError(Exception):
     @property
     def status(self) -> HTTPStatus:
         """The HTTP status Triton answers this error with."""
+        if self.http_status is not None:
+            return self.http_status
         return STATUS[self.code][0]
 
     @status.setter
@@ -96,7 +101,7 @@ class Unavailable(NaiadError):
 class RequestTooLarge(NaiadError):
     """A request larger than a limit of the server (body, decoded tensors). HTTP 413."""
 
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 class Unsupported(NaiadError):

@@ -176,7 +176,7 @@ class Server:
         if self._grpc is not None:
             # open streams get what is left of the timeout to finish their answers
             await self._grpc.stop(deadline - loop.time())
-            self._grpc: GrpcEndpoint | None = None
+            self._grpc = None
         if self._runner is not None:
             await self._runner.cleanup()
         await self.models.unload_all()

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from .errors import AlreadyExists, InternalError, InvalidArgument, NotFound
 from .inference import RequestedOutput
@@ -46,6 +47,15 @@ log = logging.getLogger(__name__)
 SHM_ROOT = Path("/dev/shm")
 #: the most one ``pread``/``pwrite`` call moves on Linux
 _IO_MAX = 0x7FFFF000
+
+
+class RegionStatus(TypedDict):
+    """One region as the shared-memory status routes answer it."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
 
 
 @dataclass(eq=False)
@@ -63,7 +73,7 @@ class Region:
     #: unregistered: close once ``users`` drops to 0
     retired: bool = False
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> RegionStatus:
         return {
             "name": self.name,
             "key": self.key,
@@ -124,9 +134,10 @@ class Region:
             try:
                 done += os.pwrite(self.fd, view[done : done + _IO_MAX], start + done)
             except OSError as exc:  # ENOSPC on a full /dev/shm, say
+                code = exc.errno
                 raise InternalError(
                     f"failed to write to shared memory region '{self.name}': "
-                    f"{errno.errorcode.get(exc.errno, exc.errno)}"
+                    f"{errno.errorcode.get(code, code) if code is not None else code}"
                 ) from exc
 
     def close(self) -> None:
@@ -219,7 +230,7 @@ class SharedMemoryManager:
         """The registered regions, in registration order."""
         return list(self._regions.values())
 
-    def status(self, name: str = "") -> list[dict[str, object]]:
+    def status(self, name: str = "") -> list[RegionStatus]:
         """``GET /v2/systemsharedmemory[/region/{name}]/status``."""
         if not name:
             return [r.status() for r in self._regions.values()]

@@ -279,7 +279,7 @@ def _typed_contents(
         return array.reshape(shape)
     # INT8/INT16 (and UINT8/UINT16) keep the low bytes of each value, as Triton's copy does
     flat = np.array(values, dtype=_FIELD_TYPE[field][1]).astype(WIRE_DTYPES[datatype])
-    return from_wire_bytes(memoryview(flat).cast("B"), datatype, shape, name)
+    return from_wire_bytes(flat.data.cast("B"), datatype, shape, name)
 
 
 def _parse_output(tensor: pb.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:

@@ -98,7 +98,7 @@ class InferenceService:
         dp = self.dp
         version = parse_model_version(request.model_version)
         mv = dp.resolve(request.model_name, version)
-        if mv.config.model_transaction_policy.decoupled:
+        if mv.decoupled:
             raise Unsupported(
                 "ModelInfer RPC doesn't support models with decoupled transaction policy"
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import orjson
@@ -31,7 +31,7 @@ _ONE_OF = (
 )
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+def decompress(body: bytes | memoryview, encoding: str | None, limit: int) -> bytes | memoryview:
     """Undo ``Content-Encoding`` gzip/deflate; the result is bounded by ``limit`` bytes."""
     if not encoding or encoding == "identity":
         return body
@@ -107,7 +107,7 @@ def _field_error(name: str, what: str) -> InternalError:
 
 
 def parse_infer_request(
-    body: bytes,
+    body: bytes | memoryview,
     header_length: int | None,
     model_name: str,
     model_version: int,
@@ -300,7 +300,7 @@ def _uint(key: str, value: Any) -> int:
     return value
 
 
-def _is_uint(value: Any) -> bool:
+def _is_uint(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -413,7 +413,7 @@ def _parse_output(item: Any) -> RequestedOutput:
 
 
 def _parse_raw(
-    body: bytes, model: str, version: int, raw_input: tuple[str, str, list[int]] | None
+    body: bytes | memoryview, model: str, version: int, raw_input: tuple[str, str, list[int]] | None
 ) -> InferRequest:
     if raw_input is None:
         raise InvalidArgument(

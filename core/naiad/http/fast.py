@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import http
 import socket
 import time
 from email.utils import formatdate
+from typing import Final
 
 import httptools
 from aiohttp import web
@@ -65,7 +67,15 @@ _JOIN_LIMIT = 1 << 16
 _HEAD_CHARS = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 _SERVER = SERVER_SOFTWARE.encode()
 _STATUS = {s.value: b"%d %s" % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
-_NOT_OURS = object()
+
+
+class _NotOurs(enum.Enum):
+    """What the front hands to aiohttp instead of answering (the one member is the token)."""
+
+    TOKEN = 0
+
+
+_NOT_OURS: Final = _NotOurs.TOKEN
 
 # what the route of a request is, after parsing
 _LIVE, _READY, _SERVER_META, _ALL_STATS, _META, _MODEL_READY, _CONFIG, _STATS, _INFER = range(9)
@@ -102,7 +112,16 @@ class _Request:
 
     __slots__ = ("route", "name", "version", "headers", "keep_alive", "body_start", "end")
 
-    def __init__(self, route, name, version, headers, keep_alive, body_start, end) -> None:
+    def __init__(
+        self,
+        route: int,
+        name: str,
+        version: bytes | None,
+        headers: dict[bytes, bytes],
+        keep_alive: bool,
+        body_start: int,
+        end: int,
+    ) -> None:
         self.route = route
         self.name = name
         self.version = version
@@ -117,7 +136,7 @@ _HEADS: dict[bytes, _Request] = {}
 _HEADS_MAX = 512
 
 
-def parse_head(buf: bytes | bytearray, pos: int, max_input: int) -> _Request | None | object:
+def parse_head(buf: bytes | bytearray, pos: int, max_input: int) -> _Request | _NotOurs | None:
     """The request at ``buf[pos:]``; None while its head is incomplete, ``_NOT_OURS`` when
     aiohttp must answer it. The request's body offsets count from ``pos``.
 
@@ -135,12 +154,12 @@ def parse_head(buf: bytes | bytearray, pos: int, max_input: int) -> _Request | N
     req = _HEADS.get(head)
     if req is not None and (req.end - req.body_start > max_input) == (req.route == _TOO_LARGE):
         return req  # (a head judged against another limit is parsed again)
-    req = _parse_head(head, max_input)
-    if isinstance(req, _Request):
+    parsed = _parse_head(head, max_input)
+    if isinstance(parsed, _Request):
         if len(_HEADS) >= _HEADS_MAX:
             _HEADS.clear()
-        _HEADS[head] = req
-    return req
+        _HEADS[head] = parsed
+    return parsed
 
 
 class _Head:
@@ -167,7 +186,7 @@ class _Head:
         self.complete = True
 
 
-def _parse_head(head: bytes, max_input: int) -> _Request | object:
+def _parse_head(head: bytes, max_input: int) -> _Request | _NotOurs:
     """``head`` (ending in CRLF CRLF) as the front's request, or ``_NOT_OURS``."""
     if head.translate(None, _HEAD_CHARS):  # only visible ASCII
         return _NOT_OURS
@@ -199,7 +218,7 @@ def _parse_head(head: bytes, max_input: int) -> _Request | object:
         if b"upgrade" in tokens:
             return _NOT_OURS
         keep_alive = b"close" not in tokens
-    kind, name, version = route  # type: ignore[misc]
+    kind, name, version = route
     length = int(headers.get(b"content-length", b"0"))  # llhttp checked: digits only
     body_start = len(head)
     if length > max_input:
@@ -207,7 +226,7 @@ def _parse_head(head: bytes, max_input: int) -> _Request | object:
     return _Request(kind, name, version, headers, keep_alive, body_start, body_start + length)
 
 
-def _route(method: bytes, target: bytes) -> tuple[int, str, bytes | None] | object:
+def _route(method: bytes, target: bytes) -> tuple[int, str, bytes | None] | _NotOurs:
     """(route, model name, version digits) of the hot V2 requests, ``_NOT_OURS`` otherwise.
 
     It mirrors the aiohttp route table (``app.routes``) for the paths it takes: a model name is
@@ -502,7 +521,7 @@ class FastProtocol(asyncio.Protocol):
                     self._buf = buf[pos:]
                     self._hand_off()
                     return
-                req = parsed  # type: ignore[assignment]
+                req = parsed
                 if req.route == _TOO_LARGE:
                     self._refuse(req)
                     return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import MethodType
 
 from ..backend import InferenceBackend, InstanceContext
 from ..config import ModelConfig
@@ -71,9 +72,12 @@ def auto_complete(
 
 def _is_base(backend_cls: type[InferenceBackend]) -> bool:
     """The class does not override auto-complete: no need for a process."""
+    method, base = backend_cls.auto_complete_config, InferenceBackend.auto_complete_config
     return (
-        backend_cls.auto_complete_config.__func__ is InferenceBackend.auto_complete_config.__func__
-    )  # type: ignore[attr-defined]
+        isinstance(method, MethodType)
+        and isinstance(base, MethodType)
+        and method.__func__ is base.__func__
+    )
 
 
 #: Triton's python-backend parameter naming the Python environment of a model

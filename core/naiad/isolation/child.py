@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ..backend import CustomInstance, InstanceContext
+from ..backend import CustomInstance, InferenceBackend, InstanceContext
 from ..config import ModelConfig
 from ..errors import InternalError, ModelLoadError, NaiadError
 from ..inference import InferRequest, InferResponse
@@ -155,7 +155,7 @@ class ChildStream:
             pass
 
 
-def _backend_class(module: str, qualname: str) -> type:
+def _backend_class(module: str, qualname: str) -> type[InferenceBackend]:
     try:
         obj: Any = importlib.import_module(module)
         for part in qualname.split("."):
@@ -163,7 +163,7 @@ def _backend_class(module: str, qualname: str) -> type:
     except (ImportError, AttributeError) as exc:
         raise ModelLoadError(
             f"backend class {module}.{qualname} cannot be imported in an instance process "
-            f"({type(exc).__name__}: {exc}); serve it with instance_isolation \"thread\""
+            f'({type(exc).__name__}: {exc}); serve it with instance_isolation "thread"'
         ) from exc
     return obj
 

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import ModelLoadError
@@ -85,14 +86,14 @@ class RemoteRepositories:
 
 
 def open_repositories(
-    locations: list[Path | str], environ: dict[str, str] | None = None
+    locations: list[Path | str], environ: Mapping[str, str] | None = None
 ) -> tuple[list[Path], RemoteRepositories]:
     """Local folders for every location, in order (a remote one's cache folder), and the
     remote repositories behind the cache folders. Nothing is read or created yet.
 
     Raises LocationError for a malformed URL or credentials file.
     """
-    env = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     paths: list[Path] = []
     remotes: list[RemoteRepository] = []
     for location in locations:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 #: URL scheme -> (fsspec protocol, the package that provides it, naiad's extra)
@@ -72,20 +73,24 @@ class RemoteLocation:
         return PROTOCOLS[self.scheme][2]
 
 
-def parse_location(url: str, environ: dict[str, str] | None = None) -> RemoteLocation:
+def parse_location(url: str, environ: Mapping[str, str] | None = None) -> RemoteLocation:
     """Parse ``url``; credentials from ``TRITON_CLOUD_CREDENTIAL_PATH`` when it is set.
 
     Raises LocationError for a URL without a bucket (or account/container) or a bad JSON file.
     """
-    env = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     scheme, _, rest = url.partition("://")
     if scheme not in PROTOCOLS:
         raise LocationError(f"'{url}' is not an s3://, gs:// or as:// URL")
     credentials = _credentials_for(url, scheme, env)
-    if scheme == "s3":
-        return _parse_s3(url, rest, credentials, env)
     if scheme == "gs":
         return _parse_gs(url, rest, credentials)
+    if not isinstance(credentials, dict):
+        raise LocationError(
+            f"{CREDENTIAL_PATH_ENV} file: the '{scheme}' entry for '{url}' must be an object"
+        )
+    if scheme == "s3":
+        return _parse_s3(url, rest, credentials, env)
     return _parse_as(url, rest, credentials, env)
 
 
@@ -93,7 +98,7 @@ def _clean(path: str) -> str:
     return "/".join(part for part in path.split("/") if part)
 
 
-def _parse_s3(url: str, rest: str, cred: dict, env) -> RemoteLocation:
+def _parse_s3(url: str, rest: str, cred: dict, env: Mapping[str, str]) -> RemoteLocation:
     options: dict = {"skip_instance_cache": True, "use_listings_cache": False}
     client_kwargs: dict = {}
     match = _S3_ENDPOINT.match(rest)
@@ -120,7 +125,7 @@ def _parse_s3(url: str, rest: str, cred: dict, env) -> RemoteLocation:
     return RemoteLocation(url, "s3", root, options)
 
 
-def _parse_gs(url: str, rest: str, cred) -> RemoteLocation:
+def _parse_gs(url: str, rest: str, cred: dict | str) -> RemoteLocation:
     root = _clean(rest)
     if not root:
         raise LocationError(f"'{url}' names no bucket")
@@ -130,7 +135,7 @@ def _parse_gs(url: str, rest: str, cred) -> RemoteLocation:
     return RemoteLocation(url, "gs", root, options)
 
 
-def _parse_as(url: str, rest: str, cred: dict, env) -> RemoteLocation:
+def _parse_as(url: str, rest: str, cred: dict, env: Mapping[str, str]) -> RemoteLocation:
     account, _, path = rest.partition("/")
     root = _clean(path)
     if not account or not root:
@@ -153,7 +158,7 @@ def _parse_as(url: str, rest: str, cred: dict, env) -> RemoteLocation:
     return RemoteLocation(url, "as", root, options)
 
 
-def _credentials_for(url: str, scheme: str, env) -> dict | str:
+def _credentials_for(url: str, scheme: str, env: Mapping[str, str]) -> dict | str:
     """The entry of Triton's credential file for ``url`` (longest matching key), or {}."""
     path = env.get(CREDENTIAL_PATH_ENV)
     if not path:

@@ -13,7 +13,6 @@ function call would) instead of queueing behind itself: a model calling itself n
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
 import json
 import queue
@@ -194,9 +193,9 @@ def _bls_error(model: str, exc: NaiadError) -> NaiadError:
     return exc
 
 
-def files_for_load(files: dict[str, bytes] | None, name: str) -> dict[str, str] | None:
+def files_for_load(files: dict[str, bytes] | None, name: str) -> dict[str, bytes] | None:
     """``pb_utils.load_model``'s ``files`` (``"file:1/model.py" -> bytes``) as the data plane
-    takes them (path -> base64)."""
+    takes them (path -> raw bytes)."""
     if files is None:
         return None
     if not isinstance(files, dict):
@@ -207,8 +206,7 @@ def files_for_load(files: dict[str, bytes] | None, name: str) -> dict[str, str] 
     out = {}
     for key, content in files.items():
         path = key[5:] if key.startswith("file:") else key
-        data = content.encode() if isinstance(content, str) else bytes(content)
-        out[path] = base64.b64encode(data).decode()
+        out[path] = content.encode() if isinstance(content, str) else bytes(content)
     return out
 
 

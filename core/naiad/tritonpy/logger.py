@@ -32,7 +32,7 @@ class Logger:
     VERBOSE = LogLevel.VERBOSE
 
     @staticmethod
-    def log(message: str, level: LogLevel = LogLevel.INFO) -> None:
+    def log(message: str, level: int = LogLevel.INFO) -> None:
         _log.log(_LEVELS.get(LogLevel(level), logging.INFO), "%s", message, stacklevel=2)
 
     @staticmethod

@@ -98,7 +98,8 @@ class Tensor:
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
         self._name = name
-        self._array = array
+        #: None for a tensor over device memory (DLPack from a GPU): ``_dlpack`` holds it
+        self._array: np.ndarray | None = array
         self._dlpack: Any = None
 
     @classmethod

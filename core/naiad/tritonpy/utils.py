@@ -73,8 +73,7 @@ def serialize_byte_tensor(input_tensor: np.ndarray) -> bytes | tuple | None:
     if input_tensor.dtype != np.object_ and input_tensor.dtype.type != np.bytes_:
         return None
     parts = []
-    for item in np.nditer(input_tensor, flags=["refs_ok"], order="C"):
-        value = item.item()
+    for value in input_tensor.ravel(order="C").tolist():
         if not isinstance(value, bytes):
             value = str(value).encode("utf-8")
         parts.append(struct.pack("<I", len(value)))
