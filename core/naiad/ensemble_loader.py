@@ -26,7 +26,8 @@ from .signature import Signature, TensorSpec
 from .tensors import protocol_to_config
 
 if TYPE_CHECKING:
-    from .models import ModelManager, ModelVersion
+    from .models import ModelManager
+    from .registry import ModelVersion
 
 __all__ = ["EnsembleLinker"]
 
