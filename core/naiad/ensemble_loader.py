@@ -26,7 +26,8 @@ from .signature import Signature, TensorSpec
 from .tensors import protocol_to_config
 
 if TYPE_CHECKING:
-    from .models import ModelManager, ModelVersion
+    from .models import ModelManager
+    from .registry import ModelVersion
 
 __all__ = ["EnsembleLinker"]
 
@@ -68,20 +69,17 @@ class EnsembleLinker:
         manager = self._manager
         if self._depends_on(dep, name):
             raise ModelLoadError(
-                f"circular dependency: ensemble '{name}' uses model '{dep}', which uses "
-                f"'{name}'"
+                f"circular dependency: ensemble '{name}' uses model '{dep}', which uses '{name}'"
             )
         waits = self._waits.setdefault(name, set())
         waits.add(dep)
         try:
-            lock = manager._lock(dep)
+            lock = manager.registry.lock(dep)
             if lock.locked():
                 async with lock:  # a load (or unload) of ``dep`` is under way: let it finish
                     pass
             elif not _has_ready(manager, dep):
-                found = await asyncio.to_thread(
-                    repository.find_model, manager.repositories, dep
-                )
+                found = await asyncio.to_thread(repository.find_model, manager.repositories, dep)
                 if found is None:
                     raise ModelLoadError(
                         f"ensemble '{name}' uses model '{dep}', which is not in the model "
@@ -91,8 +89,7 @@ class EnsembleLinker:
                     await manager.load(dep)
                 except NaiadError as exc:
                     raise ModelLoadError(
-                        f"ensemble '{name}' uses model '{dep}', which failed to load: "
-                        f"{exc.message}"
+                        f"ensemble '{name}' uses model '{dep}', which failed to load: {exc.message}"
                     ) from exc
         finally:
             waits.discard(dep)
@@ -125,8 +122,9 @@ class EnsembleLinker:
                 f"not available: {exc.message}"
             ) from exc
         if mv.signature is None:
-            raise ModelLoadError(f"model '{step.model_name}' used by ensemble '{name}' has no "
-                                 "signature")
+            raise ModelLoadError(
+                f"model '{step.model_name}' used by ensemble '{name}' has no signature"
+            )
         return mv
 
 

@@ -112,3 +112,24 @@ def remove_override_folder(model_dir: Path) -> None:
     root = model_dir.parent
     if root.name.startswith("naiad-override-"):
         shutil.rmtree(root, ignore_errors=True)
+
+
+class OverrideFolders:
+    """Which loaded model serves from a folder written by :func:`write_override_folder`."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, Path] = {}
+
+    def replace(self, name: str, folder: Path | None) -> Path | None:
+        """``name`` now serves from ``folder`` (None: from a repository). Returns the folder it
+        served from before, for the caller to remove once the old versions are released."""
+        previous = self._dirs.pop(name, None)
+        if folder is not None:
+            self._dirs[name] = folder
+        return previous
+
+    def drop(self, name: str) -> None:
+        """``name`` was unloaded: its folder (if any) is deleted."""
+        folder = self._dirs.pop(name, None)
+        if folder is not None:
+            remove_override_folder(folder)

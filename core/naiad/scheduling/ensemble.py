@@ -3,11 +3,11 @@
 Triton's ensemble (scheduling.md §5): the ensemble's tensors are its inputs, its outputs and every
 name in the steps' ``input_map`` / ``output_map``. A step starts as soon as every tensor it reads
 exists; steps that do not depend on each other run concurrently (one asyncio task each). Each step
-is an ordinary request to the composing model, resolved from the :class:`~naiad.models.ModelManager`
-when the step starts, validated against that model's signature and handed to that model's own
-scheduler — so ensemble traffic batches with direct traffic, and each composing model counts the
-requests it served in its own statistics. Tensors pass between steps as the arrays the steps
-produced: nothing is serialised or copied on the way.
+is an ordinary request to the composing model, resolved from the
+:class:`~naiad.registry.ModelRegistry` when the step starts, validated against that model's
+signature and handed to that model's own scheduler — so ensemble traffic batches with direct
+traffic, and each composing model counts the requests it served in its own statistics. Tensors pass
+between steps as the arrays the steps produced: nothing is serialised or copied on the way.
 
 A step's failure is the ensemble request's failure, with a message that names the ensemble, the
 step and the composing model; the other running steps are cancelled.
@@ -31,7 +31,7 @@ from .base import SchedulerCore
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
-    from ..models import ModelManager
+    from ..registry import ModelRegistry
 
 __all__ = ["EnsembleScheduler", "Step", "steps_of"]
 
@@ -73,11 +73,11 @@ class EnsembleScheduler(SchedulerCore):
     """Runs an ensemble's steps for each request (the ensemble has no instances of its own)."""
 
     def __init__(
-        self, config: ModelConfig, manager: ModelManager, stats: ModelStats, signature: Signature
+        self, config: ModelConfig, registry: ModelRegistry, stats: ModelStats, signature: Signature
     ) -> None:
         super().__init__(stats)
         self._name = config.name
-        self._manager = manager
+        self._registry = registry
         self._signature = signature
         self._steps = steps_of(config)
 
@@ -157,7 +157,7 @@ class EnsembleScheduler(SchedulerCore):
         """One composing-model request; its outputs under their ensemble tensor names."""
         where = step.describe(self._name)
         try:
-            mv = self._manager.resolve(step.model_name, step.model_version)
+            mv = self._registry.resolve(step.model_name, step.model_version)
         except NaiadError as exc:
             raise Unavailable(
                 f"{where}: composing model '{step.model_name}' is not available: {exc.message}"
