@@ -98,7 +98,7 @@ async def infer(request: web.Request) -> web.Response:
     version = _version(request)
     mv = dp.resolve(name, version)  # an unknown model fails before its body is read
     headers = request.headers
-    mv.arriving += 1  # received before an unload, so served (see ModelManager)
+    mv.arriving += 1  # received before an unload, so served (see ModelRegistry)
     try:
         status, payload, content_type, out_headers = await handlers.infer(
             dp,

@@ -87,7 +87,7 @@ async def infer(
     """
     if mv.decoupled:
         raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
-    mv.arriving += 1  # an unload from now on waits for this request (see ModelManager)
+    mv.arriving += 1  # an unload from now on waits for this request (see ModelRegistry)
     lease = dp.shm.lease()
     try:
         if content_encoding and content_encoding != "identity":
