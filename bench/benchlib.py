@@ -201,10 +201,15 @@ def wait_ready(srv: Server, models: list[str], timeout: float = 180.0) -> None:
         time.sleep(0.3)
 
 
-def _naiad_ports(exe: Path, port: int) -> list[str]:
+def _naiad_ports(exe: Path, port: int, env: dict[str, str] | None = None) -> list[str]:
     """Triton's layout for the other endpoints naiad has (gRPC = HTTP + 1, metrics = HTTP + 2),
     so that a default port (8001, 8002) taken by other work on the machine cannot stop it."""
-    text = subprocess.run([str(exe), "serve", "--help"], capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [str(exe), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    ).stdout
     flags = []
     for flag, offset in (("--grpc-port", 1), ("--metrics-port", 2)):
         if flag in text:
@@ -219,7 +224,9 @@ def start_naiad(
     models: list[str],
     name="naiad",
     extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
+    """``env``: added to the environment (e.g. PYTHONPATH of another checkout's packages)."""
     exe = NAIAD_VENV / "bin" / "naiad"
     need(exe, "naiad")
     logp = workdir / f"{name}.log"
@@ -233,11 +240,17 @@ def start_naiad(
         "--http-port",
         str(port),
         "--exit-on-error=false",
-        *_naiad_ports(exe, port),
+        *_naiad_ports(exe, port, env),
         *(extra or []),
     ]
     f = open(logp, "wb")
-    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        cmd,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ, **(env or {})),
+    )
     srv = Server(name, p.pid, f"http://127.0.0.1:{port}", logp, p, "naiad")
     wait_ready(srv, models)
     log(f"{name} ready: {srv.url} pid {srv.pid} (log {logp})")

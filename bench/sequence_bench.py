@@ -25,6 +25,7 @@ import argparse
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import benchlib as B
 
@@ -42,19 +43,27 @@ def main() -> int:
     ap.add_argument("-r", "--repeat", type=int, default=1)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--servers", default="naiad,triton")
+    ap.add_argument(
+        "--before",
+        help="also serve the ONNX graphs with naiad from this checkout of an earlier commit "
+        "(server 'before', PYTHONPATH = its core/ and plugins/*/; see before_after.py)",
+    )
     ap.add_argument("--port", type=int, default=27700)
     ap.add_argument("--out")
     a = ap.parse_args()
     concs = [int(c) for c in a.concurrency.split(",")]
     models = a.models.split(",")
     want = a.servers.split(",")
+    if a.before:
+        want = ["before"] + [w for w in want if w != "before"]
     out = B.new_outdir("sequence", a.out)
     rows: list[dict] = []
     B.log(f"results in {out}")
     mk = str(B.BENCH / "make_sequence_repo.py")
-    repos = {"naiad": out / "repo-onnx", "triton": out / "repo-python"}
-    pythons = {"naiad": B.NAIAD_VENV / "bin" / "python", "triton": B.TRITON_VENV / "bin" / "python"}
-    kinds = {"naiad": "onnx", "triton": "python"}
+    repos = {"naiad": out / "repo-onnx", "triton": out / "repo-python", "before": out / "repo-b"}
+    naiad_py = B.NAIAD_VENV / "bin" / "python"
+    pythons = {"naiad": naiad_py, "before": naiad_py, "triton": B.TRITON_VENV / "bin" / "python"}
+    kinds = {"naiad": "onnx", "before": "onnx", "triton": "python"}
     pa_extra = ["--sequence-length", str(a.sequence_length), "--sequence-length-variation", "0"]
 
     def keep(row: dict) -> None:
@@ -82,7 +91,12 @@ def main() -> int:
                 stdout=subprocess.DEVNULL,
             )
             port = base + 3 * i
-            if name == "naiad":
+            if name in ("naiad", "before"):
+                env = None
+                if name == "before":
+                    from before_after import before_env
+
+                    env = before_env(Path(a.before).resolve())
                 srv = B.start_naiad(
                     repos[name],
                     port,
@@ -90,14 +104,16 @@ def main() -> int:
                     models,
                     name=name,
                     extra=["--metrics-port", str(port + 2)],
+                    env=env,
                 )
             else:
                 srv = B.start_triton(repos[name], port, out, models, name=name)
             started[name] = servers.add(srv)
         for rnd in range(a.repeat):
+            order = want[rnd % len(want) :] + want[: rnd % len(want)]  # rotate: drift hits all
             for model in models:
                 for conc in concs:
-                    for name in want:
+                    for name in order:
                         row = B.run_pa(
                             started[name],
                             model,
@@ -140,6 +156,7 @@ def render(rows: list[dict], want: list[str], models: list[str], concs: list[int
         "srv cpu%",
         "other cpu%",
         "naiad ÷ triton",
+        "naiad ÷ before",
     ]
     body = []
     for model in models:
@@ -147,7 +164,7 @@ def render(rows: list[dict], want: list[str], models: list[str], concs: list[int
             for name in want:
                 r = agg.get((name, model, conc))
                 if r is None or r.get("failed"):
-                    body.append([model, str(conc), name, "failed" if r else "n/a"] + [""] * 7)
+                    body.append([model, str(conc), name, "failed" if r else "n/a"] + [""] * 8)
                     continue
                 body.append(
                     [
@@ -162,6 +179,7 @@ def render(rows: list[dict], want: list[str], models: list[str], concs: list[int
                         B.fmt(r["server_cpu_pct"]),
                         B.fmt(r["other_cpu_pct"]),
                         B.ratio(r, agg.get(("triton", model, conc))) if name == "naiad" else "",
+                        B.ratio(r, agg.get(("before", model, conc))) if name == "naiad" else "",
                     ]
                 )
     return B.md_table(head, body, left=3)
