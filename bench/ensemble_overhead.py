@@ -36,8 +36,9 @@ def _free_port() -> int:
 
 
 def _make_ensemble():
-    spec = importlib.util.spec_from_file_location("make_ensemble", ROOT / "examples" /
-                                                  "make_ensemble.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_ensemble", ROOT / "examples" / "make_ensemble.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -108,10 +109,23 @@ def main() -> None:
         port = _free_port()
         log = open(Path(tmp) / "naiad.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "naiad", "serve", "--model-repository", str(repo),
-             "--http-address", "127.0.0.1", "--http-port", str(port),
-             "--metrics-port", str(_free_port())],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "naiad",
+                "serve",
+                "--model-repository",
+                str(repo),
+                "--http-address",
+                "127.0.0.1",
+                "--http-port",
+                str(port),
+                "--metrics-port",
+                str(_free_port()),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"127.0.0.1:{port}"
         try:
             client = httpclient.InferenceServerClient(url)

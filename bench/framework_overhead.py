@@ -46,9 +46,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib
 
 MODELS_FILE = benchlib.ROOT / "plugins" / "backend-pytorch" / "tests" / "naiad_pytorch_models.py"
-SHAPES = {"mlp": ("INPUT__0", (16,), ["OUTPUT__0"]),
-          "conv": ("image", (3, 16, 16), ["logits__0", "features__1"]),
-          "conv_large": ("image", (3, 64, 64), ["OUTPUT__0"])}
+SHAPES = {
+    "mlp": ("INPUT__0", (16,), ["OUTPUT__0"]),
+    "conv": ("image", (3, 16, 16), ["logits__0", "features__1"]),
+    "conv_large": ("image", (3, 64, 64), ["OUTPUT__0"]),
+}
 LARGE_CONFIG = """
 platform: "pytorch_libtorch"
 max_batch_size: 32
@@ -65,12 +67,24 @@ def write_large(torch, models, repo: Path) -> None:
     torch.manual_seed(0)
     nn = torch.nn
     net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(64, 10)).eval()
-    models.write_model(repo, "conv_large", LARGE_CONFIG, lambda d: models.save_torchscript(
-        net, torch.randn(2, 3, 64, 64), d))
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    ).eval()
+    models.write_model(
+        repo,
+        "conv_large",
+        LARGE_CONFIG,
+        lambda d: models.save_torchscript(net, torch.randn(2, 3, 64, 64), d),
+    )
 
 
 def _models():
@@ -129,18 +143,26 @@ def direct(torch, path: Path, x: np.ndarray, conc: int, seconds: float, warmup: 
 
 def served_pa(srv, model: str, batch: int, conc: int, seconds: float, outdir: Path) -> dict:
     """perf_analyzer (HTTP, binary, sync, C in flight): 3 windows of seconds / 3."""
-    row = benchlib.run_pa(srv, model, conc, max(1000, int(seconds * 1000 / 3)), outdir, "naiad",
-                          batch=batch)
+    row = benchlib.run_pa(
+        srv, model, conc, max(1000, int(seconds * 1000 / 3)), outdir, "naiad", batch=batch
+    )
     if row.get("failed"):
         raise RuntimeError(row["error"])
-    return {"kind": "naiad", "infer_per_s": row["infer_per_s"], "p50_ms": row["p50_ms"],
-            "p99_ms": row["p99_ms"], "cli_cpu": row["client_cpu_pct"],
-            "srv_cpu": row["server_cpu_pct"], "avg_batch": row.get("avg_batch"),
-            "other_cpu": row["machine_cpu_pct"] - row["server_cpu_pct"] - row["client_cpu_pct"]}
+    return {
+        "kind": "naiad",
+        "infer_per_s": row["infer_per_s"],
+        "p50_ms": row["p50_ms"],
+        "p99_ms": row["p99_ms"],
+        "cli_cpu": row["client_cpu_pct"],
+        "srv_cpu": row["server_cpu_pct"],
+        "avg_batch": row.get("avg_batch"),
+        "other_cpu": row["machine_cpu_pct"] - row["server_cpu_pct"] - row["client_cpu_pct"],
+    }
 
 
-def served_python(client_mod, srv, model: str, x: np.ndarray, conc: int, seconds: float,
-                  warmup: float) -> dict:
+def served_python(
+    client_mod, srv, model: str, x: np.ndarray, conc: int, seconds: float, warmup: float
+) -> dict:
     """C threads, each with its own tritonclient.http client (binary tensors), closed loop.
     (The client's async_infer adds a ~10 ms floor per request: not used.)"""
     name, _, outputs = SHAPES[model]
@@ -181,9 +203,14 @@ def served_python(client_mod, srv, model: str, x: np.ndarray, conc: int, seconds
 
 def _row(kind: str, lat: list[list[float]], batch: int, wall: float, cli_cpu: float) -> dict:
     flat = np.array([v for part in lat for v in part]) * 1000
-    return {"kind": kind, "calls": len(flat), "infer_per_s": len(flat) * batch / wall,
-            "p50_ms": float(np.percentile(flat, 50)), "p99_ms": float(np.percentile(flat, 99)),
-            "cli_cpu": cli_cpu}
+    return {
+        "kind": kind,
+        "calls": len(flat),
+        "infer_per_s": len(flat) * batch / wall,
+        "p50_ms": float(np.percentile(flat, 50)),
+        "p99_ms": float(np.percentile(flat, 99)),
+        "cli_cpu": cli_cpu,
+    }
 
 
 def main() -> None:
@@ -196,8 +223,12 @@ def main() -> None:
     ap.add_argument("-r", "--rounds", type=int, default=1)
     ap.add_argument("--port", type=int, default=27500)
     ap.add_argument("--json", help="also write the rows here (JSON lines)")
-    ap.add_argument("--client", choices=["auto", "pa", "python"], default="auto",
-                    help="perf_analyzer (bench/setup.sh) or Python threads; auto: pa if set up")
+    ap.add_argument(
+        "--client",
+        choices=["auto", "pa", "python"],
+        default="auto",
+        help="perf_analyzer (bench/setup.sh) or Python threads; auto: pa if set up",
+    )
     args = ap.parse_args()
 
     import torch
@@ -217,18 +248,21 @@ def main() -> None:
             for model in args.models.split(","):
                 path = repo / model / "1" / "model.pt"
                 for batch in (int(b) for b in args.batch.split(",")):
-                    x = np.random.default_rng(batch).standard_normal(
-                        (batch, *SHAPES[model][1])).astype(np.float32)
+                    x = (
+                        np.random.default_rng(batch)
+                        .standard_normal((batch, *SHAPES[model][1]))
+                        .astype(np.float32)
+                    )
                     for conc in (int(c) for c in args.concurrency.split(",")):
                         for kind in ("direct", "naiad"):
                             if kind == "direct":
                                 row = direct(torch, path, x, conc, args.seconds, args.warmup)
                             elif use_pa:
-                                row = served_pa(srv, model, batch, conc, args.seconds,
-                                                work / "pa")
+                                row = served_pa(srv, model, batch, conc, args.seconds, work / "pa")
                             else:
-                                row = served_python(httpclient, srv, model, x, conc,
-                                                    args.seconds, args.warmup)
+                                row = served_python(
+                                    httpclient, srv, model, x, conc, args.seconds, args.warmup
+                                )
                             row.update(model=model, batch=batch, conc=conc)
                             benchlib.log(json.dumps(row))
                             rows.append(row)
@@ -237,35 +271,65 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(table(rows))
-    print(f"\nnaiad driven by {'perf_analyzer' if use_pa else 'Python threads'}; "
-          f"{benchlib.machine_info()}; "
-          f"{benchlib.pkg_versions(benchlib.NAIAD_VENV / 'bin' / 'python', ['torch', 'naiad'])}")
+    print(
+        f"\nnaiad driven by {'perf_analyzer' if use_pa else 'Python threads'}; "
+        f"{benchlib.machine_info()}; "
+        f"{benchlib.pkg_versions(benchlib.NAIAD_VENV / 'bin' / 'python', ['torch', 'naiad'])}"
+    )
 
 
 def table(rows: list[dict]) -> str:
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["batch"], r["conc"]), {}).setdefault(
-            r["kind"], []).append(r)
+        groups.setdefault((r["model"], r["batch"], r["conc"]), {}).setdefault(r["kind"], []).append(
+            r
+        )
     out = []
     for (model, batch, conc), kinds in groups.items():
         d, n = (_median(kinds.get(k, [])) for k in ("direct", "naiad"))
-        out.append([model, str(batch), str(conc), benchlib.fmt(d["infer_per_s"]),
-                    benchlib.fmt(n["infer_per_s"]), f"{n['infer_per_s'] / d['infer_per_s']:.2f}",
-                    f"{d['p50_ms']:.2f}", f"{n['p50_ms']:.2f}", f"{n['p99_ms']:.2f}",
-                    benchlib.fmt(n.get("srv_cpu")), benchlib.fmt(n["cli_cpu"]),
-                    benchlib.fmt(d["cli_cpu"]),
-                    f"{benchlib.fmt(d.get('other_cpu'))} / {benchlib.fmt(n.get('other_cpu'))}"])
-    head = ["model", "batch", "conc", "direct infer/s", "naiad infer/s", "ratio",
-            "direct p50 ms", "naiad p50 ms", "naiad p99 ms", "srv cpu%", "cli cpu%",
-            "direct cpu%", "other cpu% direct / naiad"]
+        out.append(
+            [
+                model,
+                str(batch),
+                str(conc),
+                benchlib.fmt(d["infer_per_s"]),
+                benchlib.fmt(n["infer_per_s"]),
+                f"{n['infer_per_s'] / d['infer_per_s']:.2f}",
+                f"{d['p50_ms']:.2f}",
+                f"{n['p50_ms']:.2f}",
+                f"{n['p99_ms']:.2f}",
+                benchlib.fmt(n.get("srv_cpu")),
+                benchlib.fmt(n["cli_cpu"]),
+                benchlib.fmt(d["cli_cpu"]),
+                f"{benchlib.fmt(d.get('other_cpu'))} / {benchlib.fmt(n.get('other_cpu'))}",
+            ]
+        )
+    head = [
+        "model",
+        "batch",
+        "conc",
+        "direct infer/s",
+        "naiad infer/s",
+        "ratio",
+        "direct p50 ms",
+        "naiad p50 ms",
+        "naiad p99 ms",
+        "srv cpu%",
+        "cli cpu%",
+        "direct cpu%",
+        "other cpu% direct / naiad",
+    ]
     return benchlib.md_table(head, out)
 
 
 def _median(rows: list[dict]) -> dict:
     if not rows:
-        return {"infer_per_s": float("nan"), "p50_ms": float("nan"), "p99_ms": float("nan"),
-                "cli_cpu": float("nan")}
+        return {
+            "infer_per_s": float("nan"),
+            "p50_ms": float("nan"),
+            "p99_ms": float("nan"),
+            "cli_cpu": float("nan"),
+        }
     ordered = sorted(rows, key=lambda r: r["infer_per_s"])
     return ordered[len(ordered) // 2]
 

@@ -47,10 +47,30 @@ CLASSIFIER = "resnet_tiny_onnx"
 ENSEMBLE = "preprocess_classifier"
 
 _COLOURS = ("red", "orange", "yellow", "green", "teal", "blue", "violet", "pink", "brown", "grey")
-_PATTERNS = ("plain", "striped", "spotted", "checked", "dotted", "wavy", "zigzag", "marbled",
-             "speckled", "woven")
-_SHAPES = ("circle", "square", "triangle", "star", "heart", "ring", "arrow", "cross", "moon",
-           "leaf")
+_PATTERNS = (
+    "plain",
+    "striped",
+    "spotted",
+    "checked",
+    "dotted",
+    "wavy",
+    "zigzag",
+    "marbled",
+    "speckled",
+    "woven",
+)
+_SHAPES = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "heart",
+    "ring",
+    "arrow",
+    "cross",
+    "moon",
+    "leaf",
+)
 
 PREPROCESS_CONFIG = f'''name: "{PREPROCESS}"
 backend: "image_preprocess"
@@ -158,20 +178,27 @@ def labels() -> list[str]:
 
 # ---------------------------------------------------------------------------- the classifier
 
+
 def classifier_weights() -> dict[str, np.ndarray]:
     """Every initializer of the classifier, drawn in a fixed order from default_rng(SEED)."""
     rng = np.random.default_rng(SEED)
 
     def conv(out_c: int, in_c: int) -> np.ndarray:
         fan_in = in_c * 9
-        return (rng.standard_normal((out_c, in_c, 3, 3)) * np.sqrt(2.0 / fan_in)).astype(
-            np.float32)
+        return (rng.standard_normal((out_c, in_c, 3, 3)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
 
-    weights = {"stem_w": conv(8, 3), "b1a_w": conv(8, 8), "b1b_w": conv(8, 8),
-               "down_w": conv(16, 8), "b2a_w": conv(16, 16), "b2b_w": conv(16, 16)}
+    weights = {
+        "stem_w": conv(8, 3),
+        "b1a_w": conv(8, 8),
+        "b1b_w": conv(8, 8),
+        "down_w": conv(16, 8),
+        "b2a_w": conv(16, 16),
+        "b2b_w": conv(16, 16),
+    }
     for name, w in list(weights.items()):
         weights[name.replace("_w", "_b")] = (rng.standard_normal(w.shape[0]) * 0.05).astype(
-            np.float32)
+            np.float32
+        )
     weights["fc_w"] = (rng.standard_normal((16, CLASSES)) * 0.5).astype(np.float32)
     weights["fc_b"] = (rng.standard_normal(CLASSES) * 0.1).astype(np.float32)
     return weights
@@ -182,43 +209,74 @@ def build_classifier():
     from onnx import TensorProto, helper, numpy_helper
 
     def conv(x: str, name: str, out: str, stride: int = 1) -> list:
-        return [helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [out], name=name,
-                                 kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride, stride])]
+        return [
+            helper.make_node(
+                "Conv",
+                [x, f"{name}_w", f"{name}_b"],
+                [out],
+                name=name,
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                strides=[stride, stride],
+            )
+        ]
 
     def relu(x: str, out: str) -> list:
         return [helper.make_node("Relu", [x], [out], name=f"relu_{out}")]
 
     def block(x: str, name: str) -> list:
-        return (conv(x, f"{name}a", f"{name}_a") + relu(f"{name}_a", f"{name}_ar")
-                + conv(f"{name}_ar", f"{name}b", f"{name}_b")
-                + [helper.make_node("Add", [f"{name}_b", x], [f"{name}_sum"], name=f"{name}_add")]
-                + relu(f"{name}_sum", f"{name}_out"))
+        return (
+            conv(x, f"{name}a", f"{name}_a")
+            + relu(f"{name}_a", f"{name}_ar")
+            + conv(f"{name}_ar", f"{name}b", f"{name}_b")
+            + [helper.make_node("Add", [f"{name}_b", x], [f"{name}_sum"], name=f"{name}_add")]
+            + relu(f"{name}_sum", f"{name}_out")
+        )
 
-    nodes = (conv("data", "stem", "stem_out", 2) + relu("stem_out", "stem_relu")
-             + [helper.make_node("MaxPool", ["stem_relu"], ["pool"], name="maxpool",
-                                 kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])]
-             + block("pool", "b1")
-             + conv("b1_out", "down", "down_out", 2) + relu("down_out", "down_relu")
-             + block("down_relu", "b2")
-             + [helper.make_node("GlobalAveragePool", ["b2_out"], ["gap"], name="gap"),
-                helper.make_node("Flatten", ["gap"], ["features"], name="flatten", axis=1),
-                helper.make_node("MatMul", ["features", "fc_w"], ["fc_mm"], name="fc"),
-                helper.make_node("Add", ["fc_mm", "fc_b"], ["logits"], name="fc_bias"),
-                helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1)])
+    nodes = (
+        conv("data", "stem", "stem_out", 2)
+        + relu("stem_out", "stem_relu")
+        + [
+            helper.make_node(
+                "MaxPool",
+                ["stem_relu"],
+                ["pool"],
+                name="maxpool",
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                strides=[2, 2],
+            )
+        ]
+        + block("pool", "b1")
+        + conv("b1_out", "down", "down_out", 2)
+        + relu("down_out", "down_relu")
+        + block("down_relu", "b2")
+        + [
+            helper.make_node("GlobalAveragePool", ["b2_out"], ["gap"], name="gap"),
+            helper.make_node("Flatten", ["gap"], ["features"], name="flatten", axis=1),
+            helper.make_node("MatMul", ["features", "fc_w"], ["fc_mm"], name="fc"),
+            helper.make_node("Add", ["fc_mm", "fc_b"], ["logits"], name="fc_bias"),
+            helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1),
+        ]
+    )
     initializers = [numpy_helper.from_array(a, n) for n, a in classifier_weights().items()]
     graph = helper.make_graph(
-        nodes, "resnet_tiny",
+        nodes,
+        "resnet_tiny",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["batch", 3, 224, 224])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch", CLASSES])],
-        initializer=initializers)
-    model = helper.make_model(graph, producer_name="naiad-examples",
-                              opset_imports=[helper.make_opsetid("", OPSET)])
+        initializer=initializers,
+    )
+    model = helper.make_model(
+        graph, producer_name="naiad-examples", opset_imports=[helper.make_opsetid("", OPSET)]
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
 
 
 # ---------------------------------------------------------------------------- repository
+
 
 def _fresh(repo: Path, name: str, config: str) -> Path:
     model_dir = Path(repo) / name

@@ -53,10 +53,11 @@ DEFAULT_REPO = Path(__file__).resolve().parent / "model_repository"
 
 # ---------------------------------------------------------------------------- config.pbtxt
 
+
 def _tensors(section: str, tensors: list[tuple[str, str, list[int]]]) -> str:
     body = ",\n".join(
         f'  {{\n    name: "{name}"\n    data_type: {dtype}\n'
-        f'    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+        f"    dims: [ {', '.join(map(str, dims))} ]\n  }}"
         for name, dtype, dims in tensors
     )
     return f"{section} [\n{body}\n]\n"
@@ -64,8 +65,11 @@ def _tensors(section: str, tensors: list[tuple[str, str, list[int]]]) -> str:
 
 def _config(name: str, inputs, outputs) -> str:
     """Laid out like Triton's docs/examples/model_repository/*/config.pbtxt."""
-    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {MAX_BATCH}\n'
-            + _tensors("input", inputs) + _tensors("output", outputs))
+    return (
+        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {MAX_BATCH}\n'
+        + _tensors("input", inputs)
+        + _tensors("output", outputs)
+    )
 
 
 def _write(repo: Path, name: str, model, config: str) -> Path:
@@ -82,13 +86,15 @@ def _write(repo: Path, name: str, model, config: str) -> Path:
 
 # ---------------------------------------------------------------------------- ONNX graphs
 
+
 def _model(nodes, inputs, outputs, graph_name: str, initializers=()):
     import onnx
     from onnx import helper
 
     graph = helper.make_graph(nodes, graph_name, inputs, outputs, initializer=list(initializers))
-    model = helper.make_model(graph, producer_name="naiad-examples",
-                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(
+        graph, producer_name="naiad-examples", opset_imports=[helper.make_opsetid("", OPSET)]
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
@@ -104,8 +110,10 @@ def build_simple():
     from onnx import TensorProto, helper
 
     ios = [_io(n, TensorProto.INT32, [DIM]) for n in ("INPUT0", "INPUT1", "OUTPUT0", "OUTPUT1")]
-    nodes = [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"], name="add"),
-             helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"], name="sub")]
+    nodes = [
+        helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"], name="add"),
+        helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"], name="sub"),
+    ]
     return _model(nodes, ios[:2], ios[2:], "simple")
 
 
@@ -128,8 +136,12 @@ def build_simple_identity():
     from onnx import TensorProto, helper
 
     ios = [_io(n, TensorProto.STRING, ["n"]) for n in ("INPUT0", "OUTPUT0")]
-    return _model([helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"], name="identity")],
-                  ios[:1], ios[1:], "simple_identity")
+    return _model(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"], name="identity")],
+        ios[:1],
+        ios[1:],
+        "simple_identity",
+    )
 
 
 def mlp_weights() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -152,8 +164,9 @@ def build_mlp():
     from onnx import TensorProto, helper, numpy_helper
 
     w1, b1, w2, b2 = mlp_weights()
-    weights = [numpy_helper.from_array(a, n)
-               for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"), (b2, "B2"))]
+    weights = [
+        numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"), (b2, "B2"))
+    ]
     nodes = [
         helper.make_node("MatMul", ["input", "W1"], ["hidden_mm"], name="matmul1"),
         helper.make_node("Add", ["hidden_mm", "B1"], ["hidden_pre"], name="add1"),
@@ -161,11 +174,17 @@ def build_mlp():
         helper.make_node("MatMul", ["hidden", "W2"], ["out_mm"], name="matmul2"),
         helper.make_node("Add", ["out_mm", "B2"], ["output"], name="add2"),
     ]
-    return _model(nodes, [_io("input", TensorProto.FLOAT, [DIM])],
-                  [_io("output", TensorProto.FLOAT, [DIM])], "mlp", weights)
+    return _model(
+        nodes,
+        [_io("input", TensorProto.FLOAT, [DIM])],
+        [_io("output", TensorProto.FLOAT, [DIM])],
+        "mlp",
+        weights,
+    )
 
 
 # ---------------------------------------------------------------------------- sequence models
+
 
 def _seq_io(name: str, elem_type: int, batching: bool = True) -> object:
     from onnx import helper
@@ -187,10 +206,16 @@ def build_simple_sequence():
     from onnx import TensorProto, helper
 
     i32 = TensorProto.INT32
-    nodes = [helper.make_node("Add", ["INPUT", "START"], ["sum"], name="add_start"),
-             helper.make_node("Mul", ["READY", "sum"], ["OUTPUT"], name="mask_ready")]
-    return _model(nodes, [_seq_io(n, i32) for n in ("INPUT", "START", "READY")],
-                  [_seq_io("OUTPUT", i32)], "simple_sequence")
+    nodes = [
+        helper.make_node("Add", ["INPUT", "START"], ["sum"], name="add_start"),
+        helper.make_node("Mul", ["READY", "sum"], ["OUTPUT"], name="mask_ready"),
+    ]
+    return _model(
+        nodes,
+        [_seq_io(n, i32) for n in ("INPUT", "START", "READY")],
+        [_seq_io("OUTPUT", i32)],
+        "simple_sequence",
+    )
 
 
 def build_simple_dyna_sequence():
@@ -222,12 +247,17 @@ def build_sequence_accumulator(corrid_type: int | None = None, batching: bool = 
 
     i32 = TensorProto.INT32
     nodes = [
-        _flag("START", "start"), _flag("READY", "ready"),
+        _flag("START", "start"),
+        _flag("READY", "ready"),
         helper.make_node("Mul", ["INPUT_STATE", "zero"], ["zeros"], name="zeros"),
         helper.make_node("Where", ["start", "zeros", "INPUT_STATE"], ["base"], name="reset"),
         helper.make_node("Add", ["base", "INPUT"], ["summed"], name="accumulate"),
-        helper.make_node("Where", ["ready", "summed", "INPUT_STATE"], ["OUTPUT_STATE"],
-                         name="keep_when_not_ready"),
+        helper.make_node(
+            "Where",
+            ["ready", "summed", "INPUT_STATE"],
+            ["OUTPUT_STATE"],
+            name="keep_when_not_ready",
+        ),
     ]
     zero = helper.make_tensor("zero", i32, [], [0])
     inputs = [_seq_io(n, i32, batching) for n in ("INPUT", "START", "READY", "INPUT_STATE")]
@@ -245,15 +275,25 @@ def build_sequence_accumulator(corrid_type: int | None = None, batching: bool = 
 
 
 def _control(name: str, kind: str) -> str:
-    value = ("data_type: TYPE_UINT64" if kind == "CORRID" else "int32_false_true: [ 0, 1 ]")
-    return (f'    {{\n      name: "{name}"\n      control [\n        {{\n'
-            f"          kind: CONTROL_SEQUENCE_{kind}\n          {value}\n        }}\n"
-            "      ]\n    }")
+    value = "data_type: TYPE_UINT64" if kind == "CORRID" else "int32_false_true: [ 0, 1 ]"
+    return (
+        f'    {{\n      name: "{name}"\n      control [\n        {{\n'
+        f"          kind: CONTROL_SEQUENCE_{kind}\n          {value}\n        }}\n"
+        "      ]\n    }"
+    )
 
 
-def sequence_config(name: str, controls: list[str], *, strategy: str = "",
-                    corrid_type: str = "TYPE_UINT64", implicit_state: bool = False,
-                    idle_us: int = 0, instances: int = 0, extra: str = "") -> str:
+def sequence_config(
+    name: str,
+    controls: list[str],
+    *,
+    strategy: str = "",
+    corrid_type: str = "TYPE_UINT64",
+    implicit_state: bool = False,
+    idle_us: int = 0,
+    instances: int = 0,
+    extra: str = "",
+) -> str:
     """A Triton-style config of the INT32 INPUT/OUTPUT [1] sequence models above.
 
     ``controls``: control names among START, END, READY, CORRID (the tensor names equal the
@@ -269,41 +309,70 @@ def sequence_config(name: str, controls: list[str], *, strategy: str = "",
     blocks.append(f"  control_input [\n{body}\n  ]")
     if implicit_state:
         blocks.append(
-            "  state [\n    {\n      input_name: \"INPUT_STATE\"\n"
-            "      output_name: \"OUTPUT_STATE\"\n      data_type: TYPE_INT32\n"
+            '  state [\n    {\n      input_name: "INPUT_STATE"\n'
+            '      output_name: "OUTPUT_STATE"\n      data_type: TYPE_INT32\n'
             "      dims: [ 1 ]\n      initial_state: {\n        data_type: TYPE_INT32\n"
-            "        dims: [ 1 ]\n        zero_data: true\n        name: \"zero\"\n"
-            "      }\n    }\n  ]")
-    return (_config(name, [("INPUT", "TYPE_INT32", [1])], [("OUTPUT", "TYPE_INT32", [1])])
-            .replace("input [", "sequence_batching {\n" + "\n".join(blocks) + "\n}\ninput [", 1)
-            + extra
-            + "instance_group [\n  {\n"
-            + (f"    count: {instances}\n" if instances else "")
-            + "    kind: KIND_CPU\n  }\n]\n")
+            '        dims: [ 1 ]\n        zero_data: true\n        name: "zero"\n'
+            "      }\n    }\n  ]"
+        )
+    return (
+        _config(name, [("INPUT", "TYPE_INT32", [1])], [("OUTPUT", "TYPE_INT32", [1])]).replace(
+            "input [", "sequence_batching {\n" + "\n".join(blocks) + "\n}\ninput [", 1
+        )
+        + extra
+        + "instance_group [\n  {\n"
+        + (f"    count: {instances}\n" if instances else "")
+        + "    kind: KIND_CPU\n  }\n]\n"
+    )
 
 
 # ---------------------------------------------------------------------------- repository
 
+
 def write_simple(repo: Path) -> Path:
-    return _write(repo, "simple", build_simple(), _config(
-        "simple", [("INPUT0", "TYPE_INT32", [DIM]), ("INPUT1", "TYPE_INT32", [DIM])],
-        [("OUTPUT0", "TYPE_INT32", [DIM]), ("OUTPUT1", "TYPE_INT32", [DIM])]))
+    return _write(
+        repo,
+        "simple",
+        build_simple(),
+        _config(
+            "simple",
+            [("INPUT0", "TYPE_INT32", [DIM]), ("INPUT1", "TYPE_INT32", [DIM])],
+            [("OUTPUT0", "TYPE_INT32", [DIM]), ("OUTPUT1", "TYPE_INT32", [DIM])],
+        ),
+    )
 
 
 def write_simple_string(repo: Path) -> Path:
-    return _write(repo, "simple_string", build_simple_string(), _config(
-        "simple_string", [("INPUT0", "TYPE_STRING", [DIM]), ("INPUT1", "TYPE_STRING", [DIM])],
-        [("OUTPUT0", "TYPE_STRING", [DIM]), ("OUTPUT1", "TYPE_STRING", [DIM])]))
+    return _write(
+        repo,
+        "simple_string",
+        build_simple_string(),
+        _config(
+            "simple_string",
+            [("INPUT0", "TYPE_STRING", [DIM]), ("INPUT1", "TYPE_STRING", [DIM])],
+            [("OUTPUT0", "TYPE_STRING", [DIM]), ("OUTPUT1", "TYPE_STRING", [DIM])],
+        ),
+    )
 
 
 def write_simple_identity(repo: Path) -> Path:
-    return _write(repo, "simple_identity", build_simple_identity(), _config(
-        "simple_identity", [("INPUT0", "TYPE_STRING", [-1])], [("OUTPUT0", "TYPE_STRING", [-1])]))
+    return _write(
+        repo,
+        "simple_identity",
+        build_simple_identity(),
+        _config(
+            "simple_identity", [("INPUT0", "TYPE_STRING", [-1])], [("OUTPUT0", "TYPE_STRING", [-1])]
+        ),
+    )
 
 
 def write_mlp(repo: Path) -> Path:
-    return _write(repo, "mlp", build_mlp(), _config(
-        "mlp", [("input", "TYPE_FP32", [DIM])], [("output", "TYPE_FP32", [DIM])]))
+    return _write(
+        repo,
+        "mlp",
+        build_mlp(),
+        _config("mlp", [("input", "TYPE_FP32", [DIM])], [("output", "TYPE_FP32", [DIM])]),
+    )
 
 
 def write_model(repo: Path, name: str, model, config: str) -> Path:
@@ -313,41 +382,73 @@ def write_model(repo: Path, name: str, model, config: str) -> Path:
 
 
 def write_simple_sequence(repo: Path, name: str = "simple_sequence") -> Path:
-    return _write(repo, name, build_simple_sequence(),
-                  sequence_config(name, ["START", "READY"]))
+    return _write(repo, name, build_simple_sequence(), sequence_config(name, ["START", "READY"]))
 
 
 def write_simple_dyna_sequence(repo: Path, name: str = "simple_dyna_sequence") -> Path:
     # Triton's parameter execute_delay_ms (its custom backend sleeps) means nothing to ONNX
-    return _write(repo, name, build_simple_dyna_sequence(), sequence_config(
-        name, ["START", "END", "READY", "CORRID"], idle_us=10_000_000, instances=2,
-        strategy="oldest {\n    max_candidate_sequences: 1024\n"
-                 "    max_queue_delay_microseconds: 10000\n  }"))
+    return _write(
+        repo,
+        name,
+        build_simple_dyna_sequence(),
+        sequence_config(
+            name,
+            ["START", "END", "READY", "CORRID"],
+            idle_us=10_000_000,
+            instances=2,
+            strategy="oldest {\n    max_candidate_sequences: 1024\n"
+            "    max_queue_delay_microseconds: 10000\n  }",
+        ),
+    )
 
 
-def write_simple_string_dyna_sequence(repo: Path,
-                                      name: str = "simple_string_dyna_sequence") -> Path:
+def write_simple_string_dyna_sequence(
+    repo: Path, name: str = "simple_string_dyna_sequence"
+) -> Path:
     from onnx import TensorProto
 
-    return _write(repo, name, build_sequence_accumulator(TensorProto.STRING), sequence_config(
-        name, ["START", "END", "READY", "CORRID"], corrid_type="TYPE_STRING",
-        implicit_state=True, idle_us=10_000_000, instances=2,
-        strategy="oldest {\n    max_candidate_sequences: 1024\n"
-                 "    max_queue_delay_microseconds: 10000\n  }"))
+    return _write(
+        repo,
+        name,
+        build_sequence_accumulator(TensorProto.STRING),
+        sequence_config(
+            name,
+            ["START", "END", "READY", "CORRID"],
+            corrid_type="TYPE_STRING",
+            implicit_state=True,
+            idle_us=10_000_000,
+            instances=2,
+            strategy="oldest {\n    max_candidate_sequences: 1024\n"
+            "    max_queue_delay_microseconds: 10000\n  }",
+        ),
+    )
 
 
 def write_simple_sequence_implicit(repo: Path, name: str = "simple_sequence_implicit") -> Path:
-    return _write(repo, name, build_sequence_accumulator(), sequence_config(
-        name, ["START", "READY"], implicit_state=True))
+    return _write(
+        repo,
+        name,
+        build_sequence_accumulator(),
+        sequence_config(name, ["START", "READY"], implicit_state=True),
+    )
 
 
 def write_all(repo: Path) -> list[Path]:
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
-    return [write(repo) for write in (write_simple, write_simple_string, write_simple_identity,
-                                      write_mlp, write_simple_sequence, write_simple_dyna_sequence,
-                                      write_simple_string_dyna_sequence,
-                                      write_simple_sequence_implicit)]
+    return [
+        write(repo)
+        for write in (
+            write_simple,
+            write_simple_string,
+            write_simple_identity,
+            write_mlp,
+            write_simple_sequence,
+            write_simple_dyna_sequence,
+            write_simple_string_dyna_sequence,
+            write_simple_sequence_implicit,
+        )
+    ]
 
 
 def self_check(repo: Path) -> None:
@@ -374,17 +475,29 @@ def self_check(repo: Path) -> None:
     out = run("simple_sequence", {"INPUT": x, "START": start, "READY": ready})[0]
     assert (out == col(6, 7, 0)).all(), "simple_sequence"
     ids = np.array([[3], [1000], [4]], dtype=np.uint64)
-    out = run("simple_dyna_sequence", {"INPUT": x, "START": start, "READY": ready, "END": end,
-                                       "CORRID": ids})[0]
+    out = run(
+        "simple_dyna_sequence",
+        {"INPUT": x, "START": start, "READY": ready, "END": end, "CORRID": ids},
+    )[0]
     assert (out == col(6, 1007, 0)).all(), "simple_dyna_sequence"
     state = col(100, 20, 3)
-    out, acc = run("simple_sequence_implicit", {"INPUT": x, "START": start, "READY": ready,
-                                                "INPUT_STATE": state})
+    out, acc = run(
+        "simple_sequence_implicit",
+        {"INPUT": x, "START": start, "READY": ready, "INPUT_STATE": state},
+    )
     assert (acc == col(5, 27, 3)).all() and (out == acc).all(), "simple_sequence_implicit"
     sids = np.array([["3"], ["1002"], ["4"]], dtype=object)
-    out, acc = run("simple_string_dyna_sequence", {
-        "INPUT": x, "START": start, "READY": ready, "END": end, "CORRID": sids,
-        "INPUT_STATE": state})
+    out, acc = run(
+        "simple_string_dyna_sequence",
+        {
+            "INPUT": x,
+            "START": start,
+            "READY": ready,
+            "END": end,
+            "CORRID": sids,
+            "INPUT_STATE": state,
+        },
+    )
     assert (acc == col(5, 27, 3)).all() and (out == col(5, 1029, 3)).all(), "string dyna"
 
 

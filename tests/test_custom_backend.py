@@ -83,7 +83,7 @@ class Scale(naiad.CustomInstance):
         return {"Y": x * self.factor, "CALLS": np.full(x.shape[:1] + (1,), len(CALLS))}
 '''
 
-AUTO_MODEL_PY = '''
+AUTO_MODEL_PY = """
 import naiad
 from naiad.config import ModelInput, ModelOutput, DataType
 
@@ -98,9 +98,9 @@ class Echo(naiad.CustomInstance):
 
     def execute(self, inputs, outputs):
         return {"OUT": inputs["IN"] + 1}
-'''
+"""
 
-BROKEN_OUTPUTS_PY = '''
+BROKEN_OUTPUTS_PY = """
 import numpy as np
 import naiad
 
@@ -113,9 +113,9 @@ class Broken(naiad.CustomInstance):
         if x[0, 0] == 1:
             return {"Y": np.zeros((x.shape[0], 5), np.float32), "CALLS": np.zeros((x.shape[0], 1))}
         return {"Y": x, "CALLS": np.zeros((x.shape[0], 1))}
-'''
+"""
 
-TWO_CLASSES_PY = '''
+TWO_CLASSES_PY = """
 import naiad
 
 
@@ -127,7 +127,7 @@ class First(naiad.CustomInstance):
 class Second(naiad.CustomInstance):
     def execute(self, inputs, outputs):
         return {"Y": inputs["X"] * 2, "CALLS": inputs["X"][:, :1] * 0}
-'''
+"""
 
 SCALE_IO = """
 max_batch_size: 8
@@ -174,13 +174,22 @@ def greeter_server(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("greeter")
     repo = tmp_path / "repo"
     greeting = 'parameters { key: "greeting" value: { string_value: "%s" } }'
-    model(repo, "greet", f'backend: "test_greeter"\nmax_batch_size: 8\n{GREETER_IO}'
-          + greeting % "hi")
-    model(repo, "greet_batched", 'backend: "test_greeter"\nmax_batch_size: 8\n' + GREETER_IO
-          + "instance_group [{ kind: KIND_CPU count: 1 }]\n"
-          + "dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 20000000 }")
-    model(repo, "greet_refused", f'backend: "test_greeter"\nmax_batch_size: 8\n{GREETER_IO}'
-          + greeting % "refuse")
+    model(
+        repo, "greet", f'backend: "test_greeter"\nmax_batch_size: 8\n{GREETER_IO}' + greeting % "hi"
+    )
+    model(
+        repo,
+        "greet_batched",
+        'backend: "test_greeter"\nmax_batch_size: 8\n'
+        + GREETER_IO
+        + "instance_group [{ kind: KIND_CPU count: 1 }]\n"
+        + "dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 20000000 }",
+    )
+    model(
+        repo,
+        "greet_refused",
+        f'backend: "test_greeter"\nmax_batch_size: 8\n{GREETER_IO}' + greeting % "refuse",
+    )
     with pytest.MonkeyPatch.context() as mp:
         plugin = inline_plugin(tmp_path, mp, "inline_greeter", GREETER_PLUGIN)
         srv = start_server(repo, "--plugin", plugin, "--exit-on-error=false", log_dir=tmp_path)
@@ -238,7 +247,10 @@ def test_naiad_plugins_lists_the_inline_plugin(tmp_path, monkeypatch):
     plugin = inline_plugin(tmp_path, monkeypatch, "inline_greeter_cli", GREETER_PLUGIN)
     out = subprocess.run(
         [sys.executable, "-m", "naiad", "plugins", "--plugin", plugin],
-        capture_output=True, text=True, check=True, env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ),
     ).stdout
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert f"--plugin {plugin}" in lines["test_greeter"]
@@ -251,18 +263,38 @@ def model_py_server(tmp_path_factory):
     repo = tmp_path / "repo"
     factor = 'parameters { key: "factor" value: { string_value: "%s" } }\n'
     two = "instance_group [{ kind: KIND_CPU count: 2 }]\n"
-    model(repo, "scale", 'backend: "python"\n' + SCALE_IO + factor % "3" + two,
-          {"1/model.py": MODEL_PY})
-    model(repo, "scale_custom", 'platform: "custom"\n' + SCALE_IO + factor % "-1",
-          {"1/model.py": MODEL_PY})
-    model(repo, "echo_auto", 'backend: "python"\nmax_batch_size: 4\n', {"1/model.py": AUTO_MODEL_PY})
-    model(repo, "broken_outputs", 'backend: "python"\n' + SCALE_IO, {"1/model.py": BROKEN_OUTPUTS_PY})
+    model(
+        repo,
+        "scale",
+        'backend: "python"\n' + SCALE_IO + factor % "3" + two,
+        {"1/model.py": MODEL_PY},
+    )
+    model(
+        repo,
+        "scale_custom",
+        'platform: "custom"\n' + SCALE_IO + factor % "-1",
+        {"1/model.py": MODEL_PY},
+    )
+    model(
+        repo, "echo_auto", 'backend: "python"\nmax_batch_size: 4\n', {"1/model.py": AUTO_MODEL_PY}
+    )
+    model(
+        repo, "broken_outputs", 'backend: "python"\n' + SCALE_IO, {"1/model.py": BROKEN_OUTPUTS_PY}
+    )
     model(repo, "two_classes", 'backend: "python"\n' + SCALE_IO, {"1/model.py": TWO_CLASSES_PY})
-    model(repo, "second_class", 'backend: "python"\n' + SCALE_IO
-          + 'parameters { key: "custom_class" value: { string_value: "Second" } }',
-          {"1/model.py": TWO_CLASSES_PY})
-    model(repo, "legacy_so", 'platform: "custom"\ndefault_model_filename: "libimagepreprocess.so"\n'
-          + SCALE_IO)
+    model(
+        repo,
+        "second_class",
+        'backend: "python"\n'
+        + SCALE_IO
+        + 'parameters { key: "custom_class" value: { string_value: "Second" } }',
+        {"1/model.py": TWO_CLASSES_PY},
+    )
+    model(
+        repo,
+        "legacy_so",
+        'platform: "custom"\ndefault_model_filename: "libimagepreprocess.so"\n' + SCALE_IO,
+    )
     model(repo, "syntax_error", 'backend: "python"\n' + SCALE_IO, {"1/model.py": "def broken(:\n"})
     srv = start_server(repo, "--exit-on-error=false", log_dir=tmp_path)
     client = httpclient.InferenceServerClient(srv.url)
@@ -305,8 +337,10 @@ def test_custom_outputs_are_checked(model_py_server):
 def test_model_py_load_errors_are_clear(model_py_server):
     _, client = model_py_server
     index = {e["name"]: e for e in client.get_model_repository_index()}
-    assert "exactly one naiad.CustomInstance subclass (found: First, Second)" in (
-        index["two_classes"]["reason"])
+    assert (
+        "exactly one naiad.CustomInstance subclass (found: First, Second)"
+        in (index["two_classes"]["reason"])
+    )
     assert "does not load TRTIS C custom backends" in index["legacy_so"]["reason"]
     assert "SyntaxError" in index["syntax_error"]["reason"]
     x = np.ones((1, 4), np.float32)

@@ -67,8 +67,10 @@ def test_there_are_hooks():
 @pytest.fixture
 def example_module(monkeypatch):
     module = types.ModuleType("naiad_example_backends")
-    exec(compile(code_block("# naiad_example_backends/__init__.py"), "guide-example", "exec"),
-         module.__dict__)
+    exec(
+        compile(code_block("# naiad_example_backends/__init__.py"), "guide-example", "exec"),
+        module.__dict__,
+    )
     monkeypatch.setitem(sys.modules, "naiad_example_backends", module)
     return module
 
@@ -83,7 +85,9 @@ def test_example_plugin_registers_and_runs(example_module, tmp_path):
     )
     example_module.Doubler.auto_complete_config(config, tmp_path)
     assert [o.name for o in config.output] == ["OUTPUT"]
-    doubler = example_module.Doubler(config, tmp_path, tmp_path / "1", InstanceContext("d", "KIND_CPU"))
+    doubler = example_module.Doubler(
+        config, tmp_path, tmp_path / "1", InstanceContext("d", "KIND_CPU")
+    )
     doubler.load()
     x = np.ones((2, 4), np.float32)
     np.testing.assert_array_equal(doubler.execute({"INPUT": x}, ["OUTPUT"])["OUTPUT"], x * 3)
@@ -91,7 +95,9 @@ def test_example_plugin_registers_and_runs(example_module, tmp_path):
     config = parse_model_config(
         "\n".join(_config_lines("models/greet/config.pbtxt")), model_name="greet"
     )
-    greeter = example_module.Greeter(config, tmp_path, tmp_path / "1", InstanceContext("g", "KIND_CPU"))
+    greeter = example_module.Greeter(
+        config, tmp_path, tmp_path / "1", InstanceContext("g", "KIND_CPU")
+    )
     greeter.load()
     request = naiad.InferRequest("greet", inputs={"NAME": np.array([[b"Ada"]], dtype=object)})
     (response,) = greeter.execute_requests([request])
@@ -119,6 +125,9 @@ def test_pyproject_declares_the_entry_point():
 def test_model_py_example_defines_one_custom_instance():
     namespace: dict = {"__name__": "guide_model_py"}
     exec(compile(code_block("# models/scale/1/model.py"), "guide-model-py", "exec"), namespace)
-    classes = [v for v in namespace.values() if isinstance(v, type) and issubclass(v, CustomInstance)
-               and v is not CustomInstance]
+    classes = [
+        v
+        for v in namespace.values()
+        if isinstance(v, type) and issubclass(v, CustomInstance) and v is not CustomInstance
+    ]
     assert [c.__name__ for c in classes] == ["Scale"]

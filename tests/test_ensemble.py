@@ -106,9 +106,11 @@ def tensor(name: str, dtype: str = "TYPE_FP32", dims: str = V4) -> str:
 
 
 def custom(backend: str, inputs: list[str], outputs: list[str], extra: str = "") -> str:
-    return (f'backend: "{backend}"\nmax_batch_size: 8\n'
-            f"input [ {', '.join(inputs)} ]\noutput [ {', '.join(outputs)} ]\n"
-            "instance_group [{ kind: KIND_CPU count: 1 }]\n" + extra)
+    return (
+        f'backend: "{backend}"\nmax_batch_size: 8\n'
+        f"input [ {', '.join(inputs)} ]\noutput [ {', '.join(outputs)} ]\n"
+        "instance_group [{ kind: KIND_CPU count: 1 }]\n" + extra
+    )
 
 
 def param(key: str, value: str) -> str:
@@ -122,9 +124,11 @@ def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
 
 
 def ensemble(inputs: list[str], outputs: list[str], steps: list[str], max_batch_size=8) -> str:
-    return (f'platform: "ensemble"\nmax_batch_size: {max_batch_size}\n'
-            f"input [ {', '.join(inputs)} ]\noutput [ {', '.join(outputs)} ]\n"
-            f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}\n")
+    return (
+        f'platform: "ensemble"\nmax_batch_size: {max_batch_size}\n'
+        f"input [ {', '.join(inputs)} ]\noutput [ {', '.join(outputs)} ]\n"
+        f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}\n"
+    )
 
 
 def write_model(repo: Path, name: str, config: str) -> None:
@@ -134,50 +138,128 @@ def write_model(repo: Path, name: str, config: str) -> None:
 
 def build_repository(repo: Path) -> None:
     make_ensemble.write_all(repo)
-    write_model(repo, "nested_classifier", ensemble(
-        [tensor("IMAGE", "TYPE_STRING", "dims: [ 1 ]")], [tensor("SCORES", dims="dims: [ 1000 ]")],
-        [step(make_ensemble.ENSEMBLE, {"INPUT": "IMAGE"}, {"OUTPUT": "SCORES"})]))
+    write_model(
+        repo,
+        "nested_classifier",
+        ensemble(
+            [tensor("IMAGE", "TYPE_STRING", "dims: [ 1 ]")],
+            [tensor("SCORES", dims="dims: [ 1000 ]")],
+            [step(make_ensemble.ENSEMBLE, {"INPUT": "IMAGE"}, {"OUTPUT": "SCORES"})],
+        ),
+    )
     # a diamond: X -> branch_a, branch_b (concurrently) -> combine -> Z
     for name, add in (("branch_a", "1"), ("branch_b", "2")):
-        write_model(repo, name, custom("test_rendezvous", [tensor("X")], [tensor("Y")],
-                                       param("group", "dag") + param("add", add)))
+        write_model(
+            repo,
+            name,
+            custom(
+                "test_rendezvous",
+                [tensor("X")],
+                [tensor("Y")],
+                param("group", "dag") + param("add", add),
+            ),
+        )
     for name in ("combine", "combine_spare", "lazy_member"):
         write_model(repo, name, custom("test_combine", [tensor("A"), tensor("B")], [tensor("Z")]))
-    write_model(repo, "dag", ensemble([tensor("X")], [tensor("Z")], [
-        step("combine", {"A": "ya", "B": "yb"}, {"Z": "Z"}),  # listed first: order is data-flow
-        step("branch_a", {"X": "X"}, {"Y": "ya"}),
-        step("branch_b", {"X": "X"}, {"Y": "yb"}),
-    ]))
+    write_model(
+        repo,
+        "dag",
+        ensemble(
+            [tensor("X")],
+            [tensor("Z")],
+            [
+                step(
+                    "combine", {"A": "ya", "B": "yb"}, {"Z": "Z"}
+                ),  # listed first: order is data-flow
+                step("branch_a", {"X": "X"}, {"Y": "ya"}),
+                step("branch_b", {"X": "X"}, {"Y": "yb"}),
+            ],
+        ),
+    )
     for name, member in (("uses_spare", "combine_spare"), ("lazy_ensemble", "lazy_member")):
-        write_model(repo, name, ensemble([tensor("P"), tensor("Q")], [tensor("R")],
-                                         [step(member, {"A": "P", "B": "Q"}, {"Z": "R"})]))
-    write_model(repo, "probe", custom(
-        "test_batch_probe", [tensor("X")], [tensor("Y"), tensor("N", "TYPE_INT32", "dims: [ 1 ]")],
-        "dynamic_batching { preferred_batch_size: [ 2 ] max_queue_delay_microseconds: 20000000 }"))
-    write_model(repo, "probe_ensemble", ensemble(
-        [tensor("X")], [tensor("N", "TYPE_INT32", "dims: [ 1 ]")],
-        [step("probe", {"X": "X"}, {"N": "N"})]))
+        write_model(
+            repo,
+            name,
+            ensemble(
+                [tensor("P"), tensor("Q")],
+                [tensor("R")],
+                [step(member, {"A": "P", "B": "Q"}, {"Z": "R"})],
+            ),
+        )
+    write_model(
+        repo,
+        "probe",
+        custom(
+            "test_batch_probe",
+            [tensor("X")],
+            [tensor("Y"), tensor("N", "TYPE_INT32", "dims: [ 1 ]")],
+            "dynamic_batching { preferred_batch_size: [ 2 ] max_queue_delay_microseconds: 20000000 }",
+        ),
+    )
+    write_model(
+        repo,
+        "probe_ensemble",
+        ensemble(
+            [tensor("X")],
+            [tensor("N", "TYPE_INT32", "dims: [ 1 ]")],
+            [step("probe", {"X": "X"}, {"N": "N"})],
+        ),
+    )
     # ensembles that must not load
-    write_model(repo, "bad_unknown", ensemble([tensor("X")], [tensor("Y")],
-                                              [step("no_such_model", {"X": "X"}, {"Y": "Y"})]))
-    write_model(repo, "bad_dtype", ensemble(
-        [tensor("P", "TYPE_INT32"), tensor("Q")], [tensor("R")],
-        [step("combine", {"A": "P", "B": "Q"}, {"Z": "R"})]))
-    write_model(repo, "bad_key", ensemble(
-        [tensor("P"), tensor("Q")], [tensor("R")],
-        [step("combine", {"NOPE": "P", "B": "Q"}, {"Z": "R"})]))
-    write_model(repo, "bad_batch", ensemble(
-        [tensor("P"), tensor("Q")], [tensor("R")],
-        [step("combine", {"A": "P", "B": "Q"}, {"Z": "R"})], max_batch_size=16))
+    write_model(
+        repo,
+        "bad_unknown",
+        ensemble([tensor("X")], [tensor("Y")], [step("no_such_model", {"X": "X"}, {"Y": "Y"})]),
+    )
+    write_model(
+        repo,
+        "bad_dtype",
+        ensemble(
+            [tensor("P", "TYPE_INT32"), tensor("Q")],
+            [tensor("R")],
+            [step("combine", {"A": "P", "B": "Q"}, {"Z": "R"})],
+        ),
+    )
+    write_model(
+        repo,
+        "bad_key",
+        ensemble(
+            [tensor("P"), tensor("Q")],
+            [tensor("R")],
+            [step("combine", {"NOPE": "P", "B": "Q"}, {"Z": "R"})],
+        ),
+    )
+    write_model(
+        repo,
+        "bad_batch",
+        ensemble(
+            [tensor("P"), tensor("Q")],
+            [tensor("R")],
+            [step("combine", {"A": "P", "B": "Q"}, {"Z": "R"})],
+            max_batch_size=16,
+        ),
+    )
     for name, other in (("cycle_a", "cycle_b"), ("cycle_b", "cycle_a")):
-        write_model(repo, name, ensemble([tensor("X")], [tensor("Y")],
-                                         [step(other, {"X": "X"}, {"Y": "Y"})]))
+        write_model(
+            repo,
+            name,
+            ensemble([tensor("X")], [tensor("Y")], [step(other, {"X": "X"}, {"Y": "Y"})]),
+        )
 
 
 STARTUP_MODELS = [
-    make_ensemble.PREPROCESS, make_ensemble.CLASSIFIER, make_ensemble.ENSEMBLE,
-    "nested_classifier", "branch_a", "branch_b", "combine", "combine_spare", "dag", "uses_spare",
-    "probe", "probe_ensemble",
+    make_ensemble.PREPROCESS,
+    make_ensemble.CLASSIFIER,
+    make_ensemble.ENSEMBLE,
+    "nested_classifier",
+    "branch_a",
+    "branch_b",
+    "combine",
+    "combine_spare",
+    "dag",
+    "uses_spare",
+    "probe",
+    "probe_ensemble",
 ]
 
 
@@ -194,11 +276,18 @@ def ens_server(ensemble_repo, tmp_path_factory):
     (tmp / "plugins").mkdir()
     (tmp / "plugins" / "inline_ensemble_steps.py").write_text(textwrap.dedent(STEPS_PLUGIN))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join(
-            [str(tmp / "plugins"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        mp.setenv(
+            "PYTHONPATH",
+            os.pathsep.join([str(tmp / "plugins"), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        )
         srv = start_server(
-            ensemble_repo, "--plugin", "inline_ensemble_steps", "--model-control-mode=explicit",
-            *(f"--load-model={m}" for m in STARTUP_MODELS), log_dir=tmp)
+            ensemble_repo,
+            "--plugin",
+            "inline_ensemble_steps",
+            "--model-control-mode=explicit",
+            *(f"--load-model={m}" for m in STARTUP_MODELS),
+            log_dir=tmp,
+        )
     yield srv
     srv.stop()
 
@@ -211,6 +300,7 @@ def client(ens_server):
 
 
 # ---------------------------------------------------------------------------- images
+
 
 def encode(pixels: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
@@ -227,8 +317,12 @@ def sample_images() -> list[bytes]:
     blue[..., 2] = 230
     red = np.zeros((150, 200, 3), np.uint8)
     red[..., 0] = 255
-    return [encode(gradient, "PNG"), encode(np.dstack([checker] * 3), "JPEG"),
-            encode(blue, "PNG"), encode(red, "JPEG")]
+    return [
+        encode(gradient, "PNG"),
+        encode(np.dstack([checker] * 3), "JPEG"),
+        encode(blue, "PNG"),
+        encode(red, "JPEG"),
+    ]
 
 
 def image_input(blobs: list[bytes], name: str = "INPUT") -> list[httpclient.InferInput]:
@@ -268,6 +362,7 @@ def model_stats(client, name: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- the pipeline
+
 
 def test_image_pipeline_top_k_matches_the_steps_run_by_hand(client, ensemble_repo):
     blobs = sample_images()
@@ -345,6 +440,7 @@ def test_metadata_and_config_of_an_ensemble(client):
 
 # ---------------------------------------------------------------------------- graphs and batching
 
+
 def test_independent_branches_run_concurrently(client):
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     # branch_a and branch_b each wait at one barrier for the other: this only returns if the
@@ -370,6 +466,7 @@ def test_composing_model_batches_ensemble_and_direct_traffic(ens_server):
 
 # ---------------------------------------------------------------------------- errors
 
+
 def test_a_failing_step_names_its_model_and_the_server_keeps_serving(client):
     x = np.full((1, 4), -5, np.float32)  # branch_a gives -4 to combine
     with pytest.raises(InferenceServerException) as info:
@@ -391,8 +488,9 @@ def test_step_request_is_validated_against_the_composing_model(client):
 
 def test_unloaded_composing_model_fails_requests_clearly(client):
     p, q = np.ones((1, 4), np.float32), np.full((1, 4), 2, np.float32)
-    np.testing.assert_array_equal(client.infer("uses_spare", floats(P=p, Q=q)).as_numpy("R"),
-                                  p * 10 + q)
+    np.testing.assert_array_equal(
+        client.infer("uses_spare", floats(P=p, Q=q)).as_numpy("R"), p * 10 + q
+    )
     client.unload_model("combine_spare")
     with pytest.raises(InferenceServerException) as info:
         client.infer("uses_spare", floats(P=p, Q=q))
@@ -415,8 +513,11 @@ def test_loading_an_ensemble_loads_its_composing_models(client):
         ("bad_unknown", "uses model 'no_such_model', which is not in the model repository"),
         ("bad_dtype", "inconsistent data type: TYPE_INT32 for ensemble input 'P', TYPE_FP32"),
         ("bad_key", "is mapping to non-existing input NOPE in model combine"),
-        ("bad_batch", "ensemble bad_batch allows maximum batch size 16, but it contains model "
-                      "combine which only allows maximum batch size to be 8"),
+        (
+            "bad_batch",
+            "ensemble bad_batch allows maximum batch size 16, but it contains model "
+            "combine which only allows maximum batch size to be 8",
+        ),
         ("cycle_a", "circular dependency"),
     ],
 )

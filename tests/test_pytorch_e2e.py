@@ -78,8 +78,10 @@ def test_models_match_torch(served):
 
 def test_concurrent_requests_are_batched_correctly(served):
     client, mlp = served, models.mlp()
-    xs = [np.random.default_rng(i).standard_normal((1 + i % 3, 16)).astype(np.float32)
-          for i in range(24)]
+    xs = [
+        np.random.default_rng(i).standard_normal((1 + i % 3, 16)).astype(np.float32)
+        for i in range(24)
+    ]
     pending = []
     for x in xs:  # the client's gevent pool keeps up to 8 requests in flight
         inp = httpclient.InferInput("INPUT__0", list(x.shape), "FP32")
@@ -96,11 +98,13 @@ def test_auto_completed_config_and_broken_model(served):
     assert config["platform"] == "torch_aoti" and config["backend"] == "pytorch"
     assert config["max_batch_size"] == 4 and "dynamic_batching" in config
     assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [
-        ("x", "TYPE_FP32", [16])]
+        ("x", "TYPE_FP32", [16])
+    ]
     metadata = client.get_model_metadata("conv")
     assert [o["name"] for o in metadata["outputs"]] == ["logits__0", "features__1"]
     index = {e["name"]: e for e in client.get_model_repository_index()}
     assert {n: index[n]["state"] for n in ("mlp", "conv", "mlp_export")} == dict.fromkeys(
-        ("mlp", "conv", "mlp_export"), "READY")
+        ("mlp", "conv", "mlp_export"), "READY"
+    )
     assert index["broken"]["state"] == "UNAVAILABLE"
     assert "not a TorchScript or torch.export archive" in index["broken"]["reason"]

@@ -62,8 +62,9 @@ def test_mlp_and_conv_match_tensorflow(served):
         result = client.infer("conv", [_input("image", image, "FP32")])
         want = conv(tf.constant(image))
         for name in ("logits", "features"):
-            np.testing.assert_allclose(result.as_numpy(name), want[name].numpy(),
-                                       rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                result.as_numpy(name), want[name].numpy(), rtol=1e-4, atol=1e-4
+            )
 
 
 @pytest.mark.parametrize("model", ["simple_string", "simple_string_savedmodel"])
@@ -72,12 +73,15 @@ def test_simple_string(served, model, binary):
     client = served
     a = np.arange(16, dtype=np.int32).reshape(1, 16)
     b = np.full((1, 16), 7, dtype=np.int32)
-    inputs = [httpclient.InferInput("INPUT0", [1, 16], "BYTES"),
-              httpclient.InferInput("INPUT1", [1, 16], "BYTES")]
+    inputs = [
+        httpclient.InferInput("INPUT0", [1, 16], "BYTES"),
+        httpclient.InferInput("INPUT1", [1, 16], "BYTES"),
+    ]
     inputs[0].set_data_from_numpy(models.strings(a), binary_data=binary)
     inputs[1].set_data_from_numpy(models.strings(b), binary_data=binary)
-    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary)
-               for n in ("OUTPUT0", "OUTPUT1")]
+    outputs = [
+        httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("OUTPUT0", "OUTPUT1")
+    ]
     result = client.infer(model, inputs, outputs=outputs)
     direct = models.simple_string(tf.constant(models.strings(a)), tf.constant(models.strings(b)))
     assert _bytes(result.as_numpy("OUTPUT0")) == direct["OUTPUT0"].numpy().tolist()
@@ -92,8 +96,10 @@ def _bytes(array):
 def test_bad_string_is_a_client_error(served):
     bad = models.strings(np.zeros((1, 16), np.int32))
     bad[0, 3] = b"three"
-    inputs = [httpclient.InferInput("INPUT0", [1, 16], "BYTES"),
-              httpclient.InferInput("INPUT1", [1, 16], "BYTES")]
+    inputs = [
+        httpclient.InferInput("INPUT0", [1, 16], "BYTES"),
+        httpclient.InferInput("INPUT1", [1, 16], "BYTES"),
+    ]
     inputs[0].set_data_from_numpy(bad)
     inputs[1].set_data_from_numpy(models.strings(np.zeros((1, 16), np.int32)))
     with pytest.raises(InferenceServerException, match="three") as info:

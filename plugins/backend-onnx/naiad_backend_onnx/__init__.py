@@ -26,11 +26,21 @@ DEFAULT_MAX_BATCH_SIZE = 4
 _TYPES: dict[str, tuple[str, np.dtype | None]] = {
     f"tensor({ort})": (f"TYPE_{cfg}", np.dtype(npy) if npy else None)
     for ort, cfg, npy in (
-        ("bool", "BOOL", "bool"), ("uint8", "UINT8", "uint8"), ("uint16", "UINT16", "uint16"),
-        ("uint32", "UINT32", "uint32"), ("uint64", "UINT64", "uint64"), ("int8", "INT8", "int8"),
-        ("int16", "INT16", "int16"), ("int32", "INT32", "int32"), ("int64", "INT64", "int64"),
-        ("float16", "FP16", "float16"), ("float", "FP32", "float32"),
-        ("double", "FP64", "float64"), ("string", "STRING", None), ("bfloat16", "BF16", None))
+        ("bool", "BOOL", "bool"),
+        ("uint8", "UINT8", "uint8"),
+        ("uint16", "UINT16", "uint16"),
+        ("uint32", "UINT32", "uint32"),
+        ("uint64", "UINT64", "uint64"),
+        ("int8", "INT8", "int8"),
+        ("int16", "INT16", "int16"),
+        ("int32", "INT32", "int32"),
+        ("int64", "INT64", "int64"),
+        ("float16", "FP16", "float16"),
+        ("float", "FP32", "float32"),
+        ("double", "FP64", "float64"),
+        ("string", "STRING", None),
+        ("bfloat16", "BF16", None),
+    )
 }
 _STRING = "tensor(string)"
 #: Triton's optimization.graph.level -> ORT GraphOptimizationLevel name (anything else: ENABLE_ALL)
@@ -66,21 +76,30 @@ def _open(ort, source: Path | bytes, options, providers) -> tuple:
     try:
         session = ort.InferenceSession(
             source if isinstance(source, bytes) else str(source),
-            sess_options=options, providers=providers)
+            sess_options=options,
+            providers=providers,
+        )
     except Exception as exc:
         raise ModelLoadError(f"failed to load ONNX model {what}: {exc}") from exc
     return session, *(
-        [(a.name, a.type, [d if isinstance(d, int) and d >= 0 else -1 for d in a.shape])
-         for a in args]
-        for args in (session.get_inputs(), session.get_outputs(),
-                     session.get_overridable_initializers()))
+        [
+            (a.name, a.type, [d if isinstance(d, int) and d >= 0 else -1 for d in a.shape])
+            for a in args
+        ]
+        for args in (
+            session.get_inputs(),
+            session.get_outputs(),
+            session.get_overridable_initializers(),
+        )
+    )
 
 
 def _session_options(ort, config, cpu_share: int):
     so = ort.SessionOptions()
     level = config.optimization.graph.level if config.HasField("optimization") else 0
     so.graph_optimization_level = getattr(
-        ort.GraphOptimizationLevel, _GRAPH_LEVELS.get(level, "ORT_ENABLE_ALL"))
+        ort.GraphOptimizationLevel, _GRAPH_LEVELS.get(level, "ORT_ENABLE_ALL")
+    )
     mode = int_parameter(config, "execution_mode", 0)
     if mode not in (0, 1):
         raise ModelLoadError(f"parameter 'execution_mode' must be 0 or 1, got {mode}")
@@ -92,8 +111,10 @@ def _session_options(ort, config, cpu_share: int):
     so.intra_op_num_threads = intra if intra > 0 else cpu_share
     if (inter := int_parameter(config, "inter_op_thread_count", 0)) > 0:
         so.inter_op_num_threads = inter
-    for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"),
-                      ("enable_mem_pattern", "enable_mem_pattern")):
+    for key, attr in (
+        ("enable_mem_arena", "enable_cpu_mem_arena"),
+        ("enable_mem_pattern", "enable_mem_pattern"),
+    ):
         if parameter(config, key) is not None:
             setattr(so, attr, bool_parameter(config, key, False))
     for key in config.parameters:  # e.g. session.intra_op.allow_spinning: "0"
@@ -105,8 +126,9 @@ def _session_options(ort, config, cpu_share: int):
 def _tensor(info: Info) -> ModelTensor:
     """An ORT tensor as the core's ModelTensor (datatype "" when Triton has no name for it)."""
     name, ort_type, dims = info
-    return ModelTensor(name, config_to_protocol(_TYPES[ort_type][0]) if ort_type in _TYPES else "",
-                       tuple(dims))
+    return ModelTensor(
+        name, config_to_protocol(_TYPES[ort_type][0]) if ort_type in _TYPES else "", tuple(dims)
+    )
 
 
 def _implicit(config) -> tuple[set[str], set[str]]:
@@ -115,7 +137,8 @@ def _implicit(config) -> tuple[set[str], set[str]]:
     seq = config.sequence_batching
     ins = {c.name for c in seq.control_input} | {s.input_name for s in seq.state}
     return ins | {t for b in config.batch_input for t in b.target_name}, {
-        s.output_name for s in seq.state}
+        s.output_name for s in seq.state
+    }
 
 
 def _validate(config, inputs: list[Info], outputs: list[Info], optional: list[Info]) -> None:
@@ -123,18 +146,24 @@ def _validate(config, inputs: list[Info], outputs: list[Info], optional: list[In
     model, mbs = config.name, config.max_batch_size
     known_in = {i[0]: i for i in inputs + optional}
     known_out = {o[0]: o for o in outputs}
-    for kind, section, known in (("input", config.input, known_in),
-                                 ("output", config.output, known_out)):
+    for kind, section, known in (
+        ("input", config.input, known_in),
+        ("output", config.output, known_out),
+    ):
         for io in section:
             if io.name not in known:
-                raise ModelLoadError(f"model '{model}': configuration {kind} '{io.name}' is not "
-                                     f"in the ONNX model; its {kind}s are {sorted(known)}")
+                raise ModelLoadError(
+                    f"model '{model}': configuration {kind} '{io.name}' is not "
+                    f"in the ONNX model; its {kind}s are {sorted(known)}"
+                )
             check_config_tensor(model, kind, io, _tensor(known[io.name]), mbs, "ONNX")
-    missing = sorted({i[0] for i in inputs} - {io.name for io in config.input}
-                     - _implicit(config)[0])
+    missing = sorted(
+        {i[0] for i in inputs} - {io.name for io in config.input} - _implicit(config)[0]
+    )
     if missing:
-        raise ModelLoadError(f"model '{model}': ONNX model inputs {missing} are missing from "
-                             "the configuration")
+        raise ModelLoadError(
+            f"model '{model}': ONNX model inputs {missing} are missing from the configuration"
+        )
 
 
 def _add(section, info: Info, max_batch_size: int) -> None:
@@ -165,7 +194,8 @@ class OnnxBackend(InferenceBackend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.intra_op_num_threads = so.inter_op_num_threads = 1
         _, inputs, outputs, optional = _open(
-            ort, _model_file(config, version_path), so, ["CPUExecutionProvider"])
+            ort, _model_file(config, version_path), so, ["CPUExecutionProvider"]
+        )
         implicit_in, implicit_out = _implicit(config)
         had_inputs = len(config.input) + len(config.batch_input) > 0
         had_outputs = len(config.output) > 0
@@ -175,11 +205,18 @@ class OnnxBackend(InferenceBackend):
         mbs = config.max_batch_size
         if mbs > 0 and not batchable:
             fixed = [n for n, _, d in inputs + outputs if not d or d[0] != -1]
-            raise ModelLoadError(f"model '{config.name}': max_batch_size is {mbs} but the ONNX "
-                                 f"model cannot batch: {fixed} have no variable first dimension")
+            raise ModelLoadError(
+                f"model '{config.name}': max_batch_size is {mbs} but the ONNX "
+                f"model cannot batch: {fixed} have no variable first dimension"
+            )
         if not (had_inputs and had_outputs):  # Triton auto-completes only then
-            if batchable and mbs > 1 and not (config.HasField("dynamic_batching")
-                                              or config.HasField("sequence_batching")):
+            if (
+                batchable
+                and mbs > 1
+                and not (
+                    config.HasField("dynamic_batching") or config.HasField("sequence_batching")
+                )
+            ):
                 config.dynamic_batching.SetInParent()
             for info in outputs if not had_outputs else ():
                 if info[0] not in implicit_out:
@@ -207,23 +244,34 @@ class OnnxBackend(InferenceBackend):
         self.session, inputs, outputs, optional = _open(ort, path, options, providers)
         got = self.session.get_providers()
         if want_cuda and "CUDAExecutionProvider" not in got:
-            log.warning("instance %s of '%s' is KIND_GPU but onnxruntime could not use CUDA "
-                        "(available: %s); it runs on the CPU", self.instance.name,
-                        self.config.name, ort.get_available_providers())
-        log.info("instance %s of '%s': %s with providers %s, %d intra-op threads",
-                 self.instance.name, self.config.name,
-                 "a model built in memory" if isinstance(path, bytes) else path, got,
-                 options.intra_op_num_threads)
+            log.warning(
+                "instance %s of '%s' is KIND_GPU but onnxruntime could not use CUDA "
+                "(available: %s); it runs on the CPU",
+                self.instance.name,
+                self.config.name,
+                ort.get_available_providers(),
+            )
+        log.info(
+            "instance %s of '%s': %s with providers %s, %d intra-op threads",
+            self.instance.name,
+            self.config.name,
+            "a model built in memory" if isinstance(path, bytes) else path,
+            got,
+            options.intra_op_num_threads,
+        )
         _validate(self.config, inputs, outputs, optional)
         #: input name -> numpy dtype to feed, or _STRING (decode), or None (feed as given)
-        self._feeds = {n: _STRING if t == _STRING else _TYPES.get(t, ("", None))[1]
-                       for n, t, _ in inputs + optional}
+        self._feeds = {
+            n: _STRING if t == _STRING else _TYPES.get(t, ("", None))[1]
+            for n, t, _ in inputs + optional
+        }
         self._scalars = {n for n, _, d in inputs + optional if not d}
         self._string_outputs = {n for n, t, _ in outputs if t == _STRING}
         self._all_outputs = [n for n, _, _ in outputs]
 
-    def execute(self, inputs: Mapping[str, np.ndarray],
-                outputs: Sequence[str]) -> Mapping[str, np.ndarray]:
+    def execute(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> Mapping[str, np.ndarray]:
         feed = {}
         for name, array in inputs.items():
             want = self._feeds.get(name)
@@ -256,11 +304,15 @@ def _to_str(name: str, array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "U":
         return array
     try:
-        items = [bytes(x).decode() if isinstance(x, (bytes, bytearray, memoryview)) else str(x)
-                 for x in array.flat]
+        items = [
+            bytes(x).decode() if isinstance(x, (bytes, bytearray, memoryview)) else str(x)
+            for x in array.flat
+        ]
     except UnicodeDecodeError as exc:
-        raise InvalidArgument(f"input '{name}' holds a string that is not valid UTF-8, which "
-                              f"ONNX string tensors require: {exc}") from None
+        raise InvalidArgument(
+            f"input '{name}' holds a string that is not valid UTF-8, which "
+            f"ONNX string tensors require: {exc}"
+        ) from None
     return np.array(items, dtype=object).reshape(array.shape)
 
 

@@ -27,6 +27,7 @@ CPU = InstanceContext("m_0", "KIND_CPU")
 
 # ---------------------------------------------------------------------------- model builders
 
+
 def _vi(name, elem, shape):
     return helper.make_tensor_value_info(name, elem, shape)
 
@@ -46,15 +47,22 @@ def simple_model(tmp_path, batch="batch"):
     shape = [batch, 16]
     return save_model(
         tmp_path / "simple",
-        [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
-         helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"])],
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
         [_vi("INPUT0", TensorProto.INT32, shape), _vi("INPUT1", TensorProto.INT32, shape)],
-        [_vi("OUTPUT0", TensorProto.INT32, shape), _vi("OUTPUT1", TensorProto.INT32, shape)])
+        [_vi("OUTPUT0", TensorProto.INT32, shape), _vi("OUTPUT1", TensorProto.INT32, shape)],
+    )
 
 
 def identity_model(tmp_path, name, elem, shape):
-    return save_model(tmp_path / name, [helper.make_node("Identity", ["x"], ["y"])],
-                      [_vi("x", elem, shape)], [_vi("y", elem, shape)])
+    return save_model(
+        tmp_path / name,
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [_vi("x", elem, shape)],
+        [_vi("y", elem, shape)],
+    )
 
 
 def bool_model(tmp_path):
@@ -64,25 +72,35 @@ def bool_model(tmp_path):
         tmp_path / "logic",
         [helper.make_node("And", ["a", "b"], ["and"]), helper.make_node("Not", ["a"], ["not_a"])],
         [_vi("a", TensorProto.BOOL, shape), _vi("b", TensorProto.BOOL, shape)],
-        [_vi("and", TensorProto.BOOL, shape), _vi("not_a", TensorProto.BOOL, shape)])
+        [_vi("and", TensorProto.BOOL, shape), _vi("not_a", TensorProto.BOOL, shape)],
+    )
 
 
 MLP_RNG = np.random.default_rng(42)
-W1, B1, W2, B2 = (MLP_RNG.standard_normal(shape).astype(np.float32)
-                  for shape in ((8, 32), (32,), (32, 4), (4,)))
+W1, B1, W2, B2 = (
+    MLP_RNG.standard_normal(shape).astype(np.float32) for shape in ((8, 32), (32,), (32, 4), (4,))
+)
 
 
 def mlp_model(tmp_path):
     """FP32 input [batch, 8] -> 32 relu -> output [batch, 4]."""
-    inits = [numpy_helper.from_array(a, n)
-             for a, n in ((W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2"))]
-    nodes = [helper.make_node("MatMul", ["input", "W1"], ["h0"]),
-             helper.make_node("Add", ["h0", "B1"], ["h1"]),
-             helper.make_node("Relu", ["h1"], ["h2"]),
-             helper.make_node("MatMul", ["h2", "W2"], ["h3"]),
-             helper.make_node("Add", ["h3", "B2"], ["output"])]
-    return save_model(tmp_path / "mlp", nodes, [_vi("input", TensorProto.FLOAT, ["batch", 8])],
-                      [_vi("output", TensorProto.FLOAT, ["batch", 4])], inits)
+    inits = [
+        numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2"))
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["input", "W1"], ["h0"]),
+        helper.make_node("Add", ["h0", "B1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "W2"], ["h3"]),
+        helper.make_node("Add", ["h3", "B2"], ["output"]),
+    ]
+    return save_model(
+        tmp_path / "mlp",
+        nodes,
+        [_vi("input", TensorProto.FLOAT, ["batch", 8])],
+        [_vi("output", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
 
 
 def mlp_numpy(x):
@@ -90,6 +108,7 @@ def mlp_numpy(x):
 
 
 # ---------------------------------------------------------------------------- helpers
+
 
 def config(text: str = "", name: str = "m") -> ModelConfig:
     cfg = text_format.Parse(text, ModelConfig())
@@ -111,8 +130,14 @@ def loaded(version_path: Path, cfg: ModelConfig, instance: InstanceContext = CPU
 
 def tensors(section):
     """[(name, TYPE_* name, dims)] of a config's input or output list."""
-    return [(t.name, t.DESCRIPTOR.fields_by_name["data_type"].enum_type
-             .values_by_number[t.data_type].name, list(t.dims)) for t in section]
+    return [
+        (
+            t.name,
+            t.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[t.data_type].name,
+            list(t.dims),
+        )
+        for t in section
+    ]
 
 
 def obj(items, shape=None):
@@ -123,6 +148,7 @@ def obj(items, shape=None):
 
 # ---------------------------------------------------------------------------- plugin discovery
 
+
 def test_registry_finds_backend_through_entry_point():
     registry = naiad.plugins.build_backend_registry()
     assert registry.find("onnxruntime_onnx", "") is OnnxBackend
@@ -132,8 +158,10 @@ def test_registry_finds_backend_through_entry_point():
 
 
 def test_import_does_not_import_frameworks():
-    code = ("import sys, naiad_backend_onnx; "
-            "assert 'onnxruntime' not in sys.modules and 'onnx' not in sys.modules, sys.modules")
+    code = (
+        "import sys, naiad_backend_onnx; "
+        "assert 'onnxruntime' not in sys.modules and 'onnx' not in sys.modules, sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -145,6 +173,7 @@ def test_class_attributes():
 
 
 # ---------------------------------------------------------------------------- execute
+
 
 def test_simple_add_sub(tmp_path):
     vp = simple_model(tmp_path)
@@ -239,6 +268,7 @@ def test_gpu_instance_runs_even_without_cuda(tmp_path, caplog):
 
 # ---------------------------------------------------------------------------- session options
 
+
 def test_thread_defaults_split_cpus_between_instances(tmp_path):
     vp = simple_model(tmp_path)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -249,11 +279,14 @@ def test_thread_defaults_split_cpus_between_instances(tmp_path):
 
 def test_thread_parameters(tmp_path):
     vp = simple_model(tmp_path)
-    cfg = completed(vp, """
+    cfg = completed(
+        vp,
+        """
         parameters { key: "intra_op_thread_count" value { string_value: "3" } }
         parameters { key: "inter_op_thread_count" value { string_value: "2" } }
         parameters { key: "execution_mode" value { string_value: "1" } }
-        optimization { graph { level: 1 } }""")
+        optimization { graph { level: 1 } }""",
+    )
     opts = loaded(vp, cfg).session.get_session_options()
     assert opts.intra_op_num_threads == 3 and opts.inter_op_num_threads == 2
     assert str(opts.execution_mode).endswith("ORT_PARALLEL")
@@ -269,6 +302,7 @@ def test_bad_parameters(tmp_path, key, value):
 
 
 # ---------------------------------------------------------------------------- auto-complete
+
 
 def test_autocomplete_batching_model(tmp_path):
     cfg = completed(mlp_model(tmp_path))
@@ -315,8 +349,9 @@ def test_autocomplete_datatype_mismatch(tmp_path):
 
 def test_autocomplete_fills_missing_tensors_only(tmp_path):
     vp = simple_model(tmp_path)
-    cfg = completed(vp, 'max_batch_size: 8 input [ { name: "INPUT1", data_type: TYPE_INT32, '
-                        'dims: [ 16 ] } ]')
+    cfg = completed(
+        vp, 'max_batch_size: 8 input [ { name: "INPUT1", data_type: TYPE_INT32, dims: [ 16 ] } ]'
+    )
     assert [t.name for t in cfg.input] == ["INPUT1", "INPUT0"]
     assert tensors(cfg.output) == [("OUTPUT0", "TYPE_INT32", [16]), ("OUTPUT1", "TYPE_INT32", [16])]
     assert cfg.max_batch_size == 8 and cfg.HasField("dynamic_batching")  # as Triton does
@@ -335,11 +370,17 @@ def test_autocomplete_leaves_complete_config_alone(tmp_path):
     assert (backend.execute({"INPUT0": a, "INPUT1": a}, ["OUTPUT1"])["OUTPUT1"] == 0).all()
 
 
-@pytest.mark.parametrize("text,match", [
-    ('input [ { name: "INPUTX", data_type: TYPE_INT32, dims: [ -1, 16 ] } ]', "INPUTX"),
-    ('input [ { name: "INPUT0", data_type: TYPE_INT32, dims: [ -1, 15 ] } ]', r"'INPUT0'.*shape"),
-    ('input [ { name: "INPUT0", data_type: TYPE_INT32, dims: [ 16 ] } ]', r"'INPUT0'.*shape"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ('input [ { name: "INPUTX", data_type: TYPE_INT32, dims: [ -1, 16 ] } ]', "INPUTX"),
+        (
+            'input [ { name: "INPUT0", data_type: TYPE_INT32, dims: [ -1, 15 ] } ]',
+            r"'INPUT0'.*shape",
+        ),
+        ('input [ { name: "INPUT0", data_type: TYPE_INT32, dims: [ 16 ] } ]', r"'INPUT0'.*shape"),
+    ],
+)
 def test_autocomplete_rejects_wrong_tensors(tmp_path, text, match):
     with pytest.raises(naiad.ModelLoadError, match=match):
         completed(simple_model(tmp_path), text)
@@ -348,9 +389,15 @@ def test_autocomplete_rejects_wrong_tensors(tmp_path, text, match):
 def sequence_model(tmp_path):
     """Like Triton's simple_sequence: OUTPUT = READY * (INPUT + START), all INT32 [batch, 1]."""
     ios = [_vi(n, TensorProto.INT32, ["batch", 1]) for n in ("INPUT", "START", "READY", "OUTPUT")]
-    return save_model(tmp_path / "seq", [helper.make_node("Add", ["INPUT", "START"], ["s"]),
-                                         helper.make_node("Mul", ["READY", "s"], ["OUTPUT"])],
-                      ios[:3], ios[3:])
+    return save_model(
+        tmp_path / "seq",
+        [
+            helper.make_node("Add", ["INPUT", "START"], ["s"]),
+            helper.make_node("Mul", ["READY", "s"], ["OUTPUT"]),
+        ],
+        ios[:3],
+        ios[3:],
+    )
 
 
 SEQUENCE = """max_batch_size: 8
@@ -376,6 +423,7 @@ def test_sequence_controls_are_not_config_inputs(tmp_path):
 
 
 # ---------------------------------------------------------------------------- model files
+
 
 def test_corrupt_file(tmp_path):
     vp = tmp_path / "broken" / "1"
@@ -403,12 +451,19 @@ def test_model_directory_and_default_model_filename(tmp_path):
     assert completed(vp).max_batch_size == 4  # folder model.onnx/ holding model.onnx
     (vp / "model.onnx" / "model.onnx").rename(vp / "custom.onnx")
     cfg = completed(vp, 'default_model_filename: "custom.onnx"')
-    assert loaded(vp, cfg).execute(
-        {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)},
-        ["OUTPUT0"])["OUTPUT0"].sum() == 32
+    assert (
+        loaded(vp, cfg)
+        .execute(
+            {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)},
+            ["OUTPUT0"],
+        )["OUTPUT0"]
+        .sum()
+        == 32
+    )
 
 
 # ---------------------------------------------------------------------------- example repository
+
 
 def _example_module():
     path = REPO_ROOT / "examples" / "make_models.py"
@@ -436,14 +491,17 @@ def test_example_repository(tmp_path):
     assert (out["OUTPUT0"] == a + b).all() and (out["OUTPUT1"] == a - b).all()
 
     as_bytes = lambda x: obj([str(v).encode() for v in x.reshape(-1)], x.shape)  # noqa: E731
-    out = backends["simple_string"].execute({"INPUT0": as_bytes(a), "INPUT1": as_bytes(b)},
-                                            ["OUTPUT0", "OUTPUT1"])
+    out = backends["simple_string"].execute(
+        {"INPUT0": as_bytes(a), "INPUT1": as_bytes(b)}, ["OUTPUT0", "OUTPUT1"]
+    )
     assert out["OUTPUT0"].tolist() == as_bytes(a + b).tolist()
     assert out["OUTPUT1"].tolist() == as_bytes(a - b).tolist()
 
     words = obj([b"one", b"two", b"\xe2\x82\xac"], (1, 3))
-    assert backends["simple_identity"].execute({"INPUT0": words}, ["OUTPUT0"])["OUTPUT0"].tolist() \
+    assert (
+        backends["simple_identity"].execute({"INPUT0": words}, ["OUTPUT0"])["OUTPUT0"].tolist()
         == words.tolist()
+    )
 
     x = np.random.default_rng(3).standard_normal((4, 16)).astype(np.float32)
     y = backends["mlp"].execute({"input": x}, ["output"])["output"]
@@ -467,4 +525,3 @@ def test_mlp_matches_anchor_reference():
     spec.loader.exec_module(anchor)
     x = np.random.default_rng(9).standard_normal((5, 16)).astype(np.float32)
     np.testing.assert_array_equal(_example_module().mlp_numpy(x), anchor.reference_mlp(x))
-

@@ -76,7 +76,9 @@ def bind_inputs(
         log.warning(
             "model '%s': inputs %s are neither all arguments of forward() %s nor all named "
             "<name>__<index>; binding them in configuration order",
-            model, list(names), list(arg_names or []),
+            model,
+            list(names),
+            list(arg_names or []),
         )
     arity = len(arg_names) if arg_names is not None else len(names)
     if arg_names is not None and len(names) != arity:
@@ -97,8 +99,7 @@ def bind_outputs(model: str, names: Sequence[str]) -> dict[str, int]:
     """Config output name -> index into a tuple/list result (``__<index>`` or config order)."""
     if not names:
         raise ModelLoadError(
-            f"model '{model}': the configuration must list at least one output for a PyTorch "
-            "model"
+            f"model '{model}': the configuration must list at least one output for a PyTorch model"
         )
     indices = [named_index(n) for n in names]
     if all(i is not None for i in indices):

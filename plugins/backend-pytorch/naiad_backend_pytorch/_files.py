@@ -150,9 +150,7 @@ def _load_aoti(torch: Any, path: Path, device: str | None) -> LoadedModel:
     return LoadedModel(AOTI, compiled, None)
 
 
-def read_exported_signature(
-    torch: Any, path: Path
-) -> tuple[list[ModelTensor], list[ModelTensor]]:
+def read_exported_signature(torch: Any, path: Path) -> tuple[list[ModelTensor], list[ModelTensor]]:
     """Inputs and outputs of the torch.export program in ``path`` (for auto-complete)."""
     try:
         program = torch.export.load(str(path))
@@ -185,8 +183,10 @@ def exported_signature(
     if out_spec.is_leaf():
         out_names = ["OUTPUT__0"]
     elif any(not c.is_leaf() for c in _children(out_spec)):
-        raise ModelLoadError(f"{EXPORTED} '{path}' returns nested structures; naiad reads a "
-                             "tensor, or a flat tuple, list or dict of tensors")
+        raise ModelLoadError(
+            f"{EXPORTED} '{path}' returns nested structures; naiad reads a "
+            "tensor, or a flat tuple, list or dict of tensors"
+        )
     elif out_spec.type is dict:
         out_names = [str(k) for k in out_spec.context]
     else:
@@ -202,8 +202,9 @@ def exported_signature(
 
     inputs = [tensor(s.arg.name, s.arg.name) for s in user_in]
     if len(user_out) != len(out_names):
-        raise ModelLoadError(f"{EXPORTED} '{path}': {len(user_out)} tensor outputs for "
-                             f"{len(out_names)} results")
+        raise ModelLoadError(
+            f"{EXPORTED} '{path}': {len(user_out)} tensor outputs for {len(out_names)} results"
+        )
     outputs = [tensor(n, s.arg.name) for n, s in zip(out_names, user_out, strict=True)]
     return inputs, outputs, [t.name for t in inputs]
 

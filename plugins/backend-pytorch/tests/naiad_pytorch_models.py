@@ -83,18 +83,31 @@ def quiet_jit(fn: Any, *args: Any) -> Any:
         return fn(*args)
 
 
-def save_torchscript(module: torch.nn.Module, example: Any, version_dir: Path,
-                     filename: str = "model.pt", script: bool = False) -> Path:
+def save_torchscript(
+    module: torch.nn.Module,
+    example: Any,
+    version_dir: Path,
+    filename: str = "model.pt",
+    script: bool = False,
+) -> Path:
     """Trace (or script) ``module`` and save it as ``version_dir/filename``."""
     version_dir.mkdir(parents=True, exist_ok=True)
-    compiled = (quiet_jit(torch.jit.script, module) if script
-                else quiet_jit(torch.jit.trace, module, example))
+    compiled = (
+        quiet_jit(torch.jit.script, module)
+        if script
+        else quiet_jit(torch.jit.trace, module, example)
+    )
     compiled.save(str(version_dir / filename))
     return version_dir
 
 
-def save_exported(module: torch.nn.Module, example: tuple[Any, ...], version_dir: Path,
-                  batch: bool = True, filename: str = "model.pt2") -> Path:
+def save_exported(
+    module: torch.nn.Module,
+    example: tuple[Any, ...],
+    version_dir: Path,
+    batch: bool = True,
+    filename: str = "model.pt2",
+) -> Path:
     """``torch.export`` ``module`` (first dimension of every input dynamic when ``batch``)."""
     version_dir.mkdir(parents=True, exist_ok=True)
     dims = tuple({0: Dim("batch", min=1, max=1024)} for _ in example) if batch else None
@@ -115,10 +128,12 @@ def write_model(repo: Path, name: str, config: str, save: Any) -> Path:
 def write_repository(repo: Path) -> Path:
     """The models the end-to-end test and the benchmark serve: ``mlp`` and ``conv`` (TorchScript,
     full configs), ``mlp_export`` (torch.export, no config: auto-completed)."""
-    write_model(repo, "mlp", MLP_CONFIG,
-                lambda d: save_torchscript(mlp(), torch.randn(2, 16), d))
-    write_model(repo, "conv", CONV_CONFIG,
-                lambda d: save_torchscript(conv_net(), torch.randn(2, 3, 16, 16), d))
-    write_model(repo, "mlp_export", "",
-                lambda d: save_exported(mlp(), (torch.randn(2, 16),), d))
+    write_model(repo, "mlp", MLP_CONFIG, lambda d: save_torchscript(mlp(), torch.randn(2, 16), d))
+    write_model(
+        repo,
+        "conv",
+        CONV_CONFIG,
+        lambda d: save_torchscript(conv_net(), torch.randn(2, 3, 16, 16), d),
+    )
+    write_model(repo, "mlp_export", "", lambda d: save_exported(mlp(), (torch.randn(2, 16),), d))
     return repo

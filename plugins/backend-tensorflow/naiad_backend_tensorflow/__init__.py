@@ -41,9 +41,10 @@ def _tf() -> Any:
     try:
         import tensorflow as tf
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ModelLoadError(f"the tensorflow backend cannot import tensorflow: {exc} "
-                             "(pip install tensorflow-cpu, or tensorflow[and-cuda] for GPUs)"
-                             ) from exc
+        raise ModelLoadError(
+            f"the tensorflow backend cannot import tensorflow: {exc} "
+            "(pip install tensorflow-cpu, or tensorflow[and-cuda] for GPUs)"
+        ) from exc
     return tf
 
 
@@ -95,10 +96,14 @@ class TensorFlowBackend(InferenceBackend):
         cfg = self.config
         on_gpu = self._on_gpu(tf)
         self._graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=self._graph,
-                                             config=session_config(tf, cfg, on_gpu))
-        device = (tf.device(f"/device:GPU:{max(self.instance.device_id, 0)}") if on_gpu
-                  else contextlib.nullcontext())
+        self._session = tf.compat.v1.Session(
+            graph=self._graph, config=session_config(tf, cfg, on_gpu)
+        )
+        device = (
+            tf.device(f"/device:GPU:{max(self.instance.device_id, 0)}")
+            if on_gpu
+            else contextlib.nullcontext()
+        )
         with self._graph.as_default(), device:
             if cfg.platform == GRAPHDEF:
                 path = _signature.graphdef_file(cfg, self.version_path)
@@ -112,8 +117,14 @@ class TensorFlowBackend(InferenceBackend):
         _signature.check(cfg, self._sig, framework)
         self._all_outputs = tuple(o.name for o in cfg.output)
         self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], Callable[..., Any]] = {}
-        log.info("instance %s of '%s': %s '%s' on %s", self.instance.name, cfg.name, framework,
-                 path, f"GPU {self.instance.device_id}" if on_gpu else "the CPU")
+        log.info(
+            "instance %s of '%s': %s '%s' on %s",
+            self.instance.name,
+            cfg.name,
+            framework,
+            path,
+            f"GPU {self.instance.device_id}" if on_gpu else "the CPU",
+        )
 
     def _on_gpu(self, tf: Any) -> bool:
         if self.instance.kind != "KIND_GPU":
@@ -121,9 +132,14 @@ class TensorFlowBackend(InferenceBackend):
         gpus = tf.config.list_physical_devices("GPU")
         if max(self.instance.device_id, 0) < len(gpus):
             return True
-        log.warning("instance %s of '%s' is KIND_GPU (GPU %d) but TensorFlow sees %d GPU(s) "
-                    "(tensorflow-cpu?); it runs on the CPU", self.instance.name,
-                    self.config.name, self.instance.device_id, len(gpus))
+        log.warning(
+            "instance %s of '%s' is KIND_GPU (GPU %d) but TensorFlow sees %d GPU(s) "
+            "(tensorflow-cpu?); it runs on the CPU",
+            self.instance.name,
+            self.config.name,
+            self.instance.device_id,
+            len(gpus),
+        )
         return False
 
     def _import_graphdef(self, tf: Any, path: Path) -> None:
@@ -138,8 +154,9 @@ class TensorFlowBackend(InferenceBackend):
         meta = _signature.read_meta_graph(tf, path, parameter(self.config, "TF_GRAPH_TAG"))
         sig = _signature.signature_of(tf, meta, parameter(self.config, "TF_SIGNATURE_DEF"), path)
         try:
-            tf.compat.v1.saved_model.loader.load(self._session, list(meta.meta_info_def.tags),
-                                                 str(path), clear_devices=clear_devices)
+            tf.compat.v1.saved_model.loader.load(
+                self._session, list(meta.meta_info_def.tags), str(path), clear_devices=clear_devices
+            )
         except Exception as exc:
             raise ModelLoadError(f"failed to load SavedModel '{path}': {exc}") from exc
         return sig
@@ -149,13 +166,13 @@ class TensorFlowBackend(InferenceBackend):
         fn = self._callables.get(key)
         if fn is None:
             names = self._sig.graph_names
-            fn = self._session.make_callable([names[n] for n in fetches],
-                                             [names[n] for n in feeds])
+            fn = self._session.make_callable([names[n] for n in fetches], [names[n] for n in feeds])
             self._callables[key] = fn
         return fn
 
-    def execute(self, inputs: Mapping[str, np.ndarray],
-                outputs: Sequence[str]) -> Mapping[str, np.ndarray]:
+    def execute(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> Mapping[str, np.ndarray]:
         feeds = tuple(inputs)
         fetches = tuple(outputs) or self._all_outputs
         fn = self._callable(feeds, fetches)
@@ -163,15 +180,19 @@ class TensorFlowBackend(InferenceBackend):
             results = fn(*inputs.values())
         except (self._tf.errors.InvalidArgumentError, ValueError) as exc:  # bad values, shapes
             message = getattr(exc, "message", None) or str(exc)
-            raise InvalidArgument(f"tensorflow error in model '{self.config.name}': "
-                                  f"{message}") from exc
+            raise InvalidArgument(
+                f"tensorflow error in model '{self.config.name}': {message}"
+            ) from exc
         except Exception as exc:
-            raise InternalError(f"tensorflow error in model '{self.config.name}': "
-                                f"{type(exc).__name__}: {exc}") from exc
+            raise InternalError(
+                f"tensorflow error in model '{self.config.name}': {type(exc).__name__}: {exc}"
+            ) from exc
         # session results are numpy arrays over TF's buffers (no copy); tf.string comes back as
         # an object array of bytes, which is naiad's BYTES form
-        return {name: value.reshape(1) if value.ndim == 0 else value
-                for name, value in zip(fetches, results, strict=True)}
+        return {
+            name: value.reshape(1) if value.ndim == 0 else value
+            for name, value in zip(fetches, results, strict=True)
+        }
 
     def unload(self) -> None:
         session = getattr(self, "_session", None)

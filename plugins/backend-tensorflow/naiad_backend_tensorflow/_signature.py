@@ -97,8 +97,9 @@ def read_meta_graph(tf: Any, path: Path, tag: str | None) -> Any:
     if tag is None and len(graphs) == 1:
         return graphs[0]
     found = [list(g.meta_info_def.tags) for g in graphs]
-    raise ModelLoadError(f"SavedModel '{path}' has no graph tagged '{wanted}' (TF_GRAPH_TAG); "
-                         f"its tags: {found}")
+    raise ModelLoadError(
+        f"SavedModel '{path}' has no graph tagged '{wanted}' (TF_GRAPH_TAG); its tags: {found}"
+    )
 
 
 def signature_of(tf: Any, meta_graph: Any, name: str | None, path: Path) -> Signature:
@@ -106,8 +107,10 @@ def signature_of(tf: Any, meta_graph: Any, name: str | None, path: Path) -> Sign
     wanted = name or DEFAULT_SIGNATURE
     if wanted not in meta_graph.signature_def:
         found = sorted(k for k in meta_graph.signature_def if not k.startswith("__"))
-        raise ModelLoadError(f"SavedModel '{path}' has no signature '{wanted}' "
-                             f"(TF_SIGNATURE_DEF); its signatures: {found}")
+        raise ModelLoadError(
+            f"SavedModel '{path}' has no signature '{wanted}' "
+            f"(TF_SIGNATURE_DEF); its signatures: {found}"
+        )
     sig = meta_graph.signature_def[wanted]
     names: dict[str, str] = {}
     sections: list[dict[str, ModelTensor]] = []
@@ -116,8 +119,10 @@ def signature_of(tf: Any, meta_graph: Any, name: str | None, path: Path) -> Sign
         for key in sorted(infos):
             info = infos[key]
             if not info.name:
-                raise ModelLoadError(f"signature '{wanted}' of '{path}': '{key}' is a "
-                                     "composite (sparse or ragged) tensor, which naiad cannot feed")
+                raise ModelLoadError(
+                    f"signature '{wanted}' of '{path}': '{key}' is a "
+                    "composite (sparse or ragged) tensor, which naiad cannot feed"
+                )
             tensors[key] = ModelTensor(key, protocol_of(tf, info.dtype), _dims(info.tensor_shape))
             names[key] = info.name
         sections.append(tensors)
@@ -129,7 +134,8 @@ def graphdef_signature(tf: Any, graph: Any, config: Any) -> Signature:
     if not len(config.input) or not len(config.output):
         raise ModelLoadError(
             f"model '{config.name}': a GraphDef carries no signature, so its config must list "
-            f"inputs and outputs; the graph's placeholders are {_placeholders(graph)}")
+            f"inputs and outputs; the graph's placeholders are {_placeholders(graph)}"
+        )
     sections: list[dict[str, ModelTensor]] = []
     names: dict[str, str] = {}
     for kind, section in (("input", config.input), ("output", config.output)):
@@ -140,10 +146,15 @@ def graphdef_signature(tf: Any, graph: Any, config: Any) -> Signature:
                 tensor = graph.get_tensor_by_name(tensor_name)
             except (KeyError, ValueError):
                 hint = f"; its placeholders: {_placeholders(graph)}" if kind == "input" else ""
-                raise ModelLoadError(f"model '{config.name}': {kind} '{io.name}' is not a tensor "
-                                     f"of the GraphDef{hint}") from None
-            dims = None if tensor.shape.rank is None else tuple(
-                -1 if d is None else int(d) for d in tensor.shape.as_list())
+                raise ModelLoadError(
+                    f"model '{config.name}': {kind} '{io.name}' is not a tensor "
+                    f"of the GraphDef{hint}"
+                ) from None
+            dims = (
+                None
+                if tensor.shape.rank is None
+                else tuple(-1 if d is None else int(d) for d in tensor.shape.as_list())
+            )
             tensors[io.name] = ModelTensor(io.name, protocol_of(tf, tensor.dtype), dims)
             names[io.name] = tensor_name
         sections.append(tensors)
@@ -157,8 +168,11 @@ def _placeholders(graph: Any) -> list[str]:
 def implicit_inputs(config: Any) -> set[str]:
     """Model inputs the scheduler feeds: sequence controls and states, batch inputs."""
     seq = config.sequence_batching
-    return ({c.name for c in seq.control_input} | {s.input_name for s in seq.state}
-            | {t for b in config.batch_input for t in b.target_name})
+    return (
+        {c.name for c in seq.control_input}
+        | {s.input_name for s in seq.state}
+        | {t for b in config.batch_input for t in b.target_name}
+    )
 
 
 def _config_dims(io: Any) -> list[int]:
@@ -180,8 +194,10 @@ def complete(config: Any, sig: Signature) -> None:
     batchable = all(t.batchable for t in everything)
     if mbs > 0 and not batchable:
         fixed = [t.name for t in everything if not t.batchable]
-        raise ModelLoadError(f"model '{model}': max_batch_size is {mbs} but the SavedModel "
-                             f"signature cannot batch: {fixed} have no variable first dimension")
+        raise ModelLoadError(
+            f"model '{model}': max_batch_size is {mbs} but the SavedModel "
+            f"signature cannot batch: {fixed} have no variable first dimension"
+        )
     if batchable and mbs == 0:
         hint: bool | None = None
         for section, tensors in ((config.input, sig.inputs), (config.output, sig.outputs)):
@@ -191,12 +207,15 @@ def complete(config: Any, sig: Signature) -> None:
                     continue
                 batches = len(tensor.dims) == len(dims) + 1
                 if hint is not None and hint != batches:
-                    raise ModelLoadError(f"model '{model}': the configured tensors contradict "
-                                         "each other about whether the model batches")
+                    raise ModelLoadError(
+                        f"model '{model}': the configured tensors contradict "
+                        "each other about whether the model batches"
+                    )
                 hint = batches
         config.max_batch_size = DEFAULT_MAX_BATCH_SIZE if hint in (None, True) else 0
-    if config.max_batch_size > 1 and not (config.HasField("dynamic_batching")
-                                          or config.HasField("sequence_batching")):
+    if config.max_batch_size > 1 and not (
+        config.HasField("dynamic_batching") or config.HasField("sequence_batching")
+    ):
         config.dynamic_batching.SetInParent()
     implicit = implicit_inputs(config)
     given = {io.name for io in config.input} | implicit
@@ -214,16 +233,23 @@ def complete(config: Any, sig: Signature) -> None:
 
 def check(config: Any, sig: Signature, framework: str) -> None:
     """Every configured tensor exists in the model and matches it; every model input is fed."""
-    for kind, section, tensors in (("input", config.input, sig.inputs),
-                                   ("output", config.output, sig.outputs)):
+    for kind, section, tensors in (
+        ("input", config.input, sig.inputs),
+        ("output", config.output, sig.outputs),
+    ):
         for io in section:
             if io.name not in tensors:
-                raise ModelLoadError(f"model '{config.name}': configuration {kind} '{io.name}' "
-                                     f"is not in the {framework} signature; its {kind}s are "
-                                     f"{sorted(tensors)}")
-            check_config_tensor(config.name, kind, io, tensors[io.name], config.max_batch_size,
-                                framework)
+                raise ModelLoadError(
+                    f"model '{config.name}': configuration {kind} '{io.name}' "
+                    f"is not in the {framework} signature; its {kind}s are "
+                    f"{sorted(tensors)}"
+                )
+            check_config_tensor(
+                config.name, kind, io, tensors[io.name], config.max_batch_size, framework
+            )
     missing = sorted(set(sig.inputs) - {io.name for io in config.input} - implicit_inputs(config))
     if missing:
-        raise ModelLoadError(f"model '{config.name}': {framework} inputs {missing} are missing "
-                             "from the configuration")
+        raise ModelLoadError(
+            f"model '{config.name}': {framework} inputs {missing} are missing "
+            "from the configuration"
+        )

@@ -13,7 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 RNG = np.random.default_rng(7)
-W1, B1, W2, B2 = (RNG.standard_normal(s).astype(np.float32) for s in ((8, 32), (32,), (32, 4), (4,)))
+W1, B1, W2, B2 = (
+    RNG.standard_normal(s).astype(np.float32) for s in ((8, 32), (32,), (32, 4), (4,))
+)
 KERNEL = RNG.standard_normal((3, 3, 3, 8)).astype(np.float32)
 HEAD = RNG.standard_normal((8 * 8 * 8, 10)).astype(np.float32)
 
@@ -80,8 +82,9 @@ def simple_string(a: tf.Tensor, b: tf.Tensor) -> dict[str, tf.Tensor]:
 
 
 class SimpleString(tf.Module):
-    @tf.function(input_signature=[tf.TensorSpec([None, 16], tf.string),
-                                  tf.TensorSpec([None, 16], tf.string)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, 16], tf.string), tf.TensorSpec([None, 16], tf.string)]
+    )
     def __call__(self, INPUT0: tf.Tensor, INPUT1: tf.Tensor) -> dict[str, tf.Tensor]:
         return simple_string(INPUT0, INPUT1)
 
@@ -135,8 +138,10 @@ def write_repository(repo: Path) -> Path:
     (repo / "conv" / "config.pbtxt").write_text(CONV_CONFIG)
     write_graphdef(repo / "simple_string" / "1", build_simple_string_graph)
     (repo / "simple_string" / "config.pbtxt").write_text(
-        'platform: "tensorflow_graphdef"' + SIMPLE_STRING_CONFIG)
+        'platform: "tensorflow_graphdef"' + SIMPLE_STRING_CONFIG
+    )
     save(SimpleString(), repo / "simple_string_savedmodel" / "1")
     (repo / "simple_string_savedmodel" / "config.pbtxt").write_text(
-        'platform: "tensorflow_savedmodel"' + SIMPLE_STRING_CONFIG)
+        'platform: "tensorflow_savedmodel"' + SIMPLE_STRING_CONFIG
+    )
     return repo

@@ -53,8 +53,14 @@ def loaded(version_path: Path, cfg: ModelConfig, instance: InstanceContext = CPU
 
 
 def tensors(section):
-    return [(t.name, t.DESCRIPTOR.fields_by_name["data_type"].enum_type
-             .values_by_number[t.data_type].name, list(t.dims)) for t in section]
+    return [
+        (
+            t.name,
+            t.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[t.data_type].name,
+            list(t.dims),
+        )
+        for t in section
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +70,7 @@ def mlp_dir(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- plugin
+
 
 def test_registry_finds_backend_through_entry_point():
     registry = naiad.plugins.build_backend_registry()
@@ -76,12 +83,15 @@ def test_registry_finds_backend_through_entry_point():
 
 
 def test_import_does_not_import_tensorflow():
-    code = ("import sys, naiad_backend_tensorflow, naiad_backend_tensorflow._signature; "
-            "assert 'tensorflow' not in sys.modules and 'torch' not in sys.modules")
+    code = (
+        "import sys, naiad_backend_tensorflow, naiad_backend_tensorflow._signature; "
+        "assert 'tensorflow' not in sys.modules and 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---------------------------------------------------------------------------- auto-complete
+
 
 def test_autocomplete_savedmodel_signature(mlp_dir):
     cfg = completed(mlp_dir)
@@ -91,11 +101,15 @@ def test_autocomplete_savedmodel_signature(mlp_dir):
 
 
 def test_autocomplete_named_signature_and_tag(mlp_dir):
-    cfg = completed(mlp_dir, 'parameters { key: "TF_SIGNATURE_DEF" value { string_value: '
-                             '"hidden" } }')
+    cfg = completed(
+        mlp_dir, 'parameters { key: "TF_SIGNATURE_DEF" value { string_value: "hidden" } }'
+    )
     assert tensors(cfg.output) == [("h", "TYPE_FP32", [32])]
-    with pytest.raises(naiad.ModelLoadError, match=r"no signature 'nope' .*\['hidden', "
-                                                   r"'serving_default'\]"):
+    with pytest.raises(
+        naiad.ModelLoadError,
+        match=r"no signature 'nope' .*\['hidden', "
+        r"'serving_default'\]",
+    ):
         completed(mlp_dir, 'parameters { key: "TF_SIGNATURE_DEF" value { string_value: "nope" } }')
     with pytest.raises(naiad.ModelLoadError, match=r"no graph tagged 'gpu' .*\[\['serve'\]\]"):
         completed(mlp_dir, 'parameters { key: "TF_GRAPH_TAG" value { string_value: "gpu" } }')
@@ -106,8 +120,10 @@ def test_autocomplete_batching_hints(mlp_dir):
     cfg = completed(mlp_dir, 'input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 8 ] } ]')
     assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
     assert tensors(cfg.output) == [("y", "TYPE_FP32", [-1, 4])]
-    contradicting = ('input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 8 ] } ] '
-                     'output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ] } ]')
+    contradicting = (
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 8 ] } ] '
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ] } ]'
+    )
     with pytest.raises(naiad.ModelLoadError, match="contradict each other"):
         completed(mlp_dir, contradicting)
     kept = completed(mlp_dir, "max_batch_size: 16 sequence_batching { }")
@@ -127,18 +143,25 @@ def test_autocomplete_rejects_what_the_model_contradicts(tmp_path):
     assert cfg.max_batch_size == 0 and tensors(cfg.input) == [("a", "TYPE_INT32", [2, 3])]
     with pytest.raises(naiad.ModelLoadError, match=r"max_batch_size is 8 .*\['a', 'b'\]"):
         completed(fixed, "max_batch_size: 8")
-    with pytest.raises(naiad.ModelLoadError, match=r"input 'a' has data_type TYPE_FP32 in the "
-                                                   "configuration but the SavedModel model "
-                                                   "expects TYPE_INT32"):
+    with pytest.raises(
+        naiad.ModelLoadError,
+        match=r"input 'a' has data_type TYPE_FP32 in the "
+        "configuration but the SavedModel model "
+        "expects TYPE_INT32",
+    ):
         completed(fixed, 'input [ { name: "a", data_type: TYPE_FP32, dims: [ 2, 3 ] } ]')
     with pytest.raises(naiad.ModelLoadError, match=r"'a' has shape \[2, 3\] .* gives \[2, 4\]"):
         completed(fixed, 'input [ { name: "a", data_type: TYPE_INT32, dims: [ 2, 4 ] } ]')
-    with pytest.raises(naiad.ModelLoadError, match=r"output 'c' is not in the SavedModel "
-                                                   r"signature; its outputs are \['b'\]"):
+    with pytest.raises(
+        naiad.ModelLoadError,
+        match=r"output 'c' is not in the SavedModel "
+        r"signature; its outputs are \['b'\]",
+    ):
         completed(fixed, 'output [ { name: "c", data_type: TYPE_INT32, dims: [ 2, 3 ] } ]')
 
 
 # ---------------------------------------------------------------------------- execute
+
 
 def test_mlp_matches_tensorflow(mlp_dir):
     backend = loaded(mlp_dir, completed(mlp_dir))
@@ -199,37 +222,55 @@ def test_graphdef_mlp_and_tensor_names(tmp_path):
     x = np.random.default_rng(3).standard_normal((5, 8)).astype(np.float32)
     y = loaded(vp, cfg).execute({"x": x}, ["y:0"])["y:0"]
     np.testing.assert_allclose(y, mlp_numpy(x), rtol=1e-5, atol=1e-5)
-    with pytest.raises(naiad.ModelLoadError, match=r"input 'z' is not a tensor of the GraphDef; "
-                                                   r"its placeholders: \['x'\]"):
+    with pytest.raises(
+        naiad.ModelLoadError,
+        match=r"input 'z' is not a tensor of the GraphDef; "
+        r"its placeholders: \['x'\]",
+    ):
         loaded(vp, config(text.replace('"x"', '"z"'), "tensorflow_graphdef"))
     with pytest.raises(naiad.ModelLoadError, match="must list inputs and outputs"):
         loaded(vp, config("max_batch_size: 8", "tensorflow_graphdef"))
     with pytest.raises(naiad.ModelLoadError, match="input 'x' has data_type TYPE_INT32"):
-        loaded(vp, config(text.replace("TYPE_FP32, dims: [ 8 ]", "TYPE_INT32, dims: [ 8 ]"),
-                          "tensorflow_graphdef"))
+        loaded(
+            vp,
+            config(
+                text.replace("TYPE_FP32, dims: [ 8 ]", "TYPE_INT32, dims: [ 8 ]"),
+                "tensorflow_graphdef",
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------- sessions
 
+
 def test_session_threads_and_gpu_memory_options(mlp_dir):
-    cfg = completed(mlp_dir, """
+    cfg = completed(
+        mlp_dir,
+        """
         parameters { key: "TF_NUM_INTRA_THREADS" value { string_value: "2" } }
         parameters { key: "TF_NUM_INTER_THREADS" value { string_value: "1" } }
-        parameters { key: "TF_USE_PER_SESSION_THREADS" value { string_value: "yes" } }""")
+        parameters { key: "TF_USE_PER_SESSION_THREADS" value { string_value: "yes" } }""",
+    )
     proto = loaded(mlp_dir, cfg)._session._config
     assert (proto.intra_op_parallelism_threads, proto.inter_op_parallelism_threads) == (2, 1)
     assert proto.use_per_session_threads and proto.device_count["GPU"] == 0
     assert proto.gpu_options.allow_growth  # never grab all GPU memory by default
-    fixed = completed(mlp_dir, 'parameters { key: "TF_GPU_MEMORY_FRACTION" value { '
-                               'string_value: "0.25" } }')
+    fixed = completed(
+        mlp_dir, 'parameters { key: "TF_GPU_MEMORY_FRACTION" value { string_value: "0.25" } }'
+    )
     proto = loaded(mlp_dir, fixed)._session._config
     assert proto.gpu_options.per_process_gpu_memory_fraction == 0.25
     assert not proto.gpu_options.allow_growth
 
 
-@pytest.mark.parametrize("key,value", [("TF_NUM_INTRA_THREADS", "-1"),
-                                       ("TF_GPU_MEMORY_FRACTION", "2"),
-                                       ("TF_USE_PER_SESSION_THREADS", "perhaps")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("TF_NUM_INTRA_THREADS", "-1"),
+        ("TF_GPU_MEMORY_FRACTION", "2"),
+        ("TF_USE_PER_SESSION_THREADS", "perhaps"),
+    ],
+)
 def test_bad_parameters(mlp_dir, key, value):
     cfg = completed(mlp_dir, f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}')
     with pytest.raises(naiad.ModelLoadError, match=key):
@@ -249,27 +290,36 @@ def test_gpu_instance(mlp_dir):
     backend = loaded(mlp_dir, completed(mlp_dir), InstanceContext("m_0", "KIND_GPU", 0))
     assert backend._session._config.gpu_options.allow_growth
     x = np.random.default_rng(4).standard_normal((4, 8)).astype(np.float32)
-    np.testing.assert_allclose(backend.execute({"x": x}, ["y"])["y"], mlp_numpy(x),
-                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        backend.execute({"x": x}, ["y"])["y"], mlp_numpy(x), rtol=1e-3, atol=1e-3
+    )
 
 
 # ---------------------------------------------------------------------------- broken files
 
+
 def test_missing_and_corrupt_models(tmp_path):
     vp = tmp_path / "broken" / "1"
     vp.mkdir(parents=True)
-    with pytest.raises(naiad.ModelLoadError, match=r"unable to find SavedModel folder .*"
-                                                   r"model\.savedmodel"):
+    with pytest.raises(
+        naiad.ModelLoadError,
+        match=r"unable to find SavedModel folder .*"
+        r"model\.savedmodel",
+    ):
         completed(vp)
     (vp / "model.savedmodel").mkdir()
     with pytest.raises(naiad.ModelLoadError, match="has no saved_model.pb"):
         completed(vp)
     (vp / "model.savedmodel" / "saved_model.pb").write_bytes(b"\x00garbage\xff" * 10)
-    with pytest.raises(naiad.ModelLoadError, match=r"failed to read SavedModel .*model\.savedmodel"):
+    with pytest.raises(
+        naiad.ModelLoadError, match=r"failed to read SavedModel .*model\.savedmodel"
+    ):
         completed(vp)
     (vp / "model.graphdef").write_bytes(b"\x00garbage\xff" * 10)
-    text = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 8 ] } ] ' \
-           'output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ] } ]'
+    text = (
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 8 ] } ] '
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ] } ]'
+    )
     with pytest.raises(naiad.ModelLoadError, match=r"failed to load GraphDef .*model\.graphdef"):
         loaded(vp, config(text, "tensorflow_graphdef"))
 

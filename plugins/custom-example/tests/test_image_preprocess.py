@@ -19,8 +19,9 @@ from naiad_custom_example import ImagePreprocess
 from PIL import Image
 
 
-def config_text(dims, dtype="TYPE_FP32", fmt="NCHW", scaling="INCEPTION", max_batch_size=8,
-                extra_input=""):
+def config_text(
+    dims, dtype="TYPE_FP32", fmt="NCHW", scaling="INCEPTION", max_batch_size=8, extra_input=""
+):
     return f"""
 name: "pre"
 backend: "image_preprocess"
@@ -36,7 +37,9 @@ parameters [
 
 def make_backend(tmp_path: Path, text: str) -> ImagePreprocess:
     config = parse_model_config(text, model_name="pre")
-    backend = ImagePreprocess(config, tmp_path, tmp_path / "1", InstanceContext("pre_0", "KIND_CPU"))
+    backend = ImagePreprocess(
+        config, tmp_path, tmp_path / "1", InstanceContext("pre_0", "KIND_CPU")
+    )
     backend.load()
     return backend
 
@@ -144,8 +147,12 @@ def test_a_bad_image_fails_its_request_only(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (config_text([3, 8, 8], extra_input=', { name: "X" data_type: TYPE_STRING dims: [ 1 ] }'),
-         "expected single input, 1 STRING element"),
+        (
+            config_text(
+                [3, 8, 8], extra_input=', { name: "X" data_type: TYPE_STRING dims: [ 1 ] }'
+            ),
+            "expected single input, 1 STRING element",
+        ),
         (config_text([8, 8]), "expected single output with 3 dimensions"),
         (config_text([3, 0, 8]), "expected single output with 3 dimensions"),
         (config_text([3, 8, 8], "TYPE_FP16"), "unsupported data type TYPE_FP16"),
