@@ -186,6 +186,16 @@ def client(server):
 
 
 @pytest.fixture
+def gc(server):
+    """A tritonclient.grpc client of the shared server."""
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def server_factory(tmp_path) -> Iterator:
     """Start servers with custom repositories/flags; all are stopped at the end of the test."""
     started: list[RunningServer] = []

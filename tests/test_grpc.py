@@ -22,13 +22,6 @@ MAX = 2**31 - 1
 
 
 @pytest.fixture
-def gc(server):
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def stub(server):
     """tritonclient's raw stub, for messages its client class never sends."""
     channel = grpc.insecure_channel(

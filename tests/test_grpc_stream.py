@@ -57,13 +57,6 @@ def _fp_input(value: float):
 
 
 @pytest.fixture
-def gc(server):
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def backend_server(server_factory, tmp_path):
     repo = tmp_path / "stream_repo"
     models = (("sleepy", SLEEP_CONFIG), ("failing", FAIL_CONFIG), ("decoupled", DECOUPLED_CONFIG))
