@@ -98,21 +98,24 @@ async def infer(request: web.Request) -> web.Response:
     version = _version(request)
     mv = dp.resolve(name, version)  # an unknown model fails before its body is read
     headers = request.headers
-    mv.arriving += 1  # received before an unload, so served (see ModelRegistry)
+    # received before an unload, so served (see ModelRegistry): counted while its body arrives;
+    # handlers.infer counts it from its first step on, with no await in between
+    mv.arriving += 1
     try:
-        status, payload, content_type, out_headers = await handlers.infer(
-            dp,
-            mv,
-            name,
-            version,
-            await read_body(request),
-            max_input=request.app[MAX_INPUT],
-            content_encoding=headers.get("Content-Encoding"),
-            header_length=headers.get("Inference-Header-Content-Length"),
-            accept_encoding=headers.get("Accept-Encoding"),
-        )
+        body = await read_body(request)
     finally:
         mv.arriving -= 1
+    status, payload, content_type, out_headers = await handlers.infer(
+        dp,
+        mv,
+        name,
+        version,
+        body,
+        max_input=request.app[MAX_INPUT],
+        content_encoding=headers.get("Content-Encoding"),
+        header_length=headers.get("Inference-Header-Content-Length"),
+        accept_encoding=headers.get("Accept-Encoding"),
+    )
     return web.Response(status=status, body=payload, headers=out_headers, content_type=content_type)
 
 
