@@ -7,8 +7,9 @@ The V2 HTTP routes, the legacy TRTIS ``/api`` routes and the gRPC service all ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,14 +162,8 @@ class DataPlane:
             )
         _, sig, scheduler = _serving(mv)
         sig.check(request)
-        self._inflight += 1
-        self._idle.clear()
-        try:
+        with self._counted():
             response = await scheduler.infer(request)
-        finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
         response.model_version = mv.version
         self._finish(request, response, sig, mv.labels)
         return response
@@ -194,29 +189,37 @@ class DataPlane:
         sig.check(request)
         stream = ResponseStream(asyncio.get_running_loop(), sig, request)
         request.stream = stream
+        with self._counted():
+            task = asyncio.ensure_future(scheduler.infer(request))
+            task.add_done_callback(lambda t: _end_stream(t, stream))
+            try:
+                while True:
+                    response, final, error = await stream.get()
+                    if error is not None:
+                        raise error
+                    if response is None:
+                        response = InferResponse(mv.name, mv.version, request.id)
+                    response.model_version = mv.version
+                    response.final = final
+                    if response.outputs:
+                        self._finish(request, response, sig, mv.labels)
+                    yield response
+                    if final:
+                        return
+            finally:
+                if not stream.closed:
+                    stream.cancel()
+                if not task.done():
+                    task.cancel()
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """One inference in flight for :meth:`wait_idle` while the block runs."""
         self._inflight += 1
         self._idle.clear()
-        task = asyncio.ensure_future(scheduler.infer(request))
-        task.add_done_callback(lambda t: _end_stream(t, stream))
         try:
-            while True:
-                response, final, error = await stream.get()
-                if error is not None:
-                    raise error
-                if response is None:
-                    response = InferResponse(mv.name, mv.version, request.id)
-                response.model_version = mv.version
-                response.final = final
-                if response.outputs:
-                    self._finish(request, response, sig, mv.labels)
-                yield response
-                if final:
-                    return
+            yield
         finally:
-            if not stream.closed:
-                stream.cancel()
-            if not task.done():
-                task.cancel()
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
