@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from ..errors import NaiadError, Unavailable
+from .config import CATEGORIES, GrpcConfig
 
 #: gRPC status code number -> grpc.StatusCode
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -25,6 +26,21 @@ class GrpcOptions:
     #: ``--grpc-infer-response-compression-level`` other than none: responses of inference
     #: RPCs are compressed (grpcio offers algorithms, not levels: gzip)
     compress_responses: bool = False
+
+
+#: the RPCs whose responses ``--grpc-infer-response-compression-level`` compresses
+INFERENCE_RPCS = frozenset(CATEGORIES["inference"])
+
+
+def service_options(cfg: GrpcConfig) -> GrpcOptions:
+    restricted = {
+        rpc: rule for category, rule in cfg.restricted.items() for rpc in CATEGORIES[category]
+    }
+    return GrpcOptions(
+        restricted=restricted,
+        forward_pattern=cfg.forward_pattern(),
+        compress_responses=cfg.infer_response_compression_level != "none",
+    )
 
 
 def status_code(exc: NaiadError) -> grpc.StatusCode:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from ..dataplane import DataPlane
+from ..errors import NaiadError
 from . import health_service_pb2_grpc, service_pb2_grpc
-from .config import CATEGORIES, INT32_MAX, GrpcConfig
-from .options import GrpcOptions
+from .config import INT32_MAX, GrpcConfig
+from .options import INFERENCE_RPCS, service_options, status_code
 from .service import HealthService, InferenceService
 
 log = logging.getLogger(__name__)
@@ -45,15 +47,29 @@ def channel_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
     return options
 
 
-def service_options(cfg: GrpcConfig) -> GrpcOptions:
-    restricted = {
-        rpc: rule for category, rule in cfg.restricted.items() for rpc in CATEGORIES[category]
-    }
-    return GrpcOptions(
-        restricted=restricted,
-        forward_pattern=cfg.forward_pattern(),
-        compress_responses=cfg.infer_response_compression_level != "none",
-    )
+class Servicer:
+    """grpcio's face of a transport-free service (:mod:`.service`): a method of the same name
+    that ends the call with the status of the :class:`NaiadError` the service raised, and
+    gzips inference responses when ``--grpc-infer-response-compression-level`` asks."""
+
+    def __init__(self, service: Any, compress: bool) -> None:
+        self._service = service
+        self._compress = compress
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._service, name)
+        compress = self._compress and name in INFERENCE_RPCS
+
+        async def handler(request: Any, context: Any) -> Any:
+            if compress:
+                context.set_compression(grpc.Compression.Gzip)
+            try:
+                return await method(request, context)
+            except NaiadError as exc:
+                await context.abort(status_code(exc), exc.message)
+
+        handler.__name__ = name
+        return handler
 
 
 def _read(path: str) -> bytes:
@@ -84,8 +100,11 @@ class GrpcEndpoint:
     async def start(self) -> None:
         cfg = self.config
         server = grpc.aio.server(options=channel_options(cfg))
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, server)
-        health_service_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        compress = self.inference.options.compress_responses
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            Servicer(self.inference, compress), server
+        )
+        health_service_pb2_grpc.add_HealthServicer_to_server(Servicer(self.health, False), server)
         target = _target(cfg.address, cfg.port)
         try:
             if cfg.use_ssl:

@@ -1,9 +1,14 @@
 """Triton's ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` over the data plane.
 
 Every RPC parses its message, calls the same :class:`~naiad.dataplane.DataPlane` as HTTP and
-builds the answer; a :class:`~naiad.errors.NaiadError` ends the call with the gRPC status of
-:data:`naiad.errors.STATUS` (the one table every transport uses) and the error's message. The
-bidirectional ``ModelStreamInfer`` lives in :mod:`naiad.grpc.stream`.
+builds the answer; it fails with a :class:`~naiad.errors.NaiadError`, which the transport turns
+into the gRPC status of :data:`naiad.errors.STATUS` (the one table every transport uses) and the
+error's message. The bidirectional ``ModelStreamInfer`` lives in :mod:`naiad.grpc.stream`.
+
+Nothing here knows the transport: both gRPC servers (grpcio's, :mod:`naiad.grpc.server`, and
+naiad's lean HTTP/2 front, :mod:`naiad.grpc.front`) call these methods with the request message
+and a *context* that has ``invocation_metadata()`` (the request's headers as ``(key, value)``
+pairs) and, for the stream, ``async write(message)``.
 """
 
 from __future__ import annotations
@@ -14,16 +19,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from .. import logs
 from ..dataplane import DataPlane
-from ..errors import InvalidArgument, NaiadError, Unsupported
+from ..errors import InternalError, InvalidArgument, NaiadError, Unsupported
 from ..inference import parse_model_version
 from . import codec, health_pb2, stream
 from . import grpc_service_pb2 as pb
-from .options import GrpcOptions, check_restricted, status_code
+from .options import GrpcOptions, check_restricted
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 def rpc(method: Handler) -> Handler:
-    """A unary RPC: restricted-protocol check, then errors as gRPC statuses."""
+    """A unary RPC: the restricted-protocol check; any failure is a :class:`NaiadError`."""
     name = method.__name__
 
     @functools.wraps(method)
@@ -40,15 +44,11 @@ def rpc(method: Handler) -> Handler:
             if self.options.restricted:
                 check_restricted(self.options, name, context)
             return await method(self, request, context)
-        except NaiadError as exc:
-            await context.abort(status_code(exc), exc.message)
-        except grpc.aio.AbortError:
+        except NaiadError:
             raise
         except Exception as exc:  # the server keeps serving whatever a handler did
             log.error("unhandled error in gRPC %s", name, exc_info=exc)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-            )
+            raise InternalError(f"internal error: {type(exc).__name__}: {exc}") from exc
 
     return wrapper
 
@@ -102,8 +102,6 @@ class InferenceService:
             raise Unsupported(
                 "ModelInfer RPC doesn't support models with decoupled transaction policy"
             )
-        if self.options.compress_responses:
-            context.set_compression(grpc.Compression.Gzip)
         lease = dp.shm.lease()
         try:
             if codec.costly_request(request):

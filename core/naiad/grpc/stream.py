@@ -14,13 +14,11 @@ import asyncio
 import logging
 from typing import Any
 
-import grpc
-
-from ..errors import InternalError, NaiadError, Unavailable
+from ..errors import InternalError, NaiadError
 from ..inference import InferRequest, InferResponse, parse_model_version
 from . import codec
 from . import grpc_service_pb2 as pb
-from .options import check_restricted, status_code
+from .options import check_restricted
 
 log = logging.getLogger(__name__)
 
@@ -210,16 +208,13 @@ class _Stream:
 
 
 async def serve_stream(service: Any, requests: Any, context: Any) -> None:
-    """The ``ModelStreamInfer`` handler: reads and writes until the client half-closes and every
-    request has been answered."""
-    try:
-        check_restricted(service.options, "ModelStreamInfer", context)
-    except Unavailable as exc:
-        await context.abort(status_code(exc), exc.message)
+    """The ``ModelStreamInfer`` handler: reads ``requests`` (an async iterator of messages) and
+    writes replies with ``context.write`` until the client half-closes and every request has
+    been answered. Raises the :class:`NaiadError` that ends the stream with a status (restricted
+    protocol, ``triton_grpc_error`` mode)."""
+    check_restricted(service.options, "ModelStreamInfer", context)
     metadata = context.invocation_metadata() or ()
     grpc_error = any(k == "triton_grpc_error" and v == "true" for k, v in metadata)
-    if service.options.compress_responses:
-        context.set_compression(grpc.Compression.Gzip)
     state = _Stream(service, context, grpc_error)
     reader = asyncio.create_task(state.read(requests))
     try:
@@ -229,7 +224,7 @@ async def serve_stream(service: Any, requests: Any, context: Any) -> None:
                 break
             await context.write(reply)
         if state.failure is not None:
-            await context.abort(status_code(state.failure), state.failure.message)
+            raise state.failure
         await reader
     finally:
         reader.cancel()
