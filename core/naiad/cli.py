@@ -205,6 +205,12 @@ def add_grpc_arguments(p: argparse.ArgumentParser) -> None:
     """Triton's gRPC flags (docs/cli.md, docs/grpc.md)."""
     g = p.add_argument_group("gRPC")
     _flag(g, "--allow-grpc", True, "serve Triton's GRPCInferenceService")
+    _flag(
+        g,
+        "--grpc-fast-path",
+        False,
+        "naiad only: serve gRPC with naiad's lean HTTP/2 front instead of grpcio's server",
+    )
     g.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
     g.add_argument(
         "--grpc-address", default="0.0.0.0", help="address the gRPC port binds (default 0.0.0.0)"
@@ -267,6 +273,7 @@ def grpc_config(args: argparse.Namespace):
 
     return GrpcConfig(
         allow_grpc=args.allow_grpc,
+        fast_path=args.grpc_fast_path,
         address=args.grpc_address,
         port=args.grpc_port,
         reuse_port=args.reuse_grpc_port,

@@ -23,6 +23,7 @@ from .tritonpy.custom_metrics import MetricRegistry
 from .tritonpy.host import ServerHost, install_default
 
 if TYPE_CHECKING:
+    from .grpc.front import LeanEndpoint
     from .grpc.server import GrpcEndpoint
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Server:
         if config.metrics.allow_metrics:
             self.metrics = Metrics(self.models, config.metrics, extra=[self.host.metrics])
         self._metrics_runner: web.AppRunner | None = None
-        self._grpc: GrpcEndpoint | None = None
+        self._grpc: GrpcEndpoint | LeanEndpoint | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -125,9 +126,14 @@ class Server:
             await site.start()
             log.info("HTTP service listening on %s:%d", cfg.http_address, cfg.http_port)
         if cfg.grpc.allow_grpc:
-            from .grpc.server import GrpcEndpoint
+            if cfg.grpc.fast_path and not cfg.grpc.use_ssl:
+                from .grpc.front import LeanEndpoint
 
-            self._grpc = GrpcEndpoint(self.dataplane, cfg.grpc)
+                self._grpc = LeanEndpoint(self.dataplane, cfg.grpc)
+            else:  # grpcio's server (TLS included)
+                from .grpc.server import GrpcEndpoint
+
+                self._grpc = GrpcEndpoint(self.dataplane, cfg.grpc)
             await self._grpc.start()
         if self.metrics is not None:
             await self._start_metrics()

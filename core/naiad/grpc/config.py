@@ -35,6 +35,9 @@ HEADER_PREFIX = "triton-grpc-protocol-"
 @dataclass
 class GrpcConfig:
     allow_grpc: bool = True
+    #: ``--grpc-fast-path``: naiad's lean HTTP/2 front (naiad.grpc.front) instead of grpcio's
+    #: server; TLS is always served by grpcio
+    fast_path: bool = False
     address: str = "0.0.0.0"
     port: int = 8001
     reuse_port: bool = False
