@@ -153,6 +153,7 @@ def test_tritonserver_argv_keeps_or_drops_each_flag_predictably():
     known = serve_option_names()
     # every flag naiad serves with is one of Triton's, or a naiad-only one documented as such
     naiad_only = {"--http-fast-path", "--http-header-timeout", "--http-body-timeout", "--plugin"}
+    naiad_only.add("--grpc-fast-path")
     assert known - TRITON_FLAGS <= naiad_only | {"-h", "--help"}
     argv = [
         "--model-store=/m",

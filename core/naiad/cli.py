@@ -208,7 +208,7 @@ def add_grpc_arguments(p: argparse.ArgumentParser) -> None:
     _flag(
         g,
         "--grpc-fast-path",
-        False,
+        True,
         "naiad only: serve gRPC with naiad's lean HTTP/2 front instead of grpcio's server",
     )
     g.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")

@@ -37,7 +37,7 @@ class GrpcConfig:
     allow_grpc: bool = True
     #: ``--grpc-fast-path``: naiad's lean HTTP/2 front (naiad.grpc.front) instead of grpcio's
     #: server; TLS is always served by grpcio
-    fast_path: bool = False
+    fast_path: bool = True
     address: str = "0.0.0.0"
     port: int = 8001
     reuse_port: bool = False

@@ -50,6 +50,8 @@ _MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
 #: compressed messages at least this large are inflated on a worker thread
 _INFLATE_OFF_LOOP = 1 << 20
 _END = object()
+#: seconds a new connection has to send its preface and SETTINGS
+HANDSHAKE_TIMEOUT = 20.0
 
 
 class _Collector:
@@ -195,6 +197,7 @@ class GrpcProtocol(h2.H2Protocol):
         cfg = front.config
         if cfg.keepalive_time_ms > 0:
             self._timers.append(self.loop.call_later(cfg.keepalive_time_ms / 1e3, self._keepalive))
+        self._timers.append(self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_check))
         if cfg.max_connection_age_ms > 0:
             self._timers.append(
                 self.loop.call_later(cfg.max_connection_age_ms / 1e3, self._too_old)
@@ -216,6 +219,11 @@ class GrpcProtocol(h2.H2Protocol):
         if not self.goaway_sent:
             self.goaway()
         if not self.streams:
+            self.close()
+
+    def _handshake_check(self) -> None:
+        """A client that has not sent its preface and SETTINGS by now is not a gRPC client."""
+        if not self.handshaken:
             self.close()
 
     def _too_old(self) -> None:

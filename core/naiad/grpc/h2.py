@@ -157,7 +157,7 @@ class H2Protocol(asyncio.Protocol):
         self.streams: dict[int, Stream] = {}
         self._buf = bytearray()
         self._preface = False
-        self._settings_seen = False
+        self.handshaken = False
         self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
         self._table = _Table()
         self._decoder.header_table = self._table
@@ -270,7 +270,7 @@ class H2Protocol(asyncio.Protocol):
                 sid &= 0x7FFFFFFF
                 if self._continued is not None and kind != CONTINUATION:
                     raise ConnectionError_(PROTOCOL_ERROR, "expected CONTINUATION")
-                if not self._settings_seen and kind != SETTINGS:
+                if not self.handshaken and kind != SETTINGS:
                     raise ConnectionError_(PROTOCOL_ERROR, "expected SETTINGS first")
                 if kind == DATA:
                     self._data(sid, flags, payload)
@@ -413,7 +413,7 @@ class H2Protocol(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise ConnectionError_(FRAME_SIZE_ERROR, "bad SETTINGS length")
-        self._settings_seen = True
+        self.handshaken = True
         for i in range(0, len(payload), 6):
             key, value = _SETTING.unpack_from(payload, i)
             if key == S_INITIAL_WINDOW_SIZE:
