@@ -3,8 +3,9 @@
 perf_analyzer ``-i grpc`` (sync, batch 1) at concurrency 1 and 8 on the anchors' ``simple``,
 ``identity_fp32`` and ``mlp`` (1×16), against, one after the other:
 
-- ``naiad``: naiad serving the anchors' ONNX repository over gRPC (and ``naiad-http``, the same
-  server over HTTP, for the latency comparison);
+- ``naiad``: naiad serving the anchors' ONNX repository over gRPC with its lean HTTP/2 front
+  (the default), ``naiad-http``: the same server over HTTP, for the latency comparison, and
+  ``naiad-grpcio``: naiad on grpcio's server (``--grpc-fast-path=false``);
 - ``echo-aio`` / ``echo-sync``: a bare grpcio server (``grpc.aio``; the threaded sync server with 4
   workers) answering ModelInfer by echoing the input bytes (no model, no naiad: only the
   generated messages), so the table shows what the gRPC library itself costs;
@@ -28,7 +29,8 @@ from pathlib import Path
 import benchlib as B
 
 MODELS = ["simple", "identity_fp32", "mlp"]
-TARGETS = ["naiad", "naiad-http", "echo-aio", "echo-sync", "triton-onnx", "triton-python"]
+TARGETS = ["naiad", "naiad-http", "naiad-grpcio", "echo-aio", "echo-sync", "triton-onnx"]
+TARGETS += ["triton-python"]
 
 _ECHO = r"""
 import asyncio, sys
@@ -190,6 +192,10 @@ def main() -> int:
                         measure(srv, hostport, "grpc", args, outdir, rows, tag)
                     if "naiad-http" in wanted:
                         measure(srv, None, "http", args, outdir, rows, tag)
+                elif target == "naiad-grpcio":  # the same server on grpcio's gRPC server
+                    extra = ["--grpc-fast-path=false"]
+                    srv = fleet.add(B.start_naiad(onnx_repo, port, work, MODELS, target, extra))
+                    measure(srv, hostport, "grpc", args, outdir, rows, tag)
                 elif target.startswith("echo-"):
                     srv = fleet.add(start_echo(target[5:], port + 1, onnx_repo, work))
                     measure(srv, hostport, "grpc", args, outdir, rows, tag)
