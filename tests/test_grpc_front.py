@@ -360,3 +360,22 @@ def test_both_servers_give_the_same_answers(example_repo, sleep_repo, server_fac
     lean_answers = _answers(lean.grpc_url)
     assert lean_answers == _answers(grpcio.grpc_url)
     assert any(len(a) == 3 for a in lean_answers)  # errors are among the answers compared
+
+
+def test_ping_strikes_and_max_connection_age(example_repo, server_factory):
+    srv = server_factory(
+        example_repo, "--grpc-http2-max-ping-strikes=1", "--grpc-max-connection-age=1500"
+    )
+    # pings with no call open: the second is a strike, the third one too many
+    h = H2(srv.grpc_port)
+    for _ in range(3):
+        h.send(frame(PING, 0, 0, b"abcdefgh"))
+    assert h.goaway() == 11  # ENHANCE_YOUR_CALM
+    h.close()
+    # a connection older than --grpc-max-connection-age is sent GOAWAY and closed
+    h = H2(srv.grpc_port)
+    h.send(h.call(1, "ServerLive", tpb.ServerLiveRequest()))
+    live(h, 1)
+    assert h.goaway() == 0
+    h.close()
+    assert grpcclient.InferenceServerClient(srv.grpc_url).is_server_live()
