@@ -23,6 +23,7 @@ import time
 
 import hpack
 from naiad.grpc import h2 as nh2
+from naiad.grpc import h2frames as wire
 
 HEADERS = [
     (":scheme", "http"),
@@ -36,14 +37,14 @@ HEADERS = [
 ]
 BODY = b"\x00" + (150).to_bytes(4, "big") + b"x" * 150
 RESPONSE = b"\x00" + (130).to_bytes(4, "big") + b"y" * 130
-HEAD = nh2.encode_headers([(b":status", b"200"), (b"content-type", b"application/grpc")])
-TRAILERS = nh2.encode_headers([(b"grpc-status", b"0")])
+HEAD = wire.encode_headers([(b":status", b"200"), (b"content-type", b"application/grpc")])
+TRAILERS = wire.encode_headers([(b"grpc-status", b"0")])
 #: the client's start: preface, SETTINGS with the largest stream window, and as much again for
 #: the connection (so that flow control never holds a response)
 START = (
-    nh2.PREFACE
-    + nh2.frame(nh2.SETTINGS, 0, 0, (4).to_bytes(2, "big") + (2**31 - 1).to_bytes(4, "big"))
-    + nh2.frame(nh2.WINDOW_UPDATE, 0, 0, (2**31 - 1 - 65535).to_bytes(4, "big"))
+    wire.PREFACE
+    + wire.frame(wire.SETTINGS, 0, 0, (4).to_bytes(2, "big") + (2**31 - 1).to_bytes(4, "big"))
+    + wire.frame(wire.WINDOW_UPDATE, 0, 0, (2**31 - 1 - 65535).to_bytes(4, "big"))
 )
 
 
@@ -67,10 +68,10 @@ class _Sink:
 
 
 class _Echo(nh2.H2Protocol):
-    def on_headers(self, stream: nh2.Stream, head: object, end: bool) -> None:
+    def on_headers(self, stream: wire.Stream, head: object, end: bool) -> None:
         stream.call = bytearray()
 
-    def on_data(self, stream: nh2.Stream, data: memoryview, end: bool) -> None:
+    def on_data(self, stream: wire.Stream, data: memoryview, end: bool) -> None:
         stream.call += data
         if end:
             self.send(stream, HEAD, (RESPONSE,), TRAILERS)
@@ -83,8 +84,8 @@ def _requests(calls: int) -> list[bytes]:
         sid = 2 * i + 1
         block = encoder.encode(HEADERS)
         out.append(
-            nh2.frame(nh2.HEADERS, nh2.END_HEADERS, sid, block)
-            + nh2.frame(nh2.DATA, nh2.END_STREAM, sid, BODY)
+            wire.frame(wire.HEADERS, wire.END_HEADERS, sid, block)
+            + wire.frame(wire.DATA, wire.END_STREAM, sid, BODY)
         )
     return out
 

@@ -19,37 +19,39 @@ HTTP client leaves).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import urllib.parse
 import zlib
 from typing import Any
 
 from ..dataplane import DataPlane
 from ..errors import NaiadError
-from . import h2, health_service_pb2_grpc, service_pb2_grpc
+from . import health_service_pb2_grpc, service_pb2_grpc
+from .calls import (
+    DEADLINE_EXCEEDED,
+    END,
+    INFLATE_OFF_LOOP,
+    INTERNAL,
+    OK,
+    RESOURCE_EXHAUSTED,
+    UNIMPLEMENTED,
+    UNKNOWN,
+    Call,
+    CallHead,
+    inflate,
+    parse_error,
+    parse_timeout,
+    status_block,
+    unbase64,
+)
 from .config import INT32_MAX, GrpcConfig
+from .h2 import H2Protocol
+from .h2frames import ENHANCE_YOUR_CALM, PING, Stream, encode_headers, frame
 from .options import INFERENCE_RPCS, service_options
 from .service import HealthService, InferenceService
 
 log = logging.getLogger(__name__)
 
-OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL = 0, 1, 2, 4, 12, 13
-RESOURCE_EXHAUSTED = 8
-_CONTENT_TYPE = (b"content-type", b"application/grpc")
-_ACCEPT = (b"grpc-accept-encoding", b"identity,deflate,gzip")
-_HEAD = h2.encode_headers([(b":status", b"200"), _CONTENT_TYPE, _ACCEPT])
-_HEAD_GZIP = h2.encode_headers(
-    [(b":status", b"200"), _CONTENT_TYPE, (b"grpc-encoding", b"gzip"), _ACCEPT]
-)
-_OK_TRAILERS = h2.encode_headers([(b"grpc-status", b"0")])
-_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _LEVELS = {"low": 1, "medium": 6, "high": 9}
-#: what grpc-message may carry unescaped: printable ASCII except '%'
-_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
-#: compressed messages at least this large are inflated on a worker thread
-_INFLATE_OFF_LOOP = 1 << 20
-_END = object()
 #: seconds a new connection has to send its preface and SETTINGS
 HANDSHAKE_TIMEOUT = 20.0
 
@@ -76,108 +78,7 @@ def method_table(inference: InferenceService, health: HealthService) -> dict[byt
     return collector.methods
 
 
-def status_block(code: int, message: str, trailers_only: bool) -> bytes:
-    headers = [(b":status", b"200"), _CONTENT_TYPE] if trailers_only else []
-    headers.append((b"grpc-status", b"%d" % code))
-    if message:
-        headers.append((b"grpc-message", urllib.parse.quote(message, _MESSAGE_SAFE).encode()))
-    return h2.encode_headers(headers)
-
-
-class _Head:
-    """What a request's header block says (cached with the block: never changed)."""
-
-    __slots__ = ("rpc", "handler", "timeout", "encoding", "gzip_ok", "metadata", "refusal")
-
-    def __init__(self) -> None:
-        self.rpc = ""
-        self.handler: Any = None
-        self.timeout: float | None = None
-        self.encoding = b"identity"
-        self.gzip_ok = False
-        self.metadata: tuple[tuple[str, Any], ...] = ()
-        #: answer at once with this header block (ending the stream) instead of calling
-        self.refusal: bytes | None = None
-
-
-class _Call:
-    """One RPC in progress; also the *context* the service methods get."""
-
-    __slots__ = ("proto", "stream", "head", "buf", "task", "timer", "queue", "started", "done")
-
-    def __init__(self, proto: GrpcProtocol, stream: h2.Stream, head: _Head) -> None:
-        self.proto = proto
-        self.stream = stream
-        self.head = head
-        self.buf = bytearray()
-        self.task: asyncio.Task | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        #: messages for a streaming RPC's reader
-        self.queue: asyncio.Queue[Any] | None = None
-        #: the response headers have gone out
-        self.started = False
-        self.done = False
-
-    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
-        return self.head.metadata
-
-    async def write(self, message: Any) -> None:
-        """Send one message of a streaming response (waiting while flow control holds it)."""
-        if self.done:
-            raise asyncio.CancelledError
-        proto, stream = self.proto, self.stream
-        proto.send(stream, self._start(), proto.encode(self, message.SerializeToString()), None)
-        while (stream.pending or proto._write_paused) and not stream.local_closed:
-            if stream.pending:
-                stream.drained = proto.loop.create_future()
-                await stream.drained
-            else:
-                await proto.drain()
-
-    def requests(self) -> Any:
-        return _Requests(self)
-
-    def _start(self) -> bytes | None:
-        if self.started:
-            return None
-        self.started = True
-        return _HEAD_GZIP if self.proto.compresses(self) else _HEAD
-
-    def finish(self, code: int, message: str = "", data: tuple[bytes, ...] = ()) -> None:
-        """End the call: its last DATA (if any) and the status."""
-        if self.done:
-            return
-        self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-        if code == OK and not data:
-            trailers = _OK_TRAILERS if self.started else status_block(OK, "", True)
-            self.proto.send(self.stream, None, (), trailers)
-            return
-        head = self._start() if data else None
-        trailers = _OK_TRAILERS if code == OK else status_block(code, message, not self.started)
-        self.proto.send(self.stream, head, data, trailers)
-
-
-class _Requests:
-    """The request messages of a streaming call, as the service reads them."""
-
-    def __init__(self, call: _Call) -> None:
-        self.call = call
-
-    def __aiter__(self) -> _Requests:
-        return self
-
-    async def __anext__(self) -> Any:
-        queue = self.call.queue
-        assert queue is not None
-        item = await queue.get()
-        if item is _END:
-            raise StopAsyncIteration
-        return item
-
-
-class GrpcProtocol(h2.H2Protocol):
+class GrpcProtocol(H2Protocol):
     """One gRPC client connection."""
 
     def __init__(self, front: LeanEndpoint) -> None:
@@ -234,7 +135,7 @@ class GrpcProtocol(h2.H2Protocol):
     def _keepalive(self) -> None:
         cfg = self.front.config
         if self.streams or cfg.keepalive_permit_without_calls:
-            self.write(h2.frame(h2.PING, 0, 0, b"naiad-ka"))
+            self.write(frame(PING, 0, 0, b"naiad-ka"))
             self._ping_due = self.loop.call_later(cfg.keepalive_timeout_ms / 1e3, self.close)
         self._timers.append(self.loop.call_later(cfg.keepalive_time_ms / 1e3, self._keepalive))
 
@@ -254,7 +155,7 @@ class GrpcProtocol(h2.H2Protocol):
             if now - self._last_ping < least:
                 self._strikes += 1
                 if cfg.http2_max_ping_strikes and self._strikes > cfg.http2_max_ping_strikes:
-                    self.goaway(h2.ENHANCE_YOUR_CALM, b"too_many_pings")
+                    self.goaway(ENHANCE_YOUR_CALM, b"too_many_pings")
                     self.close()
                     return False
         else:
@@ -265,8 +166,8 @@ class GrpcProtocol(h2.H2Protocol):
 
     # ---- calls -----------------------------------------------------------------------------
 
-    def head(self, headers: list[tuple[bytes, bytes]]) -> _Head:
-        head = _Head()
+    def head(self, headers: list[tuple[bytes, bytes]]) -> CallHead:
+        head = CallHead()
         path = method = content_type = None
         metadata: list[tuple[str, Any]] = []
         for name, value in headers:
@@ -278,7 +179,7 @@ class GrpcProtocol(h2.H2Protocol):
             elif name == b"content-type":
                 content_type = value
             elif name == b"grpc-timeout":
-                head.timeout = _timeout(value)
+                head.timeout = parse_timeout(value)
             elif name == b"grpc-encoding":
                 head.encoding = value
             elif name == b"grpc-accept-encoding":
@@ -286,14 +187,14 @@ class GrpcProtocol(h2.H2Protocol):
             elif name == b"te" or name.startswith(b"grpc-"):
                 continue
             elif name.endswith(b"-bin"):
-                metadata.append((name.decode("latin-1"), _unbase64(value)))
+                metadata.append((name.decode("latin-1"), unbase64(value)))
             else:
                 metadata.append((name.decode("latin-1"), value.decode("latin-1")))
         head.metadata = tuple(metadata)
         if method != b"POST":
-            head.refusal = h2.encode_headers([(b":status", b"405")])
+            head.refusal = encode_headers([(b":status", b"405")])
         elif content_type is None or not content_type.startswith(b"application/grpc"):
-            head.refusal = h2.encode_headers([(b":status", b"415")])
+            head.refusal = encode_headers([(b":status", b"415")])
         else:
             entry = self.front.methods.get(path or b"")
             if entry is None:
@@ -309,23 +210,23 @@ class GrpcProtocol(h2.H2Protocol):
                     )
         return head
 
-    def on_headers(self, stream: h2.Stream, head: _Head, end: bool) -> None:
+    def on_headers(self, stream: Stream, head: CallHead, end: bool) -> None:
         if head.refusal is not None:
             self.send(stream, None, (), head.refusal)
             return
-        call = stream.call = _Call(self, stream, head)
+        call = stream.call = Call(self, stream, head)
         if head.timeout is not None:
             call.timer = self.loop.call_later(head.timeout, self._deadline, call)
         if head.handler.request_streaming:
             call.queue = asyncio.Queue()
             call.task = self.loop.create_task(self._streaming(call))
             if end:
-                call.queue.put_nowait(_END)
+                call.queue.put_nowait(END)
         elif end:
             self._unary_ready(call)
 
-    def on_data(self, stream: h2.Stream, data: memoryview, end: bool) -> None:
-        call: _Call | None = stream.call
+    def on_data(self, stream: Stream, data: memoryview, end: bool) -> None:
+        call: Call | None = stream.call
         if call is None or call.done:
             return
         buf = call.buf
@@ -344,14 +245,14 @@ class GrpcProtocol(h2.H2Protocol):
                 if buf:
                     self._fail(call, INTERNAL, "Incomplete message at the end of the stream")
                     return
-                call.queue.put_nowait(_END)
+                call.queue.put_nowait(END)
             return
         if len(buf) > INT32_MAX + 5:
             self._fail(call, RESOURCE_EXHAUSTED, "Received message larger than max")
         elif end:
             self._unary_ready(call)
 
-    def _unary_ready(self, call: _Call) -> None:
+    def _unary_ready(self, call: Call) -> None:
         buf = call.buf
         length = int.from_bytes(buf[1:5], "big") if len(buf) >= 5 else -1
         if length != len(buf) - 5:
@@ -359,32 +260,32 @@ class GrpcProtocol(h2.H2Protocol):
             return
         flag = buf[0]
         call.buf = bytearray()
-        if flag and len(buf) > _INFLATE_OFF_LOOP:
+        if flag and len(buf) > INFLATE_OFF_LOOP:
             call.task = self.loop.create_task(self._unary(call, None, buf))
             return
         message = self._message(call, flag, memoryview(buf)[5:])
         if message is not None:
             call.task = self.loop.create_task(self._unary(call, message))
 
-    def _message(self, call: _Call, flag: int, data: Any) -> Any:
+    def _message(self, call: Call, flag: int, data: Any) -> Any:
         """The request message, or None after failing the call."""
         try:
             if flag:
-                data = _inflate(call.head.encoding, data)
+                data = inflate(call.head.encoding, data)
             return call.head.handler.request_deserializer(data)
         except Exception as exc:
-            self._fail(call, INTERNAL, _parse_error(flag, exc))
+            self._fail(call, INTERNAL, parse_error(flag, exc))
             return None
 
-    async def _unary(self, call: _Call, message: Any, compressed: bytearray | None = None) -> None:
+    async def _unary(self, call: Call, message: Any, compressed: bytearray | None = None) -> None:
         handler = call.head.handler
         try:
             if compressed is not None:
-                data = await asyncio.to_thread(_inflate, call.head.encoding, compressed[5:])
+                data = await asyncio.to_thread(inflate, call.head.encoding, compressed[5:])
                 try:
                     message = handler.request_deserializer(data)
                 except Exception as exc:
-                    call.finish(INTERNAL, _parse_error(1, exc))
+                    call.finish(INTERNAL, parse_error(1, exc))
                     return
             reply = await handler.unary_unary(message, call)
             data = handler.response_serializer(reply)
@@ -397,7 +298,7 @@ class GrpcProtocol(h2.H2Protocol):
             log.error("unhandled error in gRPC %s", call.head.rpc, exc_info=exc)
             call.finish(UNKNOWN, f"Unexpected error in RPC handling: {exc}")
 
-    async def _streaming(self, call: _Call) -> None:
+    async def _streaming(self, call: Call) -> None:
         try:
             await call.head.handler.stream_stream(call.requests(), call)
             call.finish(OK)
@@ -409,10 +310,10 @@ class GrpcProtocol(h2.H2Protocol):
             log.error("unhandled error in gRPC %s", call.head.rpc, exc_info=exc)
             call.finish(UNKNOWN, f"Unexpected error in RPC handling: {exc}")
 
-    def compresses(self, call: _Call) -> bool:
+    def compresses(self, call: Call) -> bool:
         return bool(self.front.level) and call.head.gzip_ok and call.head.rpc in INFERENCE_RPCS
 
-    def encode(self, call: _Call, data: bytes) -> tuple[bytes, ...]:
+    def encode(self, call: Call, data: bytes) -> tuple[bytes, ...]:
         """One message as DATA: its 5-byte prefix and the (maybe gzipped) bytes."""
         flag = b"\x00"
         if self.compresses(call):
@@ -424,17 +325,17 @@ class GrpcProtocol(h2.H2Protocol):
             return (prefix + data,)
         return (prefix, data)
 
-    def _fail(self, call: _Call, code: int, message: str) -> None:
+    def _fail(self, call: Call, code: int, message: str) -> None:
         if call.task is not None:
             call.task.cancel()
         call.finish(code, message)
 
-    def _deadline(self, call: _Call) -> None:
+    def _deadline(self, call: Call) -> None:
         call.timer = None
         self._fail(call, DEADLINE_EXCEEDED, "Deadline Exceeded")
 
-    def on_reset(self, stream: h2.Stream) -> None:
-        call: _Call | None = stream.call
+    def on_reset(self, stream: Stream) -> None:
+        call: Call | None = stream.call
         if call is not None and not call.done:
             call.done = True
             if call.timer is not None:
@@ -443,40 +344,12 @@ class GrpcProtocol(h2.H2Protocol):
                 call.task.cancel()
         self._closed_stream()
 
-    def on_closed(self, stream: h2.Stream) -> None:
+    def on_closed(self, stream: Stream) -> None:
         self._closed_stream()
 
     def _closed_stream(self) -> None:
         if self.goaway_sent and not self.streams:
             self.close()
-
-
-def _timeout(value: bytes) -> float | None:
-    """``grpc-timeout`` (1-8 digits and a unit) in seconds; None if malformed."""
-    unit = _TIMEOUT_UNITS.get(value[-1:])
-    digits = value[:-1]
-    if unit is None or not digits.isdigit() or len(digits) > 8:
-        return None
-    return int(digits) * unit
-
-
-def _unbase64(value: bytes) -> bytes:
-    try:
-        return base64.b64decode(value + b"=" * (-len(value) % 4))
-    except ValueError:
-        return value
-
-
-def _inflate(encoding: bytes, data: Any) -> bytes:
-    if encoding == b"identity":
-        raise ValueError("compressed message without grpc-encoding")
-    return zlib.decompress(data, 47)  # zlib (grpc's deflate) or gzip, told by the header
-
-
-def _parse_error(flag: int, exc: Exception) -> str:
-    if flag and isinstance(exc, (zlib.error, ValueError)):
-        return f"Failed to decompress the request message: {exc}"
-    return "Exception deserializing request!"
 
 
 class LeanEndpoint:

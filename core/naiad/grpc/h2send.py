@@ -1,0 +1,149 @@
+"""The sending half of :class:`naiad.grpc.h2.H2Protocol`: header blocks, DATA within the peer's
+flow-control windows (what they do not allow waits on its stream), RST_STREAM and GOAWAY."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .h2frames import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEAD,
+    HEADERS,
+    NO_ERROR,
+    RST_STREAM,
+    U32,
+    Stream,
+    frame,
+)
+
+#: frames of at most this many bytes in all are joined before writing
+_JOIN = 1 << 16
+
+
+class H2Sender:
+    """What a connection sends; the state it reads is set up by :class:`H2Protocol`."""
+
+    transport: asyncio.Transport | None
+    streams: dict[int, Stream]
+    send_window: int
+    peer_max_frame: int
+    last_stream_id: int
+    goaway_sent: bool
+    #: whether the server sent headers or data since the last PING it got (ping policy)
+    sent_since_ping: bool
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def headers_frames(self, stream: Stream, block: bytes, end: bool) -> list[bytes]:
+        """HEADERS (and CONTINUATION) frames carrying ``block``."""
+        limit = self.peer_max_frame
+        flags = END_STREAM if end else 0
+        if len(block) <= limit:
+            return [frame(HEADERS, flags | END_HEADERS, stream.id, block)]
+        out = [frame(HEADERS, flags, stream.id, block[:limit])]
+        for i in range(limit, len(block), limit):
+            last = i + limit >= len(block)
+            piece = block[i : i + limit]
+            out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream.id, piece))
+        return out
+
+    def send(
+        self,
+        stream: Stream,
+        head: bytes | None,
+        data: tuple[bytes, ...] | list[bytes],
+        trailers: bytes | None,
+    ) -> None:
+        """Send on ``stream``: a header block, DATA (as the windows allow: the rest waits for
+        WINDOW_UPDATE) and trailers that end the stream (after all the DATA)."""
+        if stream.local_closed or self.transport is None:
+            return
+        self.sent_since_ping = True
+        out: list[bytes | memoryview] = []
+        if head is not None:
+            out += self.headers_frames(stream, head, False)
+        for chunk in data:
+            if chunk:
+                stream.pending.append(memoryview(chunk))
+        if trailers is not None:
+            stream.pending_end = trailers
+        self._send_pending(stream, out)
+
+    def _send_pending(self, stream: Stream, out: list[bytes | memoryview] | None = None) -> None:
+        out = [] if out is None else out
+        pending = stream.pending
+        while pending:
+            window = min(self.send_window, stream.send_window)
+            if window <= 0:
+                break
+            chunk = pending[0]
+            n = min(len(chunk), window, self.peer_max_frame)
+            if n == len(chunk):
+                pending.popleft()
+            else:
+                pending[0] = chunk[n:]
+                chunk = chunk[:n]
+            self.send_window -= n
+            stream.send_window -= n
+            out.append(HEAD.pack(n >> 16, n & 0xFFFF, DATA, 0, stream.id))
+            out.append(chunk)
+        if not pending:
+            stream.wake()
+            if stream.pending_end is not None:
+                out += self.headers_frames(stream, stream.pending_end, True)
+                stream.pending_end = None
+                stream.local_closed = True
+        if out and self.transport is not None:
+            if sum(map(len, out)) <= _JOIN:
+                self.transport.write(b"".join(out))
+            else:
+                self.transport.writelines(out)
+        if stream.local_closed:
+            if not stream.remote_closed:
+                # the answer is complete: the client need send no more (RFC 9113 §8.1)
+                self.write(frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR)))
+                stream.remote_closed = True
+            self._maybe_forget(stream)
+
+    def _flush_pending(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.pending or stream.pending_end is not None:
+                self._send_pending(stream)
+                if self.send_window <= 0:
+                    break
+
+    def reset(self, stream: Stream, code: int) -> None:
+        """RST_STREAM ``code``: the stream is over both ways."""
+        if self.streams.pop(stream.id, None) is None:
+            return
+        stream.local_closed = stream.remote_closed = True
+        stream.pending.clear()
+        stream.wake()
+        self.write(frame(RST_STREAM, 0, stream.id, U32.pack(code)))
+        self.on_reset(stream)
+
+    def _maybe_forget(self, stream: Stream) -> None:
+        if stream.local_closed and stream.remote_closed:
+            self.streams.pop(stream.id, None)
+            self.on_closed(stream)
+
+    def goaway(self, code: int = NO_ERROR, debug: bytes = b"") -> None:
+        """No new streams: those up to the last one begun are still served."""
+        self.goaway_sent = True
+        self.write(frame(GOAWAY, 0, 0, U32.pack(self.last_stream_id) + U32.pack(code) + debug))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def on_reset(self, stream: Stream) -> None:
+        """``stream`` ends without an answer: reset by the client or the connection lost."""
+
+    def on_closed(self, stream: Stream) -> None:
+        """``stream`` ended normally, both ways."""
