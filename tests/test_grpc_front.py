@@ -205,8 +205,13 @@ def test_errors_in_trailers(lean):
     h.send(frame(HEADERS, END_HEADERS, 5, h.block("ServerLive")))
     h.send(frame(DATA, END_STREAM, 5, b"\x00\x00\x00\x00\x09garbage!!"))
     assert h.answer(5)[0]["grpc-status"] == "13"  # INTERNAL: a message that does not parse
-    h.send(h.call(7, "ServerLive", tpb.ServerLiveRequest()))
-    live(h, 7)
+    # a message over 2 GiB - 1, announced: RESOURCE_EXHAUSTED at once, unary or streamed
+    for sid, rpc in ((7, "ServerLive"), (9, "ModelStreamInfer")):
+        h.send(frame(HEADERS, END_HEADERS, sid, h.block(rpc)))
+        h.send(frame(DATA, 0, sid, b"\x00\xff\xff\xff\xff" + b"x" * 100))
+        assert h.answer(sid)[0]["grpc-status"] == "8"
+    h.send(h.call(11, "ServerLive", tpb.ServerLiveRequest()))
+    live(h, 11)
     h.close()
 
 

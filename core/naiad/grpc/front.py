@@ -234,6 +234,9 @@ class GrpcProtocol(H2Protocol):
         if call.queue is not None:
             while len(buf) >= 5:
                 length = int.from_bytes(buf[1:5], "big")
+                if length > INT32_MAX:
+                    self._fail(call, RESOURCE_EXHAUSTED, "Received message larger than max")
+                    return
                 if len(buf) < 5 + length:
                     break
                 message = self._message(call, buf[0], bytes(buf[5 : 5 + length]))
@@ -247,7 +250,7 @@ class GrpcProtocol(H2Protocol):
                     return
                 call.queue.put_nowait(END)
             return
-        if len(buf) > INT32_MAX + 5:
+        if len(buf) > INT32_MAX + 5 or int.from_bytes(buf[1:5], "big") > INT32_MAX:
             self._fail(call, RESOURCE_EXHAUSTED, "Received message larger than max")
         elif end:
             self._unary_ready(call)
