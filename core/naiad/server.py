@@ -14,6 +14,8 @@ from aiohttp import web
 from .dataplane import ControlMode, DataPlane, ServerOptions
 from .grpc.config import GrpcConfig
 from .http import make_app
+from .http.app import EDGE
+from .http.edge import HttpHooks
 from .http.fast import FastSite
 from .http.metrics import start_metrics_site
 from .metrics import Metrics, MetricsConfig
@@ -65,7 +67,9 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.backends = build_backend_registry(config.plugins)
+        #: what plugins add to every HTTP front (``naiad_register_http_hooks``)
+        self.http_hooks = HttpHooks()
+        self.backends = build_backend_registry(config.plugins, http_hooks=self.http_hooks)
         self.models = ModelManager(
             config.model_repositories,
             self.backends,
@@ -98,7 +102,7 @@ class Server:
         self.host.bind(asyncio.get_running_loop())
         install_default(self.host)
         if cfg.allow_http:
-            app = make_app(self.dataplane, max_input_size=cfg.max_input_size)
+            app = make_app(self.dataplane, max_input_size=cfg.max_input_size, hooks=self.http_hooks)
             self._runner = web.AppRunner(
                 app,
                 access_log=None,
@@ -113,8 +117,7 @@ class Server:
                     self._runner,
                     cfg.http_address,
                     cfg.http_port,
-                    self.dataplane,
-                    max_input=cfg.max_input_size,
+                    app[EDGE],
                     head_timeout=cfg.http_head_timeout,
                     body_timeout=cfg.http_body_timeout,
                 )

@@ -16,8 +16,9 @@ import orjson
 
 from .. import memory
 from ..dataplane import DataPlane
-from ..errors import NaiadError, Unsupported
+from ..errors import InvalidArgument, NaiadError, Unsupported
 from . import codec
+from .plans import BinaryPlan
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,19 @@ def json_answer(obj: Any) -> Answer:
     return 200, orjson.dumps(obj), JSON, None
 
 
+def json_object(raw: bytes | memoryview) -> dict:
+    """An optional JSON object body (empty body = {})."""
+    if not bytes(raw).strip():
+        return {}
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return obj
+
+
 def health_status(dp: DataPlane, ready: bool) -> int:
     """200 or 400, as Triton answers ``/v2/health/live`` and ``/v2/health/ready``."""
     return 200 if dp.health(ready) else 400
@@ -78,12 +92,15 @@ async def infer(
     content_encoding: str | None,
     header_length: str | None,
     accept_encoding: str | None,
+    plans: dict[bytes, BinaryPlan] | None = None,
 ) -> Answer:
     """One V2 inference: ``body`` as received, the answer ready to send.
 
     A large JSON part (an image sent as JSON numbers, say) is parsed and its answer encoded on a
     worker thread, and large bodies are (de)compressed there, so one big request never stalls
-    the event loop.
+    the event loop. ``plans`` is the edge's cache of ``mv``'s binary headers
+    (:mod:`naiad.http.plans`): a request built from a header validated before is not validated
+    again.
     """
     if mv.decoupled:
         raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
@@ -99,20 +116,24 @@ async def infer(
         raw_input = _raw_input(mv) if length == 0 else None
         json_size = len(body) if length is None else length
         big = json_size > JSON_IN_THREAD
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "shm_reader": lease.read,
             "raw_input": raw_input,
-            "plans": mv.signature.plans,
+            "plans": plans,
             "max_decoded": MAX_DECODED_FACTOR * max_input,
         }
         if big:
-            req = await asyncio.to_thread(
+            req, plan = await asyncio.to_thread(
                 codec.parse_infer_request, body, length, name, version, **kwargs
             )
         else:
-            req = codec.parse_infer_request(body, length, name, version, **kwargs)
+            req, plan = codec.parse_infer_request(body, length, name, version, **kwargs)
         lease.reserve(req.outputs)
-        response = await dp.infer(req, mv)
+        sig = mv.signature
+        validated = plan is not None and plan.validated(sig)
+        response = await dp.infer(req, mv, validated=validated)
+        if plan is not None and not validated:
+            plan.accepted(sig, req)
         req.inputs = {}  # the answer is encoded without them: free them first
         if big:
             payload, json_length = await asyncio.to_thread(
