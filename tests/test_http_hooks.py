@@ -1,0 +1,117 @@
+"""Request and answer hooks (``naiad_register_http_hooks``) on both HTTP fronts.
+
+The hooks live in one place (:class:`naiad.http.edge.HttpHooks`), and both the lean front and
+the aiohttp app run them: ``/v2/health/ready`` and inference are answered by the lean front,
+``/v2/repository/index``, a query string, an unknown path and the legacy API by aiohttp.
+"""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+
+import numpy as np
+import pytest
+from conftest import start_server
+
+
+@pytest.fixture(scope="module")
+def hooked(example_repo, tmp_path_factory):
+    srv = start_server(
+        example_repo,
+        "--plugin",
+        "naiad_test_http_hooks",
+        log_dir=tmp_path_factory.mktemp("hooklogs"),
+    )
+    yield srv
+    srv.stop()
+
+
+def _call(srv, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_lean_and_aiohttp_routes_are_the_ones_the_test_means():
+    """Which front answers what comes from the endpoint table (its ``lean`` flags)."""
+    from naiad.http.endpoints import ENDPOINTS
+    from naiad.http.lean_head import NOT_OURS, LeanRoutes
+
+    routes = LeanRoutes(ENDPOINTS)
+    assert routes.find(b"GET", b"/v2/health/ready") is not NOT_OURS
+    endpoint, params = routes.find(b"POST", b"/v2/models/simple/versions/1/infer")
+    assert endpoint.lean and params == {"model": "simple", "version": "1"}
+    assert routes.find(b"POST", b"/v2/repository/index") is NOT_OURS
+    assert routes.find(b"GET", b"/v2/health/ready?x=1") is NOT_OURS
+    assert routes.find(b"GET", b"/api/health/live") is NOT_OURS
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status",
+    [
+        ("GET", "/v2/health/ready", b"", 200),  # the lean front
+        ("GET", "/v2/models/simple/config", b"", 200),  # the lean front
+        ("GET", "/v2/models/nope/config", b"", 404),  # the lean front, an error answer
+        ("GET", "/v2/health/ready?x=1", b"", 200),  # handed to aiohttp (a query string)
+        ("POST", "/v2/repository/index", b"{}", 200),  # aiohttp only
+        ("GET", "/v2/nothing/here", b"", 404),  # aiohttp's router
+        ("GET", "/api/health/live", b"", 200),  # the legacy API (its own aiohttp handler)
+    ],
+)
+def test_answer_hook_runs_on_both_fronts(hooked, method, path, body, status):
+    got, headers, _ = _call(hooked, method, path, body)
+    assert got == status
+    assert headers["X-Test-Hook"] == f"{method} {path.partition('?')[0]} {status}"
+
+
+def test_answer_hook_runs_on_inference(hooked):
+    a = np.arange(16, dtype=np.int32)
+    inputs = [
+        {"name": n, "datatype": "INT32", "shape": [1, 16], "data": a.tolist()}
+        for n in ("INPUT0", "INPUT1")
+    ]
+    path = "/v2/models/simple/infer"
+    status, headers, body = _call(hooked, "POST", path, json.dumps({"inputs": inputs}).encode())
+    assert status == 200
+    assert headers["X-Test-Hook"] == f"POST {path} 200"
+    out = {o["name"]: o["data"] for o in json.loads(body)["outputs"]}
+    assert out["OUTPUT0"] == (2 * a).tolist()
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("GET", "/v2/health/ready", b""),  # the lean front
+        ("POST", "/v2/models/simple/infer", b"{}"),  # the lean front, before the body is used
+        ("POST", "/v2/repository/index", b"{}"),  # aiohttp
+        ("GET", "/api/status", b""),  # the legacy API
+    ],
+)
+def test_request_hook_answers_instead_of_the_handler(hooked, method, path, body):
+    status, headers, answer = _call(hooked, method, path, body, {"X-Test-Deny": "1"})
+    assert status == 403
+    assert json.loads(answer) == {"error": f"denied by a test hook: {path}"}
+    assert headers["X-Test-Hook"] == f"{method} {path} 403"
+    # and the server goes on serving
+    assert _call(hooked, "GET", "/v2/health/ready")[0] == 200
+
+
+def test_plan_cache_is_per_version_and_goes_with_it():
+    """The edge's binary-header plans are held per model version object, weakly."""
+    from naiad.http.plans import PlanCache
+    from naiad.registry import ModelVersion
+
+    cache = PlanCache()
+    old, new = ModelVersion("m", 1), ModelVersion("m", 1)
+    cache.of(old)[b"header"] = object()  # type: ignore[assignment]
+    assert cache.of(old) and not cache.of(new)  # a reloaded version starts empty
+    assert len(cache) == 2
+    del old
+    gc.collect()
+    assert len(cache) == 1
