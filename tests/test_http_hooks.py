@@ -115,3 +115,78 @@ def test_plan_cache_is_per_version_and_goes_with_it():
     del old
     gc.collect()
     assert len(cache) == 1
+
+
+# ---- --http-restricted-api: a request hook of the edge ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def restricted(example_repo, tmp_path_factory):
+    srv = start_server(
+        example_repo,
+        "--http-restricted-api=health,metadata:admin-key=admin-value",
+        "--http-restricted-api=inference:infer-key=infer-value",
+        log_dir=tmp_path_factory.mktemp("restrictedlogs"),
+    )
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize(
+    "method, path, header",
+    [
+        ("GET", "/v2/health/ready", "admin-key"),  # the lean front
+        ("GET", "/v2/models/simple/ready", "admin-key"),  # model readiness is "health"
+        ("GET", "/v2", "admin-key"),  # metadata, the lean front
+        ("GET", "/v2/health/live?x=1", "admin-key"),  # handed to aiohttp
+        ("POST", "/v2/models/simple/generate", "infer-key"),  # aiohttp only
+    ],
+)
+def test_restricted_api_on_both_fronts(restricted, method, path, header):
+    status, _, body = _call(restricted, method, path, b"{}" if method == "POST" else b"")
+    assert status == 403
+    assert json.loads(body) == {"error": f"This API is restricted, expecting header '{header}'"}
+    value = header.replace("key", "value")
+    status, _, _ = _call(restricted, method, path, b"", {header: "wrong"})
+    assert status == 403
+    if method == "GET":
+        assert _call(restricted, method, path, b"", {header.upper(): value})[0] == 200
+
+
+def test_restricted_inference_with_tritonclient(restricted):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    c = httpclient.InferenceServerClient(restricted.url)
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for i in inputs:
+        i.set_data_from_numpy(a)
+    with pytest.raises(InferenceServerException, match="expecting header 'infer-key'"):
+        c.infer("simple", inputs)
+    out = c.infer("simple", inputs, headers={"infer-key": "infer-value"})
+    np.testing.assert_array_equal(out.as_numpy("OUTPUT0"), 2 * a)
+    # categories not named stay open
+    assert _call(restricted, "GET", "/v2/models/simple/config")[0] == 200
+    assert _call(restricted, "POST", "/v2/repository/index", b"{}")[0] == 200
+    c.close()
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("bogus:a=b", "unknown restricted api 'bogus'"),
+        ("health", "option format is"),
+        ("health:a=b,c", None),  # a value may hold a comma
+    ],
+)
+def test_restricted_api_flag_is_checked(value, message):
+    from naiad.http.restricted import parse_restricted_api
+
+    if message is None:
+        assert parse_restricted_api([value]) == {"health": ("a", "b,c")}
+        return
+    with pytest.raises(ValueError, match=message):
+        parse_restricted_api([value])
+    with pytest.raises(ValueError, match="multiple config groups"):
+        parse_restricted_api(["health:a=b", "health,trace:c=d"])

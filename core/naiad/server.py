@@ -18,6 +18,7 @@ from .http.app import EDGE
 from .http.edge import HttpHooks
 from .http.fast import FastSite
 from .http.metrics import start_metrics_site
+from .http.restricted import restricted_api_hook
 from .metrics import Metrics, MetricsConfig
 from .models import ModelManager
 from .plugins import build_backend_registry
@@ -53,6 +54,8 @@ class ServerConfig:
     http_body_timeout: float = 30.0
     #: ``--http-fast-path``: the hot V2 requests skip aiohttp's machinery (naiad.http.fast)
     http_fast_path: bool = True
+    #: ``--http-restricted-api``: category -> (header, value) (naiad.http.restricted)
+    http_restricted_api: dict[str, tuple[str, str]] = field(default_factory=dict)
     server_id: str = "triton"
     plugins: list[str] = field(default_factory=list)
     repository_poll_secs: float = 15.0
@@ -69,6 +72,8 @@ class Server:
         self.config = config
         #: what plugins add to every HTTP front (``naiad_register_http_hooks``)
         self.http_hooks = HttpHooks()
+        if config.http_restricted_api:
+            self.http_hooks.request.append(restricted_api_hook(config.http_restricted_api))
         self.backends = build_backend_registry(config.plugins, http_hooks=self.http_hooks)
         self.models = ModelManager(
             config.model_repositories,

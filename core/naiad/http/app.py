@@ -53,7 +53,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return answer_response(Edge.failed(exc, _request_of(request)))
 
 
-def _request_of(request: web.Request, body: bytes | None = None) -> Request:
+def _request_of(
+    request: web.Request, body: bytes | None = None, endpoint: Endpoint | None = None
+) -> Request:
     """The transport-free form of ``request`` (built once per request)."""
     req = request.get(_REQUEST)
     if req is None:
@@ -64,6 +66,7 @@ def _request_of(request: web.Request, body: bytes | None = None) -> Request:
             request.query or NO_QUERY,
             request.headers,
             body,
+            endpoint,
             functools.partial(read_body, request),
         )
         request[_REQUEST] = req
@@ -77,7 +80,7 @@ def _route(edge: Edge, endpoint: Endpoint) -> Handler:
 
         async def native(request: web.Request) -> web.StreamResponse:
             if edge.hooks.request:
-                early = edge.before(_request_of(request))
+                early = edge.before(_request_of(request, None, endpoint))
                 if early is not None:
                     return answer_response(early)
             return await own(request)
@@ -87,13 +90,13 @@ def _route(edge: Edge, endpoint: Endpoint) -> Handler:
 
         async def run_async(request: web.Request) -> web.StreamResponse:
             # the body is read by the handler (an unknown model fails before a large one comes)
-            req = _request_of(request)
+            req = _request_of(request, None, endpoint)
             return answer_response(await edge.answer_async(endpoint, req))
 
         return run_async
 
     async def run(request: web.Request) -> web.StreamResponse:
-        req = _request_of(request, await read_body(request))
+        req = _request_of(request, await read_body(request), endpoint)
         return answer_response(edge.answer(endpoint, req))
 
     return run

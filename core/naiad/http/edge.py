@@ -37,11 +37,12 @@ class Request:
 
     ``params`` are the path pattern's fields (``model``, ``version``, ``region``...), ``headers``
     are looked up by lower-case name, ``body`` is the body once read (``await read()`` gets it:
-    an adapter may pass a reader so that a handler can fail before a large body arrives). The
-    mappings may be shared between requests: never change them.
+    an adapter may pass a reader so that a handler can fail before a large body arrives),
+    ``endpoint`` the table entry it was routed to (None when no route matched). The mappings
+    may be shared between requests: never change them.
     """
 
-    __slots__ = ("method", "path", "params", "query", "headers", "body", "_reader")
+    __slots__ = ("method", "path", "params", "query", "headers", "body", "endpoint", "_reader")
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class Request:
         query: Mapping[str, str],
         headers: Mapping[str, str],
         body: bytes | memoryview | None,
+        endpoint: Endpoint | None = None,
         reader: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self.method = method
@@ -59,6 +61,7 @@ class Request:
         self.query = query
         self.headers = headers
         self.body = body
+        self.endpoint = endpoint
         self._reader = reader
 
     async def read(self) -> bytes | memoryview:
@@ -98,6 +101,8 @@ class Endpoint:
     method: str
     path: str
     handler: Callable[..., Any]
+    #: its category for ``--http-restricted-api`` (``health``, ``inference``...; "" = none)
+    api: str
     #: the lean front answers it (a hot route: inference, health, metadata)
     lean: bool = False
     aiohttp: bool = False

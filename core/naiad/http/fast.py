@@ -328,7 +328,9 @@ class FastProtocol(asyncio.Protocol):
             pos = end
             endpoint = req.endpoint
             assert endpoint is not None
-            request = Request(req.method, req.path, req.params, NO_QUERY, req.headers, body)
+            request = Request(
+                req.method, req.path, req.params, NO_QUERY, req.headers, body, endpoint
+            )
             if endpoint.is_async:
                 self._busy = True
                 self._task = self._loop.create_task(self._run(req, request))
