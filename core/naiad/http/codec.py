@@ -31,6 +31,11 @@ _ONE_OF = (
 )
 
 
+class UnsupportedEncoding(Unsupported):
+    """A ``Content-Encoding`` naiad cannot undo: the answer says which it can
+    (``Accept-Encoding: gzip, deflate``)."""
+
+
 def decompress(body: bytes | memoryview, encoding: str | None, limit: int) -> bytes | memoryview:
     """Undo ``Content-Encoding`` gzip/deflate; the result is bounded by ``limit`` bytes."""
     if not encoding or encoding == "identity":
@@ -40,7 +45,7 @@ def decompress(body: bytes | memoryview, encoding: str | None, limit: int) -> by
     elif encoding == "deflate":
         wbits = zlib.MAX_WBITS
     else:
-        raise Unsupported("Unsupported compression type")
+        raise UnsupportedEncoding("Unsupported compression type")
     d = zlib.decompressobj(wbits)
     try:
         out = d.decompress(body, limit + 1)

@@ -1,5 +1,5 @@
-"""The V2 data-plane answers as plain values, shared by the aiohttp handlers (``app.py``) and the
-fast front (``fast.py``), so both serve the same bytes for the same request.
+"""The V2 answers as plain values, for the endpoint table's handlers (``endpoints.py``) that both
+HTTP fronts serve (``app.py``, ``fast.py``), so both send the same bytes for the same request.
 
 An answer is ``(status, body, content_type, extra_headers)``. Errors are raised as
 :class:`~naiad.errors.NaiadError` and turned into Triton's ``{"error": "..."}`` form by
@@ -49,7 +49,9 @@ def too_large_message(size: int, limit: int) -> str:
 
 
 def naiad_error_answer(exc: NaiadError) -> Answer:
-    headers = {"Accept-Encoding": "gzip, deflate"} if "compression" in exc.message else None
+    headers = (
+        {"Accept-Encoding": "gzip, deflate"} if isinstance(exc, codec.UnsupportedEncoding) else None
+    )
     return error_answer(int(exc.status), exc.message, headers)
 
 
