@@ -4,8 +4,8 @@ aiohttp spends about 100 µs of Python on every request (request and response ob
 a stream reader, header multidicts, its writer) — more than naiad's whole inference path for a
 small model, and on one core that caps the server at a few thousand requests a second. This
 front reads each connection itself and answers the hot V2 requests — inference, health, server
-and model metadata, model readiness, configuration and statistics — by calling the same
-functions as the aiohttp handlers (:mod:`naiad.http.handlers`), so the answers are the same.
+and model metadata, model readiness, configuration and statistics — with the same handlers
+as the aiohttp app, so the answers are the same.
 
 Which requests it answers is the endpoint table's ``lean`` flag (:mod:`naiad.http.endpoints`),
 looked up from the head (:mod:`naiad.http.lean_head`); anything else makes the front hand the

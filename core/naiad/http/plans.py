@@ -8,8 +8,10 @@ version's signature once per header (``DataPlane.infer(..., validated=True)``).
 
 The cache belongs to the edge, not to the domain: a :class:`~naiad.registry.ModelVersion`, its
 :class:`~naiad.signature.Signature` and an :class:`~naiad.inference.InferRequest` carry none of it.
-Entries are held per version object, weakly: when an unloaded (or reloaded) version is dropped
-its entries go with it, and a new version of the same model starts empty.
+Entries are held per version object, weakly. An unloaded version is never resolved again, so its
+entries are never reused; they go with its object (a reload makes new version objects, which
+start empty, and the registry drops the old ones). A plan also remembers the signature it was
+validated against, and is validated again for any other.
 """
 
 from __future__ import annotations
