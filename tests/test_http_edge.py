@@ -1,4 +1,5 @@
-"""Request and answer hooks (``naiad_register_http_hooks``) on both HTTP fronts.
+"""The HTTP edge: request and answer hooks (``naiad_register_http_hooks``) on both fronts,
+``--http-restricted-api``, the plan cache, and the endpoint table's two lookups agreeing.
 
 The hooks live in one place (:class:`naiad.http.edge.HttpHooks`), and both the lean front and
 the aiohttp app run them: ``/v2/health/ready`` and inference are answered by the lean front,
@@ -190,3 +191,41 @@ def test_restricted_api_flag_is_checked(value, message):
         parse_restricted_api([value])
     with pytest.raises(ValueError, match="multiple config groups"):
         parse_restricted_api(["health:a=b", "health,trace:c=d"])
+
+
+# ---- the endpoint table: the lean front's lookups agree with aiohttp's routing ------------------
+
+
+def _concrete(template: str, model: str = "m") -> str:
+    return template.replace("{model}", model).replace("{version:[0-9]+}", "3")
+
+
+def test_lean_lookup_agrees_with_aiohttp_routing():
+    """For every lean entry (and a model called ``stats``), the lean front's lookup and the
+    aiohttp router built from the same table pick the same entry."""
+    import asyncio
+    import re
+
+    from aiohttp.test_utils import make_mocked_request
+    from naiad.http.app import make_app
+    from naiad.http.endpoints import ENDPOINTS
+    from naiad.http.lean_head import LeanRoutes
+
+    app = make_app(None)  # routing only: no handler runs
+    routes = LeanRoutes(ENDPOINTS)
+    lean = [e for e in ENDPOINTS if e.lean]
+    assert {e.path for e in lean} >= {"/v2/health/ready", "/v2/models/{model}/infer"}
+    checked = 0
+    for e in lean:
+        for model in ("m", "stats"):
+            path = _concrete(e.path, model)
+            found = routes.find(e.method.encode(), path.encode())
+            if path == "/v2/models/stats" and e.path == "/v2/models/{model}":
+                continue  # the fixed all-models statistics route, in both (checked below)
+            assert found[0] is e, path
+            match = asyncio.run(app.router.resolve(make_mocked_request(e.method, path, app=app)))
+            assert match.route.resource.canonical == re.sub(r":[^}]+", "", e.path), path
+            checked += 1
+    assert checked == 2 * len(lean) - 1  # every entry twice, but the one skipped
+    endpoint, _ = routes.find(b"GET", b"/v2/models/stats")
+    assert endpoint.path == "/v2/models/stats"
