@@ -84,6 +84,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "answer inference, health, metadata and config on naiad's lean HTTP/1.1 front; "
         "false = aiohttp answers everything (naiad only)",
     )
+    p.add_argument(
+        "--http-restricted-api",
+        action="append",
+        default=[],
+        metavar="CATEGORIES:HEADER=VALUE",
+        help="HTTP endpoints of these categories need the header HEADER: VALUE (repeatable)",
+    )
     _flag(
         p,
         "--allow-client-shm",
@@ -330,6 +337,7 @@ def log_settings(args: argparse.Namespace):
 
 
 def serve_config(args: argparse.Namespace):
+    from .http.restricted import parse_restricted_api
     from .server import ServerConfig
 
     return ServerConfig(
@@ -345,6 +353,7 @@ def serve_config(args: argparse.Namespace):
         exit_timeout=args.exit_timeout_secs,
         allow_client_shm=args.allow_client_shm,
         http_fast_path=args.http_fast_path,
+        http_restricted_api=parse_restricted_api(args.http_restricted_api),
         max_input_size=args.http_max_input_size,
         http_head_timeout=args.http_header_timeout,
         http_body_timeout=args.http_body_timeout,

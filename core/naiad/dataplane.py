@@ -149,8 +149,15 @@ class DataPlane:
     def resolve(self, name: str, version: int = -1) -> ModelVersion:
         return self.models.resolve(name, version)
 
-    async def infer(self, request: InferRequest, mv: ModelVersion | None = None) -> InferResponse:
-        """Validate, schedule and post-process one request."""
+    async def infer(
+        self, request: InferRequest, mv: ModelVersion | None = None, *, validated: bool = False
+    ) -> InferResponse:
+        """Validate, schedule and post-process one request.
+
+        ``validated``: the caller already validated a request of exactly this form (names,
+        datatypes, shapes, outputs) against ``mv``'s signature and set its batch size — the
+        HTTP edge's cache of binary headers (:mod:`naiad.http.plans`) does, once per header.
+        """
         if self.exiting:
             raise Unavailable("Server exiting")
         if mv is None:
@@ -161,7 +168,8 @@ class DataPlane:
                 "streamed (infer_stream)"
             )
         _, sig, scheduler = _serving(mv)
-        sig.check(request)
+        if not validated:
+            sig.validate(request)
         with self._counted():
             response = await scheduler.infer(request)
         response.model_version = mv.version
@@ -186,7 +194,7 @@ class DataPlane:
             yield await self.infer(request, mv)
             return
         _, sig, scheduler = _serving(mv)
-        sig.check(request)
+        sig.validate(request)
         stream = ResponseStream(asyncio.get_running_loop(), sig, request)
         request.stream = stream
         with self._counted():

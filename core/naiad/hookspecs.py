@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from .http.edge import HttpHooks
     from .plugins import BackendRegistry
 
 hookspec = pluggy.HookspecMarker("naiad")
@@ -34,4 +35,22 @@ def naiad_register_backends(registry: BackendRegistry) -> None:
     Called once per server start-up, for every plugin, in discovery order: built-in plugins,
     then ``naiad.backends`` entry points, then ``--plugin`` modules. A later registration of the
     same name replaces an earlier one, so a third party can override a built-in backend.
+    """
+
+
+@hookspec
+def naiad_register_http_hooks(hooks: HttpHooks) -> None:
+    """Add what a middleware would do (authentication, CORS, tracing, header forwarding) to
+    every HTTP front: ``hooks.request.append(fn)`` and ``hooks.answer.append(fn)``.
+
+    :param hooks: the server's :class:`naiad.http.edge.HttpHooks`. A request hook
+        ``fn(request) -> Answer | None`` runs before the endpoint's handler, for requests the
+        lean front answers and those aiohttp answers alike; an answer it returns
+        (``(status, body, content_type, headers)``) is sent instead of the handler's. An answer
+        hook ``fn(request, status, headers) -> None`` may edit the headers of every answer just
+        before it is written (not ``Content-Length``, ``Connection`` or ``Content-Type``).
+        ``request`` is a :class:`naiad.http.edge.Request`. Hooks run on the event loop: they
+        must not block.
+
+    Called once per server start-up, for every plugin, in discovery order.
     """

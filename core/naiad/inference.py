@@ -47,9 +47,6 @@ class InferRequest:
     timeout_us: int | None = None
     #: batch size (1 for models with max_batch_size 0); filled by validation
     batch_size: int = 1
-    #: the parsed form of the request's JSON header when it came from a cached one
-    #: (:class:`naiad.http.codec.BinaryPlan`): validation is then done once per header
-    plan: Any = field(default=None, repr=False, compare=False)
     #: where a decoupled model sends this request's responses
     #: (:class:`naiad.streaming.ResponseStream`); None when one answer is awaited
     stream: Any = field(default=None, repr=False, compare=False)

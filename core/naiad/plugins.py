@@ -17,12 +17,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from . import hookspecs
 from .backend import InferenceBackend
 from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from .http.edge import HttpHooks
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +166,20 @@ def _name(plugin: object) -> str:
 
 
 def build_backend_registry(
-    extra_plugins: Iterable[str | ModuleType | object] = (), *, entry_points_enabled: bool = True
+    extra_plugins: Iterable[str | ModuleType | object] = (),
+    *,
+    entry_points_enabled: bool = True,
+    http_hooks: HttpHooks | None = None,
 ) -> BackendRegistry:
     """Discover plugins and collect their backends, one plugin at a time so each backend records
-    where it came from."""
+    where it came from; with ``http_hooks``, their HTTP hooks too (in discovery order)."""
     pm, ordered = make_plugin_manager(extra_plugins, entry_points_enabled=entry_points_enabled)
+    if http_hooks is not None:
+        http = {id(i.plugin): i.function for i in pm.hook.naiad_register_http_hooks.get_hookimpls()}
+        for plugin, _ in ordered:
+            register = http.pop(id(plugin), None)
+            if register is not None:
+                register(hooks=http_hooks)
     registry = BackendRegistry()
     # the hook implementations pluggy validated, run one plugin at a time in discovery order (a
     # later registration of a name replaces an earlier one); pluggy itself would call them LIFO

@@ -14,8 +14,11 @@ from aiohttp import web
 from .dataplane import ControlMode, DataPlane, ServerOptions
 from .grpc.config import GrpcConfig
 from .http import make_app
+from .http.app import EDGE
+from .http.edge import HttpHooks
 from .http.fast import FastSite
 from .http.metrics import start_metrics_site
+from .http.restricted import restricted_api_hook
 from .metrics import Metrics, MetricsConfig
 from .models import ModelManager
 from .plugins import build_backend_registry
@@ -52,6 +55,8 @@ class ServerConfig:
     http_body_timeout: float = 30.0
     #: ``--http-fast-path``: the hot V2 requests skip aiohttp's machinery (naiad.http.fast)
     http_fast_path: bool = True
+    #: ``--http-restricted-api``: category -> (header, value) (naiad.http.restricted)
+    http_restricted_api: dict[str, tuple[str, str]] = field(default_factory=dict)
     server_id: str = "triton"
     plugins: list[str] = field(default_factory=list)
     repository_poll_secs: float = 15.0
@@ -66,7 +71,11 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.backends = build_backend_registry(config.plugins)
+        #: what plugins add to every HTTP front (``naiad_register_http_hooks``)
+        self.http_hooks = HttpHooks()
+        if config.http_restricted_api:
+            self.http_hooks.request.append(restricted_api_hook(config.http_restricted_api))
+        self.backends = build_backend_registry(config.plugins, http_hooks=self.http_hooks)
         self.models = ModelManager(
             config.model_repositories,
             self.backends,
@@ -99,7 +108,7 @@ class Server:
         self.host.bind(asyncio.get_running_loop())
         install_default(self.host)
         if cfg.allow_http:
-            app = make_app(self.dataplane, max_input_size=cfg.max_input_size)
+            app = make_app(self.dataplane, max_input_size=cfg.max_input_size, hooks=self.http_hooks)
             self._runner = web.AppRunner(
                 app,
                 access_log=None,
@@ -114,8 +123,7 @@ class Server:
                     self._runner,
                     cfg.http_address,
                     cfg.http_port,
-                    self.dataplane,
-                    max_input=cfg.max_input_size,
+                    app[EDGE],
                     head_timeout=cfg.http_head_timeout,
                     body_timeout=cfg.http_body_timeout,
                 )

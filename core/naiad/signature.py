@@ -7,7 +7,6 @@ well formed for its model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -39,8 +38,6 @@ class Signature:
     max_batch_size: int
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
-    #: binary request headers seen lately, parsed (``naiad.http.codec.BinaryPlan``)
-    plans: dict[bytes, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
     #: names of the inputs a request must carry (computed once)
     required: frozenset[str] = field(init=False, compare=False, hash=False, repr=False)
 
@@ -65,17 +62,6 @@ class Signature:
     def full_shape(self, spec: TensorSpec) -> list[int]:
         """The shape clients see in metadata: a leading -1 when the model batches."""
         return ([-1] if self.max_batch_size > 0 else []) + list(spec.dims)
-
-    def check(self, request: InferRequest) -> None:
-        """:meth:`validate`, once per cached request header (whose shapes are always the same)."""
-        plan = request.plan
-        if plan is not None and plan.signature is self and plan.batch_size:
-            request.batch_size = plan.batch_size
-            return
-        self.validate(request)
-        if plan is not None:
-            plan.signature = self
-            plan.batch_size = request.batch_size
 
     def validate(self, request: InferRequest) -> None:
         """Check names, datatypes, shapes and batch size; set ``request.batch_size``."""

@@ -90,7 +90,7 @@ class _Stream:
                 metadata = self.context.invocation_metadata() or ()
                 codec.forward_headers(request, metadata, self.options.forward_pattern)
             lease.reserve(request.outputs)
-            mv.signature.check(request)
+            mv.signature.validate(request)
         except Exception as exc:
             lease.release()
             if not isinstance(exc, NaiadError):

@@ -1,4 +1,5 @@
-"""The HTTP edge: aiohttp app factory, route table, codecs. Parses, delegates, serialises."""
+"""The HTTP edge: one endpoint table (``endpoints``) served by the aiohttp app and the lean front,
+codecs. Parses, delegates, serialises."""
 
 from .app import make_app
 

@@ -8,7 +8,6 @@ copies.
 
 from __future__ import annotations
 
-import dataclasses
 import zlib
 from collections.abc import Callable
 from typing import Any, TypeGuard
@@ -21,6 +20,7 @@ from ..inference import InferRequest, InferResponse, RequestedOutput
 from ..inference import parse_model_version as parse_model_version  # the URL's version
 from ..tensors import ITEM_SIZES, NUMPY_DTYPES, element_count, from_wire_bytes, to_wire_bytes
 from .json_tensors import BYTES_ELEMENT_COST, DecodeBudget, json_data, json_to_array
+from .plans import PLAN_HEADER_MAX, PLANS_MAX, BinaryPlan, plannable
 
 #: reads ``(region, offset, byte_size)`` of a registered shared-memory region
 ShmReader = Callable[[str, int, int], memoryview]
@@ -29,6 +29,11 @@ _ONE_OF = (
     "Input must set only one of the following fields: 'data', 'binary_data_size' in "
     "'parameters', 'shared_memory_region' in 'parameters'. But"
 )
+
+
+class UnsupportedEncoding(Unsupported):
+    """A ``Content-Encoding`` naiad cannot undo: the answer says which it can
+    (``Accept-Encoding: gzip, deflate``)."""
 
 
 def decompress(body: bytes | memoryview, encoding: str | None, limit: int) -> bytes | memoryview:
@@ -40,7 +45,7 @@ def decompress(body: bytes | memoryview, encoding: str | None, limit: int) -> by
     elif encoding == "deflate":
         wbits = zlib.MAX_WBITS
     else:
-        raise Unsupported("Unsupported compression type")
+        raise UnsupportedEncoding("Unsupported compression type")
     d = zlib.decompressobj(wbits)
     try:
         out = d.decompress(body, limit + 1)
@@ -116,30 +121,31 @@ def parse_infer_request(
     raw_input: tuple[str, str, list[int]] | None = None,
     plans: dict[bytes, BinaryPlan] | None = None,
     max_decoded: int | None = None,
-) -> InferRequest:
-    """Build an InferRequest from a V2 body.
+) -> tuple[InferRequest, BinaryPlan | None]:
+    """Build an InferRequest from a V2 body; with it, the plan of its binary header when it was
+    built from one in ``plans`` or one was made for it there (else None).
 
     :param header_length: ``Inference-Header-Content-Length`` (None when absent).
     :param raw_input: (name, datatype, shape) of the model's only input, for raw binary requests
         (header length 0).
-    :param plans: the model's cache of binary request headers: a header seen before is not
-        parsed again (see :class:`BinaryPlan`).
+    :param plans: the edge's cache of one model version's binary request headers
+        (:mod:`naiad.http.plans`): a header seen before is not parsed again.
     :param max_decoded: the most the request's tensors may take once decoded (JSON data,
         BYTES elements, shared memory copies); beyond it :class:`RequestTooLarge` (413).
     """
     if header_length == 0:
-        return _parse_raw(body, model_name, model_version, raw_input)
+        return _parse_raw(body, model_name, model_version, raw_input), None
     view = memoryview(body)
     key = None
     if header_length is None:
         header, binary = view, view[:0]
     else:
         header, binary = view[:header_length], view[header_length:]
-        if plans is not None and header_length <= _PLAN_HEADER_MAX:
+        if plans is not None and header_length <= PLAN_HEADER_MAX:
             key = bytes(header)
             plan = plans.get(key)
             if plan is not None and plan.total == len(binary):
-                return plan.build(binary, model_name, model_version)
+                return plan.build(binary, model_name, model_version), plan
     budget = DecodeBudget(max_decoded) if max_decoded is not None else None
     if budget is not None:
         budget.estimate(header)
@@ -182,72 +188,12 @@ def parse_infer_request(
         if not isinstance(outputs, list):
             raise _field_error("outputs", "attempt to access JSON non-array as array")
         request.outputs = [_parse_output(o) for o in outputs] or None
-    if specs is not None and plans is not None and key is not None and _plannable(request):
-        if len(plans) >= _PLANS_MAX:
+    if specs is not None and plans is not None and key is not None and plannable(request):
+        if len(plans) >= PLANS_MAX:
             plans.clear()
-        request.plan = plans[key] = BinaryPlan(request, tuple(specs), offset)
-    return request
-
-
-#: binary request headers longer than this are parsed each time (and not kept)
-_PLAN_HEADER_MAX = 4096
-#: headers kept per model version (the cache is emptied when it fills up)
-_PLANS_MAX = 64
-
-
-def _plannable(request: InferRequest) -> bool:
-    """A request whose header can be reused as is: no sequence, no shared memory."""
-    if request.sequence_id or request.sequence_start or request.sequence_end:
-        return False
-    return not request.outputs or all(o.shm is None for o in request.outputs)
-
-
-class BinaryPlan:
-    """A binary request's JSON header, parsed once.
-
-    A client calling in a loop sends the same JSON header each time with new tensor bytes
-    after it (tritonclient, perf_analyzer). The model version keeps the header's parsed form,
-    keyed by its exact bytes: the next request with that header only slices its tensors out of
-    the binary part, and :meth:`naiad.signature.Signature.check` validates it once per header.
-    Only headers whose every input is binary data qualify (no JSON data, no shared memory, no
-    sequence parameters).
-    """
-
-    __slots__ = ("template", "inputs", "total", "signature", "batch_size")
-
-    def __init__(
-        self,
-        request: InferRequest,
-        inputs: tuple[tuple[str, str, tuple[int, ...], int], ...],
-        total: int,
-    ) -> None:
-        # the request's fields without its tensors (which must not stay alive here)
-        self.template = dataclasses.replace(request, inputs={}, plan=None)
-        self.inputs = inputs
-        self.total = total
-        #: set by validation: the signature it passed and the batch size it found
-        self.signature: Any = None
-        self.batch_size = 0
-
-    def build(self, binary: memoryview, model_name: str, model_version: int) -> InferRequest:
-        t = self.template
-        inputs = {}
-        offset = 0
-        for name, datatype, shape, size in self.inputs:
-            inputs[name] = from_wire_bytes(binary[offset : offset + size], datatype, shape, name)
-            offset += size
-        return InferRequest(
-            model_name,
-            model_version,
-            t.id,
-            inputs,
-            t.outputs,
-            t.binary_output,
-            dict(t.parameters) if t.parameters else {},
-            priority=t.priority,
-            timeout_us=t.timeout_us,
-            plan=self,
-        )
+        plan = plans[key] = BinaryPlan(request, tuple(specs), offset)
+        return request, plan
+    return request, None
 
 
 def json_sequence_id(value: Any) -> int | str:

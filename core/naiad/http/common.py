@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from .. import memory
 from ..dataplane import DataPlane
-from ..errors import InvalidArgument
 from . import handlers
 
 DATAPLANE = web.AppKey("dataplane", DataPlane)
@@ -35,10 +33,6 @@ def too_large_response(size: int, limit: int) -> web.Response:
     return response
 
 
-def json_response(obj: object) -> web.Response:
-    return answer_response(handlers.json_answer(obj))
-
-
 async def read_body(request: web.Request) -> bytes:
     """The request's body; when a large one never arrives in full (the client left), the
     memory it took is handed back to the system (:func:`naiad.memory.trim_soon`)."""
@@ -52,13 +46,4 @@ async def read_body(request: web.Request) -> bytes:
 
 async def json_body(request: web.Request) -> dict:
     """An optional JSON object body (empty body = {})."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise InvalidArgument("the request body must be a JSON object")
-    return obj
+    return handlers.json_object(await request.read())

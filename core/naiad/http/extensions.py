@@ -1,21 +1,22 @@
 """Handlers of Triton's HTTP extensions beyond inference: shared memory, trace and logging.
 
-Each parses the request, calls the data plane's transport-free object (the
+Each parses the transport-free request, calls the data plane's transport-free object (the
 :class:`~naiad.shm.SharedMemoryManager`, the :class:`~naiad.trace.TraceSettings`, the
-:mod:`naiad.logs` settings) and serialises; the route table lives in :mod:`naiad.http.app`.
+:mod:`naiad.logs` settings) and serialises; the route table is :mod:`naiad.http.endpoints`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from .. import logs
 from ..errors import InvalidArgument
-from .common import DATAPLANE, json_body, json_response
+from .handlers import Answer, json_answer
 
-_OK = 200
+if TYPE_CHECKING:
+    from .edge import Edge, Request
+
+_OK: Answer = (200, b"", None, None)
 
 
 def _uint(body: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -33,15 +34,14 @@ def _uint(body: dict[str, Any], key: str, default: int | None = None) -> int:
 # ---- system shared memory -----------------------------------------------------------------------
 
 
-async def shm_status(request: web.Request) -> web.Response:
-    dp = request.app[DATAPLANE]
-    return json_response(dp.shm.status(request.match_info.get("region", "")))
+def shm_status(edge: Edge, req: Request) -> Answer:
+    return json_answer(edge.dataplane.shm.status(req.params.get("region", "")))
 
 
-async def shm_register(request: web.Request) -> web.Response:
-    dp = request.app[DATAPLANE]
+def shm_register(edge: Edge, req: Request) -> Answer:
+    dp = edge.dataplane
     dp.check_client_shm()
-    body = await json_body(request)
+    body = req.json()
     key = body.get("key")
     if key is None:
         raise InvalidArgument("Shared memory register request has no 'key' field")
@@ -49,48 +49,45 @@ async def shm_register(request: web.Request) -> web.Response:
         raise InvalidArgument("Unable to parse 'key': attempt to access JSON non-string as string")
     offset = _uint(body, "offset", 0)
     byte_size = _uint(body, "byte_size")
-    dp.shm_register(request.match_info["region"], key, offset, byte_size)
-    return web.Response(status=_OK)
+    dp.shm_register(req.params["region"], key, offset, byte_size)
+    return _OK
 
 
-async def shm_unregister(request: web.Request) -> web.Response:
-    request.app[DATAPLANE].shm_unregister(request.match_info.get("region", ""))
-    return web.Response(status=_OK)
+def shm_unregister(edge: Edge, req: Request) -> Answer:
+    edge.dataplane.shm_unregister(req.params.get("region", ""))
+    return _OK
 
 
 # ---- CUDA shared memory: naiad has no GPU memory support ----------------------------------------
 
 
-async def cuda_shm_status(request: web.Request) -> web.Response:
-    dp = request.app[DATAPLANE]
-    return json_response(dp.cuda_shm_status(request.match_info.get("region", "")))
+def cuda_shm_status(edge: Edge, req: Request) -> Answer:
+    return json_answer(edge.dataplane.cuda_shm_status(req.params.get("region", "")))
 
 
-async def cuda_shm_register(request: web.Request) -> web.Response:
-    request.app[DATAPLANE].cuda_shm_register(request.match_info["region"])
-    return web.Response(status=_OK)
+def cuda_shm_register(edge: Edge, req: Request) -> Answer:
+    edge.dataplane.cuda_shm_register(req.params["region"])
+    return _OK
 
 
-async def cuda_shm_unregister(request: web.Request) -> web.Response:
-    request.app[DATAPLANE].cuda_shm_unregister(request.match_info.get("region", ""))
-    return web.Response(status=_OK)
+def cuda_shm_unregister(edge: Edge, req: Request) -> Answer:
+    edge.dataplane.cuda_shm_unregister(req.params.get("region", ""))
+    return _OK
 
 
 # ---- trace settings (stored and reported; naiad does not trace requests yet) --------------------
 
 
-async def trace_setting(request: web.Request) -> web.Response:
-    dp = request.app[DATAPLANE]
-    model = request.match_info.get("model", "")
-    changes = await json_body(request) if request.method == "POST" else None
-    return json_response(dp.trace_setting(model, changes))
+def trace_setting(edge: Edge, req: Request) -> Answer:
+    model = req.params.get("model", "")
+    changes = req.json() if req.method == "POST" else None
+    return json_answer(edge.dataplane.trace_setting(model, changes))
 
 
 # ---- logging settings ---------------------------------------------------------------------------
 
 
-async def log_setting(request: web.Request) -> web.Response:
-    if request.method == "POST":
-        body = await json_body(request)
-        return json_response(logs.update_settings(body))
-    return json_response(logs.get_settings())
+def log_setting(edge: Edge, req: Request) -> Answer:
+    if req.method == "POST":
+        return json_answer(logs.update_settings(req.json()))
+    return json_answer(logs.get_settings())

@@ -4,16 +4,14 @@ aiohttp spends about 100 µs of Python on every request (request and response ob
 a stream reader, header multidicts, its writer) — more than naiad's whole inference path for a
 small model, and on one core that caps the server at a few thousand requests a second. This
 front reads each connection itself and answers the hot V2 requests — inference, health, server
-and model metadata, model readiness, configuration and statistics — by calling the same
-functions as the aiohttp handlers (:mod:`naiad.http.handlers`), so the answers are the same.
+and model metadata, model readiness, configuration and statistics — with the same handlers
+as the aiohttp app, so the answers are the same.
 
-Heads are parsed by llhttp (``httptools``), once per distinct head. Everything else — another
-route or method, a query string or a percent-escape in the path, ``Transfer-Encoding``,
-``Expect``, ``Upgrade``, HTTP/1.0, a repeated header, a head llhttp refuses or one ended by bare
-LFs — makes the front hand the connection, with every byte read so far, to aiohttp's own
-``RequestHandler`` for the rest of its life. aiohttp stays the complete implementation of the
-API; the front only answers what it fully understands. A body over the size limit is refused
-(413) from its head.
+Which requests it answers is the endpoint table's ``lean`` flag (:mod:`naiad.http.endpoints`),
+looked up from the head (:mod:`naiad.http.lean_head`); anything else makes the front hand the
+connection, with every byte read so far, to aiohttp's own ``RequestHandler`` for the rest of its
+life. Both fronts answer through the same :class:`~naiad.http.edge.Edge`: the same handlers,
+hooks and error mapping. A body over the size limit is refused (413) from its head.
 
 Requests on one connection are answered one at a time and in order (as aiohttp does), so a
 pipelining client gets its answers in the order it asked. What a client can hold is bounded
@@ -25,27 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
-import http
 import socket
-import time
-from email.utils import formatdate
-from typing import Final
 
-import httptools
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE
 
-from ..dataplane import DataPlane
-from ..errors import NaiadError
-from . import codec, handlers
+from . import handlers
+from .edge import NO_QUERY, Edge, Request
+from .lean_head import NOT_OURS, LeanHead, LeanRoutes, parse_head
+from .lean_write import Date, answer_head
 
-#: a head that has not ended within this many bytes goes to aiohttp (which answers 400 / 431)
-MAX_HEAD = 16 * 1024
-#: aiohttp's limits on one request or header line and on the number of headers: beyond them
-#: the front hands over and aiohttp answers (400)
-MAX_LINE = 8190
-MAX_HEADERS = 100
 #: input buffered beyond this while a request runs pauses reading from the socket
 READ_AHEAD = 1 << 20
 #: bodies buffered by all connections of a front together (reserved from each head's
@@ -62,227 +48,25 @@ _PIPELINE_TURN = 32
 #: bodies at least this large are written as a separate buffer instead of joined to the head
 _JOIN_LIMIT = 1 << 16
 
-#: the characters of a head the front takes at all (visible ASCII, space, tab, CR LF):
-#: anything else is aiohttp's to judge
-_HEAD_CHARS = bytes(range(0x20, 0x7F)) + b"\t\r\n"
-_SERVER = SERVER_SOFTWARE.encode()
-_STATUS = {s.value: b"%d %s" % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
-
-
-class _NotOurs(enum.Enum):
-    """What the front hands to aiohttp instead of answering (the one member is the token)."""
-
-    TOKEN = 0
-
-
-_NOT_OURS: Final = _NotOurs.TOKEN
-
-# what the route of a request is, after parsing
-_LIVE, _READY, _SERVER_META, _ALL_STATS, _META, _MODEL_READY, _CONFIG, _STATS, _INFER = range(9)
-#: a body longer than the limit: answered 413 from the head, then the connection closes
-_TOO_LARGE = 9
-_GET_TAILS = {b"": _META, b"ready": _MODEL_READY, b"config": _CONFIG, b"stats": _STATS}
-_FIXED_GET = {
-    b"/v2/health/live": _LIVE,
-    b"/v2/health/ready": _READY,
-    b"/v2": _SERVER_META,
-    b"/v2/models/stats": _ALL_STATS,
-}
-
-
-class _Date:
-    """The ``Date`` header value, formatted once a second."""
-
-    __slots__ = ("second", "value")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.value = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self.second:
-            self.second = now
-            self.value = formatdate(now, usegmt=True).encode()
-        return self.value
-
-
-class _Request:
-    """What one request head says; shared by every request with the same head (never changed)."""
-
-    __slots__ = ("route", "name", "version", "headers", "keep_alive", "body_start", "end")
-
-    def __init__(
-        self,
-        route: int,
-        name: str,
-        version: bytes | None,
-        headers: dict[bytes, bytes],
-        keep_alive: bool,
-        body_start: int,
-        end: int,
-    ) -> None:
-        self.route = route
-        self.name = name
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.body_start = body_start
-        self.end = end
-
-
-#: heads seen lately and what they parsed to: a client in a loop sends the same head each time
-_HEADS: dict[bytes, _Request] = {}
-_HEADS_MAX = 512
-
-
-def parse_head(buf: bytes | bytearray, pos: int, max_input: int) -> _Request | _NotOurs | None:
-    """The request at ``buf[pos:]``; None while its head is incomplete, ``_NOT_OURS`` when
-    aiohttp must answer it. The request's body offsets count from ``pos``.
-
-    A head is parsed by llhttp (``httptools``, the parser aiohttp's own C parser is), and kept
-    by its exact bytes: the next request with the same head is not parsed again.
-    """
-    end = buf.find(b"\r\n\r\n", pos)
-    if end < 0:
-        if len(buf) - pos > MAX_HEAD or buf.find(b"\n\n", pos) >= 0:
-            return _NOT_OURS  # too long, or ended by bare LFs: aiohttp answers 400
-        return None
-    if end - pos > MAX_HEAD:
-        return _NOT_OURS
-    head = buf[pos : end + 4] if isinstance(buf, bytes) else bytes(memoryview(buf)[pos : end + 4])
-    req = _HEADS.get(head)
-    if req is not None and (req.end - req.body_start > max_input) == (req.route == _TOO_LARGE):
-        return req  # (a head judged against another limit is parsed again)
-    parsed = _parse_head(head, max_input)
-    if isinstance(parsed, _Request):
-        if len(_HEADS) >= _HEADS_MAX:
-            _HEADS.clear()
-        _HEADS[head] = parsed
-    return parsed
-
-
-class _Head:
-    """httptools callbacks: the target and headers of one head (``repeated`` if any repeats)."""
-
-    __slots__ = ("url", "headers", "repeated", "complete")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: dict[bytes, bytes] = {}
-        self.repeated = False
-        self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.lower()
-        if key in self.headers:
-            self.repeated = True
-        self.headers[key] = value
-
-    def on_headers_complete(self) -> None:
-        self.complete = True
-
-
-def _parse_head(head: bytes, max_input: int) -> _Request | _NotOurs:
-    """``head`` (ending in CRLF CRLF) as the front's request, or ``_NOT_OURS``."""
-    if head.translate(None, _HEAD_CHARS):  # only visible ASCII
-        return _NOT_OURS
-    lines = head.count(b"\n")
-    if lines > MAX_HEADERS + 2 or max(map(len, head.split(b"\r\n"))) > MAX_LINE:
-        return _NOT_OURS
-    parsed = _Head()
-    parser = httptools.HttpRequestParser(parsed)
-    try:
-        parser.feed_data(head)
-    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-        return _NOT_OURS  # aiohttp's llhttp says the same: it answers 400
-    headers = parsed.headers
-    if not parsed.complete or parsed.repeated or parser.get_http_version() != "1.1":
-        return _NOT_OURS
-    if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
-        return _NOT_OURS
-    if b"host" not in headers:  # HTTP/1.1 requires it; aiohttp answers 400
-        return _NOT_OURS
-    route = _route(parser.get_method(), parsed.url)
-    if route is _NOT_OURS:
-        return _NOT_OURS
-    keep_alive = True
-    connection = headers.get(b"connection")
-    if connection is not None:
-        # (llhttp's should_keep_alive() reads the next message's state once a head without a
-        # body is complete)
-        tokens = {t.strip() for t in connection.lower().split(b",")}
-        if b"upgrade" in tokens:
-            return _NOT_OURS
-        keep_alive = b"close" not in tokens
-    kind, name, version = route
-    length = int(headers.get(b"content-length", b"0"))  # llhttp checked: digits only
-    body_start = len(head)
-    if length > max_input:
-        kind = _TOO_LARGE
-    return _Request(kind, name, version, headers, keep_alive, body_start, body_start + length)
-
-
-def _route(method: bytes, target: bytes) -> tuple[int, str, bytes | None] | _NotOurs:
-    """(route, model name, version digits) of the hot V2 requests, ``_NOT_OURS`` otherwise.
-
-    It mirrors the aiohttp route table (``app.routes``) for the paths it takes: a model name is
-    one non-empty path segment, a version only digits.
-    """
-    if not target.startswith(b"/v2") or not target.isascii():
-        return _NOT_OURS
-    if b"%" in target or b"?" in target or b"#" in target or b"/." in target or b"//" in target:
-        return _NOT_OURS
-    fixed = _FIXED_GET.get(target)
-    if fixed is not None:
-        return (fixed, "", None) if method == b"GET" else _NOT_OURS
-    if not target.startswith(b"/v2/models/"):
-        return _NOT_OURS
-    segments = target[11:].split(b"/")
-    name = segments[0]
-    if not name or b"{" in name or b"}" in name:
-        return _NOT_OURS
-    version = None
-    rest = segments[1:]
-    if rest and rest[0] == b"versions":
-        if len(rest) < 2 or not rest[1].isdigit():
-            return _NOT_OURS
-        version = rest[1]
-        rest = rest[2:]
-    if len(rest) > 1:
-        return _NOT_OURS
-    tail = rest[0] if rest else b""
-    if not tail and rest:  # a trailing slash
-        return _NOT_OURS
-    if tail == b"infer":
-        kind = _INFER if method == b"POST" else _NOT_OURS
-    else:
-        kind = _GET_TAILS.get(tail, _NOT_OURS) if method == b"GET" else _NOT_OURS
-    if kind is _NOT_OURS:
-        return _NOT_OURS
-    return kind, name.decode(), version
-
 
 class FastFront:
     """What every fast connection of one site shares."""
 
     def __init__(
         self,
-        dataplane: DataPlane,
+        edge: Edge,
         aiohttp_server: web.Server,
         *,
-        max_input: int,
         keepalive_timeout: float = 75.0,
         head_timeout: float = 30.0,
         body_timeout: float = 30.0,
         max_buffered: int = MAX_BUFFERED,
     ) -> None:
-        self.dataplane = dataplane
+        self.edge = edge
+        #: the endpoint table's lean entries, as the lookups the head parser uses
+        self.routes = LeanRoutes(edge.endpoints)
         self.aiohttp_server = aiohttp_server
-        self.max_input = max_input
+        self.max_input = max_input = edge.max_input
         self.keepalive_timeout = keepalive_timeout
         #: the longest a request head may take to arrive, from its first byte
         self.head_timeout = head_timeout
@@ -294,7 +78,7 @@ class FastFront:
         #: connections waiting (not reading) until their body fits in ``max_buffered``
         self.waiting: collections.deque[FastProtocol] = collections.deque()
         self.connections: set[FastProtocol] = set()
-        self.date = _Date()
+        self.date = Date()
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
         timeouts = (keepalive_timeout, head_timeout, body_timeout)
@@ -384,7 +168,7 @@ class FastProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buf: bytes | bytearray = b""
-        self._pending: _Request | None = None
+        self._pending: LeanHead | None = None
         self._busy = False
         self._task: asyncio.Task | None = None
         self._write_paused = False
@@ -514,15 +298,15 @@ class FastProtocol(asyncio.Protocol):
             answered += 1
             req = self._pending
             if req is None:
-                parsed = parse_head(buf, pos, front.max_input)
+                parsed = parse_head(buf, pos, front.max_input, front.routes)
                 if parsed is None:
                     break
-                if parsed is _NOT_OURS:
+                if parsed is NOT_OURS:
                     self._buf = buf[pos:]
                     self._hand_off()
                     return
                 req = parsed
-                if req.route == _TOO_LARGE:
+                if req.endpoint is None:
                     self._refuse(req)
                     return
             if len(buf) - pos < req.end:
@@ -542,11 +326,16 @@ class FastProtocol(asyncio.Protocol):
             else:
                 body = bytes(memoryview(buf)[start:end])
             pos = end
-            if req.route == _INFER:
+            endpoint = req.endpoint
+            assert endpoint is not None
+            request = Request(
+                req.method, req.path, req.params, NO_QUERY, req.headers, body, endpoint
+            )
+            if endpoint.is_async:
                 self._busy = True
-                self._task = self._loop.create_task(self._infer(req, body))
+                self._task = self._loop.create_task(self._run(req, request))
                 break
-            self._answer(self._get(req), req.keep_alive)
+            self._answer(front.edge.answer(endpoint, request), request, req.keep_alive)
             if self._reserved:
                 front.release(self)
         transport = self._transport
@@ -560,86 +349,38 @@ class FastProtocol(asyncio.Protocol):
         else:
             self._update_reading()
 
-    def _refuse(self, req: _Request) -> None:
+    def _refuse(self, req: LeanHead) -> None:
         """413 from the head of a request whose body is over the limit, then close."""
         size = req.end - req.body_start
         answer = handlers.error_answer(413, handlers.too_large_message(size, self._front.max_input))
-        self._answer(answer, keep_alive=False, linger=True)
+        request = Request(req.method, req.path, req.params, NO_QUERY, req.headers, b"")
+        self._answer(answer, request, keep_alive=False, linger=True)
 
-    def _get(self, req: _Request) -> handlers.Answer:
-        dp = self._front.dataplane
-        route = req.route
-        try:
-            if route == _LIVE or route == _READY:
-                return handlers.health_status(dp, ready=route == _READY), b"", None, None
-            if route == _SERVER_META:
-                return handlers.json_answer(dp.server_metadata())
-            if route == _ALL_STATS:
-                return handlers.json_answer(dp.statistics("", -1))
-            version = codec.parse_model_version(_text(req.version))
-            if route == _META:
-                return handlers.json_answer(dp.model_metadata(req.name, version))
-            if route == _MODEL_READY:
-                dp.resolve(req.name, version)
-                return 200, b"", None, None
-            if route == _CONFIG:
-                return handlers.json_answer(dp.model_config(req.name, version))
-            return handlers.json_answer(dp.statistics(req.name, version))
-        except NaiadError as exc:
-            return handlers.naiad_error_answer(exc)
-        except Exception as exc:  # the server keeps serving whatever happened
-            return handlers.internal_error_answer(exc, "GET", _path(req))
-
-    async def _infer(self, req: _Request, body: bytes | memoryview) -> None:
-        dp = self._front.dataplane
-        headers = req.headers
-        try:
-            version = codec.parse_model_version(_text(req.version))
-            mv = dp.resolve(req.name, version)
-            answer = await handlers.infer(
-                dp,
-                mv,
-                req.name,
-                version,
-                body,
-                max_input=self._front.max_input,
-                content_encoding=_text(headers.get(b"content-encoding")),
-                header_length=_text(headers.get(b"inference-header-content-length")),
-                accept_encoding=_text(headers.get(b"accept-encoding")),
-            )
-        except NaiadError as exc:
-            answer = handlers.naiad_error_answer(exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the server keeps serving whatever a backend did
-            answer = handlers.internal_error_answer(exc, "POST", _path(req))
+    async def _run(self, req: LeanHead, request: Request) -> None:
+        assert req.endpoint is not None
+        answer = await self._front.edge.answer_async(req.endpoint, request)
         self._task = None
         self._busy = False
-        self._answer(answer, req.keep_alive)
+        self._answer(answer, request, req.keep_alive)
         if self._reserved:
             self._front.release(self)
         self._process()  # requests that arrived meanwhile; a half-close; reading again
 
-    def _answer(self, answer: handlers.Answer, keep_alive: bool, linger: bool = False) -> None:
+    def _answer(
+        self, answer: handlers.Answer, request: Request, keep_alive: bool, linger: bool = False
+    ) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        front = self._front
         status, body, content_type, headers = answer
-        extra = b""
-        if headers:
-            extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items())
-        if not keep_alive or self._front.closing:
-            extra += b"Connection: close\r\n"
+        if front.edge.hooks.answer:
+            headers = dict(headers or ())
+            front.edge.finish(request, status, headers)
+        if not keep_alive or front.closing:
             keep_alive = False
-        if content_type is not None:
-            extra = b"Content-Type: %s\r\n%s" % (content_type.encode(), extra)
-        head = b"HTTP/1.1 %s\r\nContent-Length: %d\r\nDate: %s\r\nServer: %s\r\n%s\r\n" % (
-            _STATUS[status],
-            len(body),
-            self._front.date.get(),
-            _SERVER,
-            extra,
-        )
+        date = front.date.get()
+        head = answer_head(status, len(body), content_type, headers, not keep_alive, date)
         if len(body) < _JOIN_LIMIT:
             transport.write(head + body)
         else:
@@ -690,15 +431,6 @@ class FastProtocol(asyncio.Protocol):
             transport.close()
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
-
-
-def _path(req: _Request) -> str:
-    version = f"/versions/{_text(req.version)}" if req.version is not None else ""
-    return f"/v2/models/{req.name}{version}"
-
-
 class FastSite(web.BaseSite):
     """An aiohttp site whose connections start on the fast front.
 
@@ -713,9 +445,8 @@ class FastSite(web.BaseSite):
         runner: web.BaseRunner,
         host: str,
         port: int,
-        dataplane: DataPlane,
+        edge: Edge,
         *,
-        max_input: int,
         head_timeout: float = 30.0,
         body_timeout: float = 30.0,
         reuse_address: bool = True,
@@ -728,9 +459,8 @@ class FastSite(web.BaseSite):
         server = runner.server
         assert server is not None
         self._front = FastFront(
-            dataplane,
+            edge,
             server,
-            max_input=max_input,
             head_timeout=head_timeout,
             body_timeout=body_timeout,
         )

@@ -10,7 +10,7 @@ stream through them; a client that goes away cancels its request.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -19,7 +19,11 @@ from aiohttp import web
 from ..errors import InvalidArgument, NaiadError
 from ..inference import InferRequest, InferResponse
 from . import codec
-from .common import DATAPLANE, json_body, json_response
+from .common import DATAPLANE, json_body
+from .handlers import Answer, json_answer
+
+if TYPE_CHECKING:
+    from .edge import Edge, Request
 
 SSE = "text/event-stream; charset=utf-8"
 
@@ -83,11 +87,13 @@ def answer(name: str, response: InferResponse) -> dict[str, Any]:
     return out
 
 
-async def generate(request: web.Request) -> web.Response:
-    dp = request.app[DATAPLANE]
-    name, version = _target(request)
+async def generate(edge: Edge, req: Request) -> Answer:
+    dp = edge.dataplane
+    name = req.params["model"]
+    version = codec.parse_model_version(req.params.get("version"))
     mv = dp.resolve(name, version)
-    infer = build_request(mv, name, version, await json_body(request))
+    await req.read()
+    infer = build_request(mv, name, version, req.json())
     found: list[InferResponse] = []
     stream = dp.infer_stream(infer, mv)
     try:
@@ -101,7 +107,7 @@ async def generate(request: web.Request) -> web.Response:
             f"generate expects exactly one response from model '{name}', got {len(found)}: "
             "use generate_stream"
         )
-    return json_response(answer(name, found[0]))
+    return json_answer(answer(name, found[0]))
 
 
 async def generate_stream(request: web.Request) -> web.StreamResponse:

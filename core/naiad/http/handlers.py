@@ -1,5 +1,5 @@
-"""The V2 data-plane answers as plain values, shared by the aiohttp handlers (``app.py``) and the
-fast front (``fast.py``), so both serve the same bytes for the same request.
+"""The V2 answers as plain values, for the endpoint table's handlers (``endpoints.py``) that both
+HTTP fronts serve (``app.py``, ``fast.py``), so both send the same bytes for the same request.
 
 An answer is ``(status, body, content_type, extra_headers)``. Errors are raised as
 :class:`~naiad.errors.NaiadError` and turned into Triton's ``{"error": "..."}`` form by
@@ -16,8 +16,9 @@ import orjson
 
 from .. import memory
 from ..dataplane import DataPlane
-from ..errors import NaiadError, Unsupported
+from ..errors import InvalidArgument, NaiadError, Unsupported
 from . import codec
+from .plans import BinaryPlan
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ def too_large_message(size: int, limit: int) -> str:
 
 
 def naiad_error_answer(exc: NaiadError) -> Answer:
-    headers = {"Accept-Encoding": "gzip, deflate"} if "compression" in exc.message else None
+    headers = (
+        {"Accept-Encoding": "gzip, deflate"} if isinstance(exc, codec.UnsupportedEncoding) else None
+    )
     return error_answer(int(exc.status), exc.message, headers)
 
 
@@ -60,6 +63,19 @@ def internal_error_answer(exc: BaseException, method: str, path: str) -> Answer:
 
 def json_answer(obj: Any) -> Answer:
     return 200, orjson.dumps(obj), JSON, None
+
+
+def json_object(raw: bytes | memoryview) -> dict:
+    """An optional JSON object body (empty body = {})."""
+    if not bytes(raw).strip():
+        return {}
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return obj
 
 
 def health_status(dp: DataPlane, ready: bool) -> int:
@@ -78,12 +94,15 @@ async def infer(
     content_encoding: str | None,
     header_length: str | None,
     accept_encoding: str | None,
+    plans: dict[bytes, BinaryPlan] | None = None,
 ) -> Answer:
     """One V2 inference: ``body`` as received, the answer ready to send.
 
     A large JSON part (an image sent as JSON numbers, say) is parsed and its answer encoded on a
     worker thread, and large bodies are (de)compressed there, so one big request never stalls
-    the event loop.
+    the event loop. ``plans`` is the edge's cache of ``mv``'s binary headers
+    (:mod:`naiad.http.plans`): a request built from a header validated before is not validated
+    again.
     """
     if mv.decoupled:
         raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
@@ -99,20 +118,24 @@ async def infer(
         raw_input = _raw_input(mv) if length == 0 else None
         json_size = len(body) if length is None else length
         big = json_size > JSON_IN_THREAD
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "shm_reader": lease.read,
             "raw_input": raw_input,
-            "plans": mv.signature.plans,
+            "plans": plans,
             "max_decoded": MAX_DECODED_FACTOR * max_input,
         }
         if big:
-            req = await asyncio.to_thread(
+            req, plan = await asyncio.to_thread(
                 codec.parse_infer_request, body, length, name, version, **kwargs
             )
         else:
-            req = codec.parse_infer_request(body, length, name, version, **kwargs)
+            req, plan = codec.parse_infer_request(body, length, name, version, **kwargs)
         lease.reserve(req.outputs)
-        response = await dp.infer(req, mv)
+        sig = mv.signature
+        validated = plan is not None and plan.validated(sig)
+        response = await dp.infer(req, mv, validated=validated)
+        if plan is not None and not validated:
+            plan.accepted(sig, req)
         req.inputs = {}  # the answer is encoded without them: free them first
         if big:
             payload, json_length = await asyncio.to_thread(

@@ -244,7 +244,7 @@ class InstanceProcess:
                 self._streams[key] = r.stream
                 r.stream.on_cancel(lambda k=key: self._send_quietly(("cancel", k)))
             keys.append(key)
-            copies.append(dataclasses.replace(r, plan=None, stream=None))
+            copies.append(dataclasses.replace(r, stream=None))
         try:
             return self._call("exec", copies, keys)
         except BaseException:

@@ -1,0 +1,112 @@
+"""The edge's cache of binary request headers: a header seen before is not parsed again.
+
+A client calling in a loop (tritonclient, perf_analyzer) sends the same JSON header each time
+with new tensor bytes after it. The HTTP edge keeps each header's parsed form, a
+:class:`BinaryPlan`, per model version and keyed by the header's exact bytes: the next request
+with that header only slices its tensors out of the binary part, and is validated against the
+version's signature once per header (``DataPlane.infer(..., validated=True)``).
+
+The cache belongs to the edge, not to the domain: a :class:`~naiad.registry.ModelVersion`, its
+:class:`~naiad.signature.Signature` and an :class:`~naiad.inference.InferRequest` carry none of it.
+Entries are held per version object, weakly. An unloaded version is never resolved again, so its
+entries are never reused; they go with its object (a reload makes new version objects, which
+start empty, and the registry drops the old ones). A plan also remembers the signature it was
+validated against, and is validated again for any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Any
+
+from ..inference import InferRequest
+from ..tensors import from_wire_bytes
+
+#: binary request headers longer than this are parsed each time (and not kept)
+PLAN_HEADER_MAX = 4096
+#: headers kept per model version (the version's entries are emptied when it fills up)
+PLANS_MAX = 64
+
+
+class BinaryPlan:
+    """A binary request's JSON header, parsed once.
+
+    Only headers whose every input is binary data qualify (no JSON data, no shared memory, no
+    sequence parameters): the request built from one differs from the last only in its tensors.
+    """
+
+    __slots__ = ("template", "inputs", "total", "checked", "batch_size")
+
+    def __init__(
+        self,
+        request: InferRequest,
+        inputs: tuple[tuple[str, str, tuple[int, ...], int], ...],
+        total: int,
+    ) -> None:
+        # the request's fields without its tensors (which must not stay alive here)
+        self.template = dataclasses.replace(request, inputs={})
+        self.inputs = inputs
+        self.total = total
+        #: the signature a request of this header passed validation against, and the batch
+        #: size it found (set by the edge once the data plane accepted one)
+        self.checked: Any = None
+        self.batch_size = 0
+
+    def build(self, binary: memoryview, model_name: str, model_version: int) -> InferRequest:
+        t = self.template
+        inputs = {}
+        offset = 0
+        for name, datatype, shape, size in self.inputs:
+            inputs[name] = from_wire_bytes(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        return InferRequest(
+            model_name,
+            model_version,
+            t.id,
+            inputs,
+            t.outputs,
+            t.binary_output,
+            dict(t.parameters) if t.parameters else {},
+            priority=t.priority,
+            timeout_us=t.timeout_us,
+            batch_size=self.batch_size or 1,
+        )
+
+    def validated(self, signature: Any) -> bool:
+        """A request of this header passed validation against ``signature`` already."""
+        return self.checked is signature and self.batch_size > 0
+
+    def accepted(self, signature: Any, request: InferRequest) -> None:
+        """``request``, of this header, passed validation against ``signature``."""
+        self.checked = signature
+        self.batch_size = request.batch_size
+
+
+def plannable(request: InferRequest) -> bool:
+    """A request whose header can be reused as is: no sequence, no shared memory."""
+    if request.sequence_id or request.sequence_start or request.sequence_end:
+        return False
+    return not request.outputs or all(o.shm is None for o in request.outputs)
+
+
+class PlanCache:
+    """Binary header plans per model version (held weakly), at most :data:`PLANS_MAX` each."""
+
+    __slots__ = ("_by_version",)
+
+    def __init__(self) -> None:
+        self._by_version: weakref.WeakKeyDictionary[Any, dict[bytes, BinaryPlan]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def of(self, version: Any) -> dict[bytes, BinaryPlan]:
+        """The plans of one model version object (a new, empty table for a new version)."""
+        plans = self._by_version.get(version)
+        if plans is None:
+            plans = self._by_version[version] = {}
+        return plans
+
+    def __len__(self) -> int:
+        """Model versions with a table (for tests and diagnostics)."""
+        return len(self._by_version)
