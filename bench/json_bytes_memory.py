@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What one large JSON BYTES request costs naiad in memory.
 
-    python3 bench/json_bytes_memory.py [-n 1000000,2000000,5000000] [--onnx]
+    python3 bench/json_bytes_memory.py [-n 1000000,2000000,5000000] [--onnx] [--pythonpath P]
 
 Starts naiad over a repository with ``echo`` (a ``model.py`` that returns its BYTES input: no
 framework copies, so what is measured is naiad's own cost) and, with ``--onnx``, the examples'
@@ -66,6 +66,7 @@ def main() -> int:
     ap.add_argument("--onnx", action="store_true", help="also the ONNX simple_identity")
     ap.add_argument("--port", type=int, default=28200)
     ap.add_argument("--out")
+    ap.add_argument("--pythonpath", help="run naiad from another checkout's core/ and plugins")
     a = ap.parse_args()
     out = B.new_outdir("json-bytes-memory", a.out)
     repo = out / "repo"
@@ -88,7 +89,8 @@ def main() -> int:
             for n in (int(x) for x in a.n.split(",")):
                 port = B.free_ports(a.port, 10)
                 name = f"naiad-{model}-{n}"
-                srv = S.add(B.start_naiad(repo, port, out, [model, "tiny"], name=name))
+                env = {"PYTHONPATH": a.pythonpath} if a.pythonpath else None
+                srv = S.add(B.start_naiad(repo, port, out, [model, "tiny"], name=name, env=env))
                 body = _body(n)
                 base = _status_mib(srv.pid, "VmRSS")
                 done = threading.Event()

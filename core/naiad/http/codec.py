@@ -16,10 +16,11 @@ from typing import Any, TypeGuard
 import numpy as np
 import orjson
 
-from ..errors import InternalError, InvalidArgument, Unsupported
+from ..errors import InternalError, InvalidArgument, NaiadError, Unsupported
 from ..inference import InferRequest, InferResponse, RequestedOutput
 from ..inference import parse_model_version as parse_model_version  # the URL's version
 from ..tensors import ITEM_SIZES, NUMPY_DTYPES, element_count, from_wire_bytes, to_wire_bytes
+from . import json_chunks
 from .json_tensors import BYTES_ELEMENT_COST, DecodeBudget, json_data, json_to_array
 
 #: reads ``(region, offset, byte_size)`` of a registered shared-memory region
@@ -143,7 +144,47 @@ def parse_infer_request(
     budget = DecodeBudget(max_decoded) if max_decoded is not None else None
     if budget is not None:
         budget.estimate(header)
-    obj = _loads(header)
+
+    def build(obj: Any) -> InferRequest:
+        return _build(
+            obj, binary, header_length, model_name, model_version, shm_reader, plans, key, budget
+        )
+
+    if len(header) < json_chunks.CHUNKED_FROM:
+        return build(_loads(header))
+    # a large JSON part is parsed in steps (json_chunks): a syntax error anywhere in it is
+    # still the answer, as if parsed whole, whatever else is wrong with the request
+    left = budget.left if budget is not None else 0
+    try:
+        obj, chunked = json_chunks.loads(header)
+        try:
+            request = build(obj)
+        except NaiadError:
+            for array in chunked:
+                array.check()
+            raise
+        for array in chunked:
+            array.check()
+        return request
+    except json_chunks.Invalid:
+        obj = _loads(header)  # orjson's error, as for any body
+        if budget is not None:
+            budget.left = left  # what the first try took is free again
+        return build(obj)
+
+
+def _build(
+    obj: Any,
+    binary: memoryview,
+    header_length: int | None,
+    model_name: str,
+    model_version: int,
+    shm_reader: ShmReader | None,
+    plans: dict[bytes, BinaryPlan] | None,
+    key: bytes | None,
+    budget: DecodeBudget | None,
+) -> InferRequest:
+    """The request from its parsed JSON part."""
     if not isinstance(obj, dict):
         raise InternalError(
             "failed to parse the request JSON buffer: the body is not a JSON object"
