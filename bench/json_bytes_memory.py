@@ -8,8 +8,8 @@ framework copies, so what is measured is naiad's own cost) and, with ``--onnx``,
 ONNX ``simple_identity``; sends one JSON request of N 8-character strings to each, and prints the
 server's peak (``VmHWM`` minus ``VmRSS`` before the request), its ``VmRSS`` 3 s later, the status
 and the time; meanwhile a thread calls ``tiny`` (another echo) with a 1-string request in a
-loop, and the slowest of those calls is printed too. A fresh server per row, so each peak is
-that request's own.
+loop, and the slowest, the 99th percentile and the median of those calls are printed too. A
+fresh server per row, so each peak is that request's own.
 """
 
 from __future__ import annotations
@@ -58,6 +58,17 @@ def _probe(port: int, done: threading.Event, took: list[float]) -> None:
         conn.getresponse().read()
         took.append(time.monotonic() - t0)
     conn.close()
+
+
+def _tiny(took: list[float]) -> str:
+    """The probe's calls: slowest, 99th percentile and median, in ms, and how many."""
+    if not took:
+        return "-"
+    took = sorted(took)
+    p99 = took[min(len(took) - 1, int(len(took) * 0.99))]
+    return (
+        f"{took[-1] * 1e3:.0f} / {p99 * 1e3:.0f} / {took[len(took) // 2] * 1e3:.1f} ({len(took)})"
+    )
 
 
 def main() -> int:
@@ -118,14 +129,14 @@ def main() -> int:
                         f"+{peak:.0f} ({peak / mib:.1f}x)",
                         f"{after:+.0f}",
                         f"{took:.2f}",
-                        f"{max(small) * 1e3:.0f} ({len(small)})" if small else "-",
+                        _tiny(small),
                     ]
                 )
                 B.log("  " + " | ".join(rows[-1]))
                 S.all.remove(srv)
                 srv.stop()
     head = ["model", "strings", "body MiB", "status", "peak MiB", "RSS after MiB", "s"]
-    head.append("slowest tiny call ms (calls)")
+    head.append("tiny call ms: slowest / p99 / median (calls)")
     text = (
         f"# JSON BYTES memory {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
         f"machine: {B.machine_info()}\n\n" + B.md_table(head, rows) + "\n"
