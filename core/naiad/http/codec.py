@@ -16,7 +16,7 @@ from typing import Any, TypeGuard
 import numpy as np
 import orjson
 
-from ..errors import InternalError, InvalidArgument, NaiadError, Unsupported
+from ..errors import InternalError, InvalidArgument, Unsupported
 from ..inference import InferRequest, InferResponse, RequestedOutput
 from ..inference import parse_model_version as parse_model_version  # the URL's version
 from ..tensors import ITEM_SIZES, NUMPY_DTYPES, element_count, from_wire_bytes, to_wire_bytes
@@ -152,25 +152,15 @@ def parse_infer_request(
 
     if len(header) < json_chunks.CHUNKED_FROM:
         return build(_loads(header))
-    # a large JSON part is parsed in steps (json_chunks): a syntax error anywhere in it is
-    # still the answer, as if parsed whole, whatever else is wrong with the request
     left = budget.left if budget is not None else 0
-    try:
-        obj, chunked = json_chunks.loads(header)
-        try:
-            request = build(obj)
-        except NaiadError:
-            for array in chunked:
-                array.check()
-            raise
-        for array in chunked:
-            array.check()
-        return request
-    except json_chunks.Invalid:
-        obj = _loads(header)  # orjson's error, as for any body
+
+    def whole() -> Any:
+        obj = _loads(header)
         if budget is not None:
-            budget.left = left  # what the first try took is free again
-        return build(obj)
+            budget.left = left  # what the try in steps took is free again
+        return obj
+
+    return json_chunks.build(header, build, whole)  # a large JSON part: parsed in steps
 
 
 def _build(

@@ -15,7 +15,9 @@ body, and nothing bounds the bodies all its connections hold together. :class:`G
   their handler runs: one that does not fit waits, and aiohttp stops reading its socket once
   its read buffer is full, so a waiting connection holds at most that buffer.
 
-A connection over a limit is closed, as the lean front does.
+A connection over a limit is closed, as the lean front does. The handler reads a few of
+aiohttp's ``RequestHandler`` internals (its message queue and count, its read-paused flag,
+``_handle_request``); the tests run it against the aiohttp installed.
 """
 
 from __future__ import annotations
@@ -120,16 +122,16 @@ class GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         count = self._request_count
         payload = self._payload
-        received = payload.total_bytes if payload is not None else 0
+        complete = payload is None or payload.is_eof()
         super().data_received(data)
         now = self._last = self._loop.time()
         if self._request_count != count:  # a head is complete (and its body begins)
             self._head_since = None
             self._payload = self._messages[-1][1] if self._messages else None
-        elif data and self._head_since is None:
-            # bytes beyond the body of the last request: the next head has begun
-            if payload is None or (payload.is_eof() and payload.total_bytes - received < len(data)):
-                self._head_since = now
+        elif data and complete and self._head_since is None:
+            # bytes after a complete request: the next head has begun (one that begins in the
+            # packet ending a body is left to the idle limit)
+            self._head_since = now
 
     def connection_lost(self, exc: BaseException | None) -> None:
         future = self._reserving
@@ -144,7 +146,9 @@ class GuardedHandler(RequestHandler):
             return
         guard = self._guard
         if self._head_since is not None:
-            if now - self._head_since > guard.head_timeout:
+            if getattr(self, "_request_in_progress", False):  # pipelined: timed after the answer
+                self._head_since = now
+            elif now - self._head_since > guard.head_timeout:
                 self.force_close()
             return
         payload = self._payload

@@ -25,8 +25,8 @@ raises :class:`Invalid`, and the caller parses the whole body with orjson instea
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -46,6 +46,9 @@ _DELTA = np.full(256, 2, dtype=np.int8)
 _DELTA[[ord("["), ord("{")]] = 1
 _DELTA[[ord("]"), ord("}")]] = -1
 _DELTA[_COMMA] = 0
+
+
+T = TypeVar("T")
 
 
 class Invalid(Exception):
@@ -130,6 +133,28 @@ def loads(body: bytes | memoryview, window: int | None = None) -> tuple[Any, lis
     return obj, _substitute(obj, prefix, arrays)
 
 
+def build(body: memoryview, make: Callable[[Any], T], whole: Callable[[], Any]) -> T:
+    """``make`` of the body parsed in steps, or of ``whole()`` (one orjson call) where the body
+    does not fit. A syntax error anywhere in the body is the answer whatever else ``make``
+    finds wrong, as when the body is parsed whole first: when ``make`` raises, what it did
+    not read is checked before its error goes on."""
+    try:
+        obj, chunked = loads(body)
+        try:
+            result = make(obj)
+        except Invalid:
+            raise
+        except Exception:
+            for array in chunked:
+                array.check()
+            raise
+        for array in chunked:
+            array.check()
+        return result
+    except Invalid:
+        return make(whole())
+
+
 def loads_all(body: bytes | memoryview, window: int | None = None) -> Any:
     """``body`` as ``orjson.loads`` gives it (value or error), parsed in steps where it can."""
     try:
@@ -199,8 +224,12 @@ def _substitute(obj: Any, prefix: str, arrays: list[ChunkedArray]) -> list[Chunk
 
 
 def _scan(view: memoryview, window: int) -> tuple[list[tuple[int, int, int]], Any]:
-    """The large arrays ``(start, end, level)``, outermost last-free first, and the split
-    commas ``(positions, depths)``: in each window, the last comma of every depth."""
+    """The large arrays that hold no large array, as ``(start, end, level)`` in body order,
+    and the split commas ``(positions, depths)``: in each window, the last comma of each depth.
+
+    A bracket whose partner lies in another window is a candidate (every array larger than a
+    window has both its brackets among them); the candidates are matched with a stack.
+    """
     in_string = 0  # the parity of real quotes so far
     depth = 0
     run = 0  # backslashes ending the previous window
