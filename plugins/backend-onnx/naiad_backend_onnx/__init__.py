@@ -310,6 +310,9 @@ _CHUNK = 1 << 16
 _FIXED_FROM = 1 << 10
 #: what one short ``str`` costs in an object array: the object and its slot
 _STR_COST = 72
+#: whether numpy casts a ``bytes`` object to unicode by decoding it (ASCII, in C); an older
+#: numpy that writes its ``repr`` instead leaves the fixed-width path unused
+_CAST_DECODES = bool(np.array([b"ab"], dtype=object).astype("U4")[0] == "ab")
 
 
 def _to_str(name: str, array: np.ndarray) -> np.ndarray:
@@ -323,7 +326,7 @@ def _to_str(name: str, array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "U":
         return array
     flat = array.reshape(-1)
-    if len(flat) >= _FIXED_FROM:
+    if len(flat) >= _FIXED_FROM and _CAST_DECODES:
         fixed = _fixed_width(name, flat)
         if fixed is not None:
             return fixed.reshape(array.shape)
@@ -365,7 +368,7 @@ def _fixed_width(name: str, flat: np.ndarray) -> np.ndarray | None:
                 return None
             out[i : i + _CHUNK] = text
             continue
-        if (np.strings.str_len(part) != lengths[i : i + _CHUNK]).any():
+        if (np.char.str_len(part) != lengths[i : i + _CHUNK]).any():
             return None  # a trailing NUL, which U drops: the object form keeps it
         out[i : i + _CHUNK] = part
     return out
