@@ -181,6 +181,22 @@ def test_stalled_heads_and_bodies_time_out(example_repo, server_factory, fast_pa
     pid = front.process.pid
     _serving(front)
     baseline = _fds(pid)
+    # a slow but steady client is served: each piece comes within the timeouts
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}
+                for n in ("INPUT0", "INPUT1")
+            ]
+        }
+    ).encode()
+    request = _head(SIMPLE + "/infer", len(body)) + body
+    with _connect(front) as steady:
+        for i in range(0, len(request), len(request) // 5 + 1):
+            steady.sendall(request[i : i + len(request) // 5 + 1])
+            time.sleep(0.4)
+        status, answer = _response(steady)
+        assert status == 200, answer
     slow_head = _connect(front)
     slow_head.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 1")
     slow_body = _connect(front)
