@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """What one large JSON BYTES request costs naiad in memory.
 
-    python3 bench/json_bytes_memory.py [-n 1000000,2000000,5000000] [--onnx]
+    python3 bench/json_bytes_memory.py [-n 1000000,2000000,5000000] [--onnx] [--pythonpath P]
 
 Starts naiad over a repository with ``echo`` (a ``model.py`` that returns its BYTES input: no
 framework copies, so what is measured is naiad's own cost) and, with ``--onnx``, the examples'
 ONNX ``simple_identity``; sends one JSON request of N 8-character strings to each, and prints the
 server's peak (``VmHWM`` minus ``VmRSS`` before the request), its ``VmRSS`` 3 s later, the status
 and the time; meanwhile a thread calls ``tiny`` (another echo) with a 1-string request in a
-loop, and the slowest of those calls is printed too. A fresh server per row, so each peak is
-that request's own.
+loop, and the slowest, the 99th percentile and the median of those calls are printed too. A
+fresh server per row, so each peak is that request's own.
 """
 
 from __future__ import annotations
@@ -60,12 +60,24 @@ def _probe(port: int, done: threading.Event, took: list[float]) -> None:
     conn.close()
 
 
+def _tiny(took: list[float]) -> str:
+    """The probe's calls: slowest, 99th percentile and median, in ms, and how many."""
+    if not took:
+        return "-"
+    took = sorted(took)
+    p99 = took[min(len(took) - 1, int(len(took) * 0.99))]
+    return (
+        f"{took[-1] * 1e3:.0f} / {p99 * 1e3:.0f} / {took[len(took) // 2] * 1e3:.1f} ({len(took)})"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("-n", default="1000000,2000000,5000000")
     ap.add_argument("--onnx", action="store_true", help="also the ONNX simple_identity")
     ap.add_argument("--port", type=int, default=28200)
     ap.add_argument("--out")
+    ap.add_argument("--pythonpath", help="run naiad from another checkout's core/ and plugins")
     a = ap.parse_args()
     out = B.new_outdir("json-bytes-memory", a.out)
     repo = out / "repo"
@@ -88,7 +100,8 @@ def main() -> int:
             for n in (int(x) for x in a.n.split(",")):
                 port = B.free_ports(a.port, 10)
                 name = f"naiad-{model}-{n}"
-                srv = S.add(B.start_naiad(repo, port, out, [model, "tiny"], name=name))
+                env = {"PYTHONPATH": a.pythonpath} if a.pythonpath else None
+                srv = S.add(B.start_naiad(repo, port, out, [model, "tiny"], name=name, env=env))
                 body = _body(n)
                 base = _status_mib(srv.pid, "VmRSS")
                 done = threading.Event()
@@ -116,14 +129,14 @@ def main() -> int:
                         f"+{peak:.0f} ({peak / mib:.1f}x)",
                         f"{after:+.0f}",
                         f"{took:.2f}",
-                        f"{max(small) * 1e3:.0f} ({len(small)})" if small else "-",
+                        _tiny(small),
                     ]
                 )
                 B.log("  " + " | ".join(rows[-1]))
                 S.all.remove(srv)
                 srv.stop()
     head = ["model", "strings", "body MiB", "status", "peak MiB", "RSS after MiB", "s"]
-    head.append("slowest tiny call ms (calls)")
+    head.append("tiny call ms: slowest / p99 / median (calls)")
     text = (
         f"# JSON BYTES memory {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
         f"machine: {B.machine_info()}\n\n" + B.md_table(head, rows) + "\n"

@@ -7,6 +7,7 @@ aiohttp alone (``--http-fast-path=false``). Bounds (descriptors, memory), never 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -164,24 +165,93 @@ def test_bare_lf_line_ends_get_400(front, raw):
     _serving(front)
 
 
-def test_stalled_heads_and_bodies_time_out(example_repo, server_factory):
+@pytest.mark.parametrize("fast_path", ["true", "false"], ids=["fast", "aiohttp"])
+def test_stalled_heads_and_bodies_time_out(example_repo, server_factory, fast_path):
     """A head that never ends, and a body that stops, are closed after their timeouts (1 s
-    here) on the lean front (aiohttp alone has none, docs/http-api.md)."""
-    front = server_factory(example_repo, "--http-header-timeout", "1", "--http-body-timeout", "1")
+    here), on the lean front and on aiohttp alone (naiad.http.guard); so is a head that stalls
+    after a first request answered on the same connection, and one handed to aiohttp."""
+    front = server_factory(
+        example_repo,
+        "--http-header-timeout",
+        "1",
+        "--http-body-timeout",
+        "1",
+        f"--http-fast-path={fast_path}",
+    )
     pid = front.process.pid
+    _serving(front)
     baseline = _fds(pid)
+    # a slow but steady client is served: each piece comes within the timeouts
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}
+                for n in ("INPUT0", "INPUT1")
+            ]
+        }
+    ).encode()
+    request = _head(SIMPLE + "/infer", len(body)) + body
+    with _connect(front) as steady:
+        for i in range(0, len(request), len(request) // 5 + 1):
+            steady.sendall(request[i : i + len(request) // 5 + 1])
+            time.sleep(0.4)
+        status, answer = _response(steady)
+        assert status == 200, answer
     slow_head = _connect(front)
     slow_head.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 1")
     slow_body = _connect(front)
     slow_body.sendall(_head(SIMPLE + "/infer", 100) + b"{")
+    second_head = _connect(front)
+    second_head.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 1\r\n\r\n")
+    assert _response(second_head)[0] == 200
+    second_head.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost")
+    handed = _connect(front)  # a query string: the lean front hands it to aiohttp
+    handed.sendall(_head(SIMPLE + "/infer?x=1", 100) + b"{")
+    socks = [slow_head, slow_body, second_head, handed]
     try:
-        for s in (slow_head, slow_body):
+        for s in socks:
             s.settimeout(10)
             assert s.recv(100) == b""  # closed by the server
         assert _settles(pid, baseline) <= baseline
+        _serving(front)
+        # 200 clients stall mid-head or mid-body and stay; 4 of them with half of a 16 MiB body
+        rss = _status_mib(pid, "VmRSS")
+        for i in range(200):
+            s = _connect(front)
+            socks.append(s)
+            if i < 4:
+                s.sendall(_head(SIMPLE + "/infer", 16 << 20) + b"x" * (8 << 20))
+            else:
+                s.sendall(_head(SIMPLE + "/infer", 100)[: 10 + i % 2 * 60])
+        assert _settles(pid, baseline) <= baseline
+        deadline = time.monotonic() + 10
+        while _status_mib(pid, "VmRSS") - rss > 24 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _status_mib(pid, "VmRSS") - rss <= 24  # 32 MiB were buffered
+        _serving(front)
     finally:
-        slow_head.close()
-        slow_body.close()
+        for s in socks:
+            s.close()
+
+
+def test_the_body_budget_serves_in_order_and_skips_clients_that_left():
+    """aiohttp's large bodies reserve their size in one total (naiad.http.guard.BodyBudget)."""
+    from naiad.http.guard import BodyBudget
+
+    async def main():
+        budget = BodyBudget(100)
+        assert budget.reserve(60) is None
+        first, second, third = budget.reserve(60), budget.reserve(30), budget.reserve(10)
+        assert first and second and third and not second.done()
+        first.set_exception(ConnectionResetError("left"))  # its client left while it waited
+        first.exception()
+        budget.release(60)
+        assert second.done() and third.done() and budget.used == 40
+        budget.release(30)
+        budget.release(10)
+        assert budget.reserve(500) is None  # larger than the total, alone: granted
+
+    asyncio.run(main())
 
 
 # ---- the repository API ----------------------------------------------------------------------
@@ -316,8 +386,8 @@ def _strings_body(n: int) -> bytes:
 
 
 def test_a_json_bytes_request_costs_memory_in_proportion(echo_server):
-    """1M strings in 11 MiB of JSON, echoed: the server's peak stays under 11x the body (it
-    was 12.7x: strings, bytes and the answer's strings all alive at once)."""
+    """1M strings in 11 MiB of JSON, echoed: the server's peak stays under 10x the body (it
+    was 12.7x: strings, bytes and the answer's strings all alive at once; 8.5x now)."""
     pid = echo_server.process.pid
     status, _, _ = raw(echo_server, "POST", "/v2/models/echo/infer", _strings_body(10))
     assert status == 200
@@ -328,7 +398,28 @@ def test_a_json_bytes_request_costs_memory_in_proportion(echo_server):
     out = json.loads(payload)["outputs"][0]
     assert out["shape"] == [1, 1_000_000] and out["data"][-1] == "abcdefgh"
     peak = _status_mib(pid, "VmHWM") - base
-    assert peak < 11 * len(body) / 2**20, (peak, len(body) / 2**20)
+    assert peak < 10 * len(body) / 2**20, (peak, len(body) / 2**20)
+
+
+def test_a_json_bytes_request_through_onnxruntime_costs_memory_in_proportion(server):
+    """1M strings through the ONNX identity: the peak stays under 23x the body (it was 27x:
+    str objects for onnxruntime besides its own copies, and both forms of the output at once;
+    now fixed-width unicode in chunks, the output converted chunk by chunk)."""
+    pid = server.process.pid
+    body = _strings_body(1_000_000)
+    status, _, _ = raw(server, "POST", "/v2/models/simple_identity/infer", _strings_body(10))
+    assert status == 200
+    base = _status_mib(pid, "VmRSS")
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from now on
+    except OSError:
+        pytest.skip("cannot reset the server's VmHWM here")
+    status, _, payload = raw(server, "POST", "/v2/models/simple_identity/infer", body)
+    assert status == 200, payload[:200]
+    out = json.loads(payload)["outputs"][0]
+    assert out["shape"] == [1, 1_000_000] and out["data"][-1] == "abcdefgh"
+    peak = _status_mib(pid, "VmHWM") - base
+    assert peak < 23 * len(body) / 2**20, (peak, len(body) / 2**20)
 
 
 def test_a_request_over_the_decoded_bound_is_413(echo_server):

@@ -17,6 +17,7 @@ from .http import make_app
 from .http.app import EDGE
 from .http.edge import HttpHooks
 from .http.fast import FastSite
+from .http.guard import GuardedRunner
 from .http.metrics import start_metrics_site
 from .http.restricted import restricted_api_hook
 from .metrics import Metrics, MetricsConfig
@@ -50,7 +51,7 @@ class ServerConfig:
     #: ``--allow-client-shm``: clients may register shared memory (default true, see docs)
     allow_client_shm: bool = True
     max_input_size: int = 64 * 1024 * 1024
-    #: ``--http-header-timeout`` / ``--http-body-timeout`` (naiad.http.fast)
+    #: ``--http-header-timeout`` / ``--http-body-timeout`` (naiad.http.fast, naiad.http.guard)
     http_head_timeout: float = 30.0
     http_body_timeout: float = 30.0
     #: ``--http-fast-path``: the hot V2 requests skip aiohttp's machinery (naiad.http.fast)
@@ -109,8 +110,11 @@ class Server:
         install_default(self.host)
         if cfg.allow_http:
             app = make_app(self.dataplane, max_input_size=cfg.max_input_size, hooks=self.http_hooks)
-            self._runner = web.AppRunner(
+            self._runner = GuardedRunner(
                 app,
+                max_input=cfg.max_input_size,
+                head_timeout=cfg.http_head_timeout,
+                body_timeout=cfg.http_body_timeout,
                 access_log=None,
                 auto_decompress=False,
                 handle_signals=False,

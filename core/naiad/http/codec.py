@@ -19,6 +19,7 @@ from ..errors import InternalError, InvalidArgument, Unsupported
 from ..inference import InferRequest, InferResponse, RequestedOutput
 from ..inference import parse_model_version as parse_model_version  # the URL's version
 from ..tensors import ITEM_SIZES, NUMPY_DTYPES, element_count, from_wire_bytes, to_wire_bytes
+from . import json_chunks
 from .json_tensors import BYTES_ELEMENT_COST, DecodeBudget, json_data, json_to_array
 from .plans import PLAN_HEADER_MAX, PLANS_MAX, BinaryPlan, plannable
 
@@ -149,7 +150,37 @@ def parse_infer_request(
     budget = DecodeBudget(max_decoded) if max_decoded is not None else None
     if budget is not None:
         budget.estimate(header)
-    obj = _loads(header)
+
+    def build(obj: Any) -> tuple[InferRequest, BinaryPlan | None]:
+        return _build(
+            obj, binary, header_length, model_name, model_version, shm_reader, plans, key, budget
+        )
+
+    if len(header) < json_chunks.CHUNKED_FROM:
+        return build(_loads(header))
+    left = budget.left if budget is not None else 0
+
+    def whole() -> Any:
+        obj = _loads(header)
+        if budget is not None:
+            budget.left = left  # what the try in steps took is free again
+        return obj
+
+    return json_chunks.build(header, build, whole)  # a large JSON part: parsed in steps
+
+
+def _build(
+    obj: Any,
+    binary: memoryview,
+    header_length: int | None,
+    model_name: str,
+    model_version: int,
+    shm_reader: ShmReader | None,
+    plans: dict[bytes, BinaryPlan] | None,
+    key: bytes | None,
+    budget: DecodeBudget | None,
+) -> tuple[InferRequest, BinaryPlan | None]:
+    """The request from its parsed JSON part, and the plan made for its binary header."""
     if not isinstance(obj, dict):
         raise InternalError(
             "failed to parse the request JSON buffer: the body is not a JSON object"

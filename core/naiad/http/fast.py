@@ -39,7 +39,7 @@ READ_AHEAD = 1 << 20
 #: answered; at least twice the largest body accepted
 MAX_BUFFERED = 1 << 30
 #: bodies up to this size are not counted against ``MAX_BUFFERED``
-_SMALL_BODY = 1 << 16
+SMALL_BODY = 1 << 16
 #: after refusing a request from its head, what the client still sends is read and dropped for
 #: this long (so it sees the answer instead of a reset), then the connection closes
 _LINGER = 2.0
@@ -312,7 +312,7 @@ class FastProtocol(asyncio.Protocol):
             if len(buf) - pos < req.end:
                 self._pending = req  # its body is still arriving
                 size = req.end - req.body_start
-                if size > _SMALL_BODY and not self._reserved and not self._wanted:
+                if size > SMALL_BODY and not self._reserved and not self._wanted:
                     front.reserve(self, size)
                 break
             self._pending = None

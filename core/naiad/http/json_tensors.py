@@ -24,6 +24,7 @@ import orjson
 
 from ..errors import InternalError, InvalidArgument, RequestTooLarge
 from ..tensors import NUMPY_DTYPES, element_count
+from .json_chunks import ChunkedArray
 
 #: what one JSON element costs once parsed, about: a list slot and an object (a short ``str``
 #: takes 56 bytes and more, a ``float`` 24, a small ``int`` none)
@@ -59,7 +60,10 @@ class DecodeBudget:
         """Refuse a JSON part whose elements alone, once parsed, would exceed the budget."""
         if len(json_part) < _ESTIMATE_FROM:
             return
-        commas = int(np.count_nonzero(np.frombuffer(json_part, dtype=np.uint8) == 0x2C))
+        data = np.frombuffer(json_part, dtype=np.uint8)
+        commas = 0
+        for i in range(0, len(data), _ESTIMATE_FROM):  # in steps: other threads run between
+            commas += int(np.count_nonzero(data[i : i + _ESTIMATE_FROM] == 0x2C))
         self.take(commas * JSON_ELEMENT_COST, f"about {commas} JSON elements")
 
 
@@ -80,7 +84,11 @@ def json_to_array(
     if datatype == "BYTES":
         if budget is not None:
             budget.take(count * BYTES_ELEMENT_COST, f"{count} BYTES elements of input '{name}'")
+        if isinstance(data, ChunkedArray):
+            return _chunked_bytes(data, shape, count, name)
         return _json_bytes(data, shape, count, name)
+    if isinstance(data, ChunkedArray):
+        data = data.to_list()
     dtype = NUMPY_DTYPES[datatype]
     if budget is not None:  # numpy's first pass holds 8-byte values
         budget.take(count * max(8, dtype.itemsize), f"{count} elements of input '{name}'")
@@ -149,6 +157,37 @@ def _json_bytes(data: Any, shape: list[int], count: int, name: str) -> np.ndarra
             array[start : start + len(chunk)] = list(map(encode, chunk))
         except TypeError as exc:  # an element that is not a string
             raise InvalidArgument(f"BYTES input '{name}' must hold strings in JSON 'data'") from exc
+    return array.reshape(shape)
+
+
+def _chunked_bytes(data: ChunkedArray, shape: list[int], count: int, name: str) -> np.ndarray:
+    """A BYTES tensor from a large JSON array, encoded piece by piece as it is parsed (the
+    strings of one piece alive at a time); the errors are those of :func:`_json_bytes`."""
+    # every element takes two bytes of JSON at least: more than that cannot match
+    array = np.empty(count, dtype=np.object_) if count <= data.nbytes else None
+    filled = 0
+    strings = True
+    encode = str.encode
+    for piece in data.pieces():
+        if list in map(type, piece):
+            flat: list = []
+            _flatten(piece, flat, 0)
+            piece = flat
+        n = len(piece)
+        if array is not None and strings and filled + n <= count:
+            try:
+                array[filled : filled + n] = list(map(encode, piece))
+            except TypeError:  # an element that is not a string (said once the count is known)
+                strings = False
+        filled += n
+        del piece
+    if filled != count or array is None:
+        raise InternalError(
+            f"Unable to parse 'data': Shape does not match true shape of 'data' field for "
+            f"input '{name}' (shape {shape} has {count} elements, data has {filled})"
+        )
+    if not strings:
+        raise InvalidArgument(f"BYTES input '{name}' must hold strings in JSON 'data'")
     return array.reshape(shape)
 
 

@@ -272,6 +272,22 @@ class OnnxBackend(InferenceBackend):
     def execute(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
     ) -> Mapping[str, np.ndarray]:
+        feed = self._feed(inputs)
+        names = list(outputs) or self._all_outputs
+        try:
+            results = self.session.run(names, feed)
+        except Exception as exc:
+            kind = InvalidArgument if type(exc).__name__ == "InvalidArgument" else InternalError
+            raise kind(f"onnx runtime error: {exc}") from exc
+        feed.clear()  # the converted inputs go before the outputs are converted
+        produced = {}
+        for name, value in zip(names, results, strict=True):
+            if name in self._string_outputs:
+                value = _to_bytes(value)
+            produced[name] = value.reshape(1) if value.ndim == 0 else value
+        return produced
+
+    def _feed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {}
         for name, array in inputs.items():
             want = self._feeds.get(name)
@@ -282,43 +298,97 @@ class OnnxBackend(InferenceBackend):
             if name in self._scalars and array.ndim and array.size == 1:
                 array = array.reshape(())
             feed[name] = array
-        names = list(outputs) or self._all_outputs
-        try:
-            results = self.session.run(names, feed)
-        except Exception as exc:
-            kind = InvalidArgument if type(exc).__name__ == "InvalidArgument" else InternalError
-            raise kind(f"onnx runtime error: {exc}") from exc
-        produced = {}
-        for name, value in zip(names, results, strict=True):
-            if name in self._string_outputs:
-                value = _to_bytes(value)
-            produced[name] = value.reshape(1) if value.ndim == 0 else value
-        return produced
+        return feed
 
     def unload(self) -> None:
         self.session = None
 
 
+#: BYTES elements converted in one step (the step's strings are all that is alive twice)
+_CHUNK = 1 << 16
+#: tensors with fewer elements are converted in one go, as object arrays
+_FIXED_FROM = 1 << 10
+#: what one short ``str`` costs in an object array: the object and its slot
+_STR_COST = 72
+#: whether numpy casts a ``bytes`` object to unicode by decoding it (ASCII, in C); an older
+#: numpy that writes its ``repr`` instead leaves the fixed-width path unused
+_CAST_DECODES = bool(np.array([b"ab"], dtype=object).astype("U4")[0] == "ab")
+
+
 def _to_str(name: str, array: np.ndarray) -> np.ndarray:
-    """BYTES (object array of bytes) -> what ORT takes for tensor(string): object array of str."""
+    """BYTES (object array of bytes) -> what ORT takes for tensor(string).
+
+    A large tensor becomes a fixed-width unicode array (``U``) when that is no larger than
+    the ``str`` objects would be (4 bytes a character against ~72 bytes an object), filled in
+    chunks; otherwise, or when an element would not survive ``U`` (a trailing NUL), an object
+    array of ``str``, also filled in chunks.
+    """
     if array.dtype.kind == "U":
         return array
+    flat = array.reshape(-1)
+    if len(flat) >= _FIXED_FROM and _CAST_DECODES:
+        fixed = _fixed_width(name, flat)
+        if fixed is not None:
+            return fixed.reshape(array.shape)
+    out = np.empty(len(flat), dtype=object)
+    for i in range(0, len(flat), _CHUNK):
+        out[i : i + _CHUNK] = _decoded(name, flat[i : i + _CHUNK])
+    return out.reshape(array.shape)
+
+
+def _decoded(name: str, chunk: np.ndarray) -> list[str]:
     try:
-        items = [
+        return [
             bytes(x).decode() if isinstance(x, (bytes, bytearray, memoryview)) else str(x)
-            for x in array.flat
+            for x in chunk
         ]
     except UnicodeDecodeError as exc:
         raise InvalidArgument(
             f"input '{name}' holds a string that is not valid UTF-8, which "
             f"ONNX string tensors require: {exc}"
         ) from None
-    return np.array(items, dtype=object).reshape(array.shape)
+
+
+def _fixed_width(name: str, flat: np.ndarray) -> np.ndarray | None:
+    """``flat`` (bytes objects) as a ``U`` array, or None where that does not pay or fit."""
+    if set(map(type, flat)) != {bytes}:
+        return None
+    lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
+    width = max(int(lengths.max()), 1)
+    if 4 * width * len(flat) > int(lengths.sum()) + _STR_COST * len(flat):
+        return None  # one long string would make every element wide
+    out = np.empty(len(flat), dtype=f"U{width}")
+    for i in range(0, len(flat), _CHUNK):
+        chunk = flat[i : i + _CHUNK]
+        try:
+            part = chunk.astype(out.dtype)  # ASCII, in C
+        except UnicodeDecodeError:
+            text = _decoded(name, chunk)
+            if any(s.endswith("\x00") for s in text):
+                return None
+            out[i : i + _CHUNK] = text
+            continue
+        if (np.char.str_len(part) != lengths[i : i + _CHUNK]).any():
+            return None  # a trailing NUL, which U drops: the object form keeps it
+        out[i : i + _CHUNK] = part
+    return out
 
 
 def _to_bytes(array: np.ndarray) -> np.ndarray:
-    items = [s.encode() if isinstance(s, str) else bytes(s) for s in array.flat]
-    return np.array(items, dtype=object).reshape(array.shape)
+    """ORT's strings -> BYTES, in chunks, each chunk's strings dropped as its bytes are made
+    (when ``array`` is ORT's own output, nothing else holds them)."""
+    flat = array.reshape(-1)
+    writable = flat.dtype == object and flat.flags.writeable and np.may_share_memory(flat, array)
+    out = np.empty(len(flat), dtype=object)
+    for i in range(0, len(flat), _CHUNK):
+        chunk = flat[i : i + _CHUNK]
+        try:
+            out[i : i + _CHUNK] = list(map(str.encode, chunk))
+        except TypeError:  # not all str
+            out[i : i + _CHUNK] = [s.encode() if isinstance(s, str) else bytes(s) for s in chunk]
+        if writable:
+            flat[i : i + _CHUNK] = None
+    return out.reshape(array.shape)
 
 
 @naiad.hookimpl

@@ -229,6 +229,30 @@ def test_string_identity_bytes_in_bytes_out(tmp_path):
         backend.execute({"x": obj([b"\xff\xfe"], (1, 1))}, ["y"])
 
 
+@pytest.mark.parametrize(
+    "items",
+    [
+        [b"abcdefgh", b"x", b""] * 1000,
+        ["naïve €".encode(), b"plain", "\U0001f600".encode()] * 1000,
+        [b"ends in NUL\x00", b"\x00", b"ok"] * 1000,
+        [b"a" * 100_000] + [b"b"] * 3000,
+        [b"no NUL", "naïve\x00".encode()] * 1000,
+    ],
+    ids=["ascii", "unicode", "trailing NUL", "one long string", "unicode NUL"],
+)
+def test_large_string_tensors_round_trip(tmp_path, items):
+    """Tensors large enough to be converted in chunks (as fixed-width unicode where it pays,
+    as str objects where it does not or cannot hold them) come back byte for byte."""
+    vp = identity_model(tmp_path, "text", TensorProto.STRING, ["batch", "n"])
+    backend = loaded(vp, completed(vp))
+    x = obj(items, (1, len(items)))
+    y = backend.execute({"x": x}, ["y"])["y"]
+    assert y.dtype == object and y.shape == x.shape
+    assert y.tolist() == x.tolist()
+    with pytest.raises(naiad.InvalidArgument, match="UTF-8"):
+        backend.execute({"x": obj(items[:-1] + [b"\xff"], (1, len(items)))}, ["y"])
+
+
 def test_mlp_variable_batch(tmp_path):
     vp = mlp_model(tmp_path)
     backend = loaded(vp, completed(vp))
