@@ -203,7 +203,7 @@ def _request(r: random.Random) -> bytes:
 
 def _parse(body: bytes) -> tuple[str, object]:
     try:
-        req = codec.parse_infer_request(body, None, "m", 1, max_decoded=1 << 30)
+        req, _plan = codec.parse_infer_request(body, None, "m", 1, max_decoded=1 << 30)
     except NaiadError as exc:
         return "error", (type(exc).__name__, exc.message)
     return "ok", {
@@ -230,7 +230,7 @@ def test_bytes_in_steps_keep_escapes_and_unicode(monkeypatch):
     )
     monkeypatch.setattr(json_chunks, "CHUNKED_FROM", 0)
     monkeypatch.setattr(json_chunks, "WINDOW", 64)
-    req = codec.parse_infer_request(body, None, "m", 1)
+    req, _plan = codec.parse_infer_request(body, None, "m", 1)
     array = req.inputs["s"]
     assert array.dtype == np.object_
     assert array.tolist() == [s.encode() for s in strings]
