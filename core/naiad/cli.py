@@ -91,6 +91,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         metavar="CATEGORIES:HEADER=VALUE",
         help="HTTP endpoints of these categories need the header HEADER: VALUE (repeatable)",
     )
+    p.add_argument(
+        "--http-header-forward-pattern",
+        default=None,
+        metavar="REGEX",
+        help="request headers whose names match become string parameters of the inference "
+        "request (case-insensitive unless the expression starts with (?-i))",
+    )
     _flag(
         p,
         "--allow-client-shm",
@@ -354,6 +361,7 @@ def serve_config(args: argparse.Namespace):
         allow_client_shm=args.allow_client_shm,
         http_fast_path=args.http_fast_path,
         http_restricted_api=parse_restricted_api(args.http_restricted_api),
+        http_header_forward_pattern=args.http_header_forward_pattern,
         max_input_size=args.http_max_input_size,
         http_head_timeout=args.http_header_timeout,
         http_body_timeout=args.http_body_timeout,

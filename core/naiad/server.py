@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .dataplane import ControlMode, DataPlane, ServerOptions
+from .forwarding import compile_pattern
 from .grpc.config import GrpcConfig
 from .http import make_app
 from .http.app import EDGE
@@ -58,6 +59,14 @@ class ServerConfig:
     http_fast_path: bool = True
     #: ``--http-restricted-api``: category -> (header, value) (naiad.http.restricted)
     http_restricted_api: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: ``--http-header-forward-pattern``: matching headers become request parameters
+    http_header_forward_pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        self.http_forward = compile_pattern(
+            self.http_header_forward_pattern, "--http-header-forward-pattern"
+        )
+
     server_id: str = "triton"
     plugins: list[str] = field(default_factory=list)
     repository_poll_secs: float = 15.0
@@ -109,7 +118,12 @@ class Server:
         self.host.bind(asyncio.get_running_loop())
         install_default(self.host)
         if cfg.allow_http:
-            app = make_app(self.dataplane, max_input_size=cfg.max_input_size, hooks=self.http_hooks)
+            app = make_app(
+                self.dataplane,
+                max_input_size=cfg.max_input_size,
+                hooks=self.http_hooks,
+                forward_pattern=cfg.http_forward,
+            )
             self._runner = GuardedRunner(
                 app,
                 max_input=cfg.max_input_size,

@@ -9,7 +9,7 @@ The messages and their rules: ``docs/grpc.md`` and Triton's ``infer_handler.cc``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,12 +24,6 @@ ShmWriter = Callable[[str, int, int, "bytes | memoryview", str], None]
 
 #: the one ``triton_*`` request parameter a client may send
 EMPTY_FINAL = "triton_enable_empty_final_response"
-#: request parameters Triton interprets; a forwarded header may not take these names
-RESERVED = frozenset(
-    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers"}
-    | {"binary_data_output"}
-)
-
 #: datatype -> the InferTensorContents field that carries it
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -112,20 +106,6 @@ def apply_parameters(request: InferRequest, params: Mapping[str, pb.InferParamet
         else:
             raise _type_error(key, "int64_param, bool_param, or string_param")
     return empty_final
-
-
-def forward_headers(
-    request: InferRequest, metadata: Iterable[tuple[str, Any]], pattern: Any
-) -> None:
-    """``--grpc-header-forward-pattern``: matching metadata keys become string parameters."""
-    for key, value in metadata:
-        if not pattern.search(key):
-            continue
-        if key in RESERVED or key.startswith("triton_"):
-            raise InvalidArgument(
-                f"Header '{key}' is reserved for Triton usage and cannot be forwarded."
-            )
-        request.parameters[key] = value if isinstance(value, str) else value.decode("latin-1")
 
 
 def _shm_params(

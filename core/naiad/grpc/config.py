@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..forwarding import compile_pattern
+
 INT32_MAX = 2**31 - 1
 COMPRESSION_LEVELS = ("none", "low", "medium", "high")
 #: the categories of ``--grpc-restricted-protocol`` and the RPCs in each
@@ -76,22 +78,11 @@ class GrpcConfig:
             raise ValueError("Error: --grpc-max-response-pool-size must be greater than 0.")
         if self.use_ssl_mutual:
             self.use_ssl = True
-        try:
-            self.forward_pattern()
-        except re.error as exc:
-            raise ValueError(f"invalid --grpc-header-forward-pattern: {exc}") from exc
+        self.forward_pattern()  # a bad expression is a ValueError now
 
     def forward_pattern(self) -> re.Pattern[str] | None:
         """The compiled ``--grpc-header-forward-pattern`` (case-insensitive, as Triton's)."""
-        if not self.header_forward_pattern:
-            return None
-        text = self.header_forward_pattern
-        flags = 0
-        if text.startswith("(?-i)"):
-            text = text[5:]
-        else:
-            flags = re.IGNORECASE
-        return re.compile(text, flags)
+        return compile_pattern(self.header_forward_pattern, "--grpc-header-forward-pattern")
 
 
 def parse_restricted(values: list[str]) -> dict[str, tuple[str, str]]:

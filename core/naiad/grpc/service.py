@@ -24,6 +24,7 @@ from google.protobuf import json_format
 from .. import logs
 from ..dataplane import DataPlane
 from ..errors import InternalError, InvalidArgument, NaiadError, Unsupported
+from ..forwarding import forward_headers
 from ..inference import parse_model_version
 from . import codec, health_pb2, stream
 from . import grpc_service_pb2 as pb
@@ -110,7 +111,7 @@ class InferenceService:
                 req, _ = codec.parse_infer_request(request, lease.read)
             if self.options.forward_pattern is not None:
                 metadata = context.invocation_metadata() or ()
-                codec.forward_headers(req, metadata, self.options.forward_pattern)
+                forward_headers(req, metadata, self.options.forward_pattern)
             lease.reserve(req.outputs)
             response = await dp.infer(req, mv)
             if codec.costly_response(response):

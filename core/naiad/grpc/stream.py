@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from ..errors import InternalError, NaiadError
+from ..forwarding import forward_headers
 from ..inference import InferRequest, InferResponse, parse_model_version
 from . import codec
 from . import grpc_service_pb2 as pb
@@ -88,7 +89,7 @@ class _Stream:
             request, empty_final = parsed
             if self.options.forward_pattern is not None:
                 metadata = self.context.invocation_metadata() or ()
-                codec.forward_headers(request, metadata, self.options.forward_pattern)
+                forward_headers(request, metadata, self.options.forward_pattern)
             lease.reserve(request.outputs)
             mv.signature.validate(request)
         except Exception as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -127,10 +128,13 @@ def make_app(
     max_input_size: int = 64 * 1024 * 1024,
     hooks: HttpHooks | None = None,
     edge: Edge | None = None,
+    forward_pattern: re.Pattern[str] | None = None,
 ) -> web.Application:
     """The HTTP application for one data plane (its :class:`Edge` as ``app[EDGE]``)."""
     if edge is None:
-        edge = Edge(dataplane, max_input=max_input_size, hooks=hooks)
+        edge = Edge(
+            dataplane, max_input=max_input_size, hooks=hooks, forward_pattern=forward_pattern
+        )
     app = web.Application(middlewares=[error_middleware], client_max_size=max_input_size)
     app[DATAPLANE] = dataplane
     app[MAX_INPUT] = max_input_size

@@ -19,6 +19,7 @@ a logged 500 and the server keeps serving.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,7 @@ class Edge:
         max_input: int,
         hooks: HttpHooks | None = None,
         endpoints: list[Endpoint] | None = None,
+        forward_pattern: re.Pattern[str] | None = None,
     ) -> None:
         from .endpoints import ENDPOINTS
 
@@ -133,6 +135,8 @@ class Edge:
         self.endpoints = endpoints if endpoints is not None else ENDPOINTS
         #: parsed binary request headers per model version (:mod:`naiad.http.plans`)
         self.plans = PlanCache()
+        #: ``--http-header-forward-pattern`` (:mod:`naiad.forwarding`); None forwards nothing
+        self.forward_pattern = forward_pattern
 
     def before(self, req: Request) -> handlers.Answer | None:
         """Run the request hooks; the first answer one gives, else None."""

@@ -9,7 +9,11 @@ transport-free request and return an answer; they parse, call the
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from ..errors import InvalidArgument
+from ..forwarding import forward_headers
+from ..inference import InferRequest
 from ..overrides import decode_base64_files
 from . import codec, extensions, generate, handlers, legacy
 from .edge import Edge, Endpoint, Request
@@ -84,7 +88,18 @@ async def infer(edge: Edge, req: Request) -> Answer:
         header_length=headers.get("inference-header-content-length"),
         accept_encoding=headers.get("accept-encoding"),
         plans=edge.plans.of(mv),
+        forward=_forwarder(edge, headers),
     )
+
+
+def _forwarder(edge: Edge, headers: Mapping[str, str]) -> Callable[[InferRequest], None] | None:
+    """What ``--http-header-forward-pattern`` adds to the request (names in lower case, as
+    HTTP's are case-insensitive); None when the flag is unset."""
+    pattern = edge.forward_pattern
+    if pattern is None:
+        return None
+    items = [(key.lower(), value) for key, value in headers.items()]
+    return lambda request: forward_headers(request, items, pattern)
 
 
 # ---- model repository ---------------------------------------------------------------------------

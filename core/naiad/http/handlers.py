@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ import orjson
 from .. import memory
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, NaiadError, Unsupported
+from ..inference import InferRequest
 from . import codec
 from .plans import BinaryPlan
 
@@ -95,6 +97,7 @@ async def infer(
     header_length: str | None,
     accept_encoding: str | None,
     plans: dict[bytes, BinaryPlan] | None = None,
+    forward: Callable[[InferRequest], None] | None = None,
 ) -> Answer:
     """One V2 inference: ``body`` as received, the answer ready to send.
 
@@ -102,7 +105,7 @@ async def infer(
     worker thread, and large bodies are (de)compressed there, so one big request never stalls
     the event loop. ``plans`` is the edge's cache of ``mv``'s binary headers
     (:mod:`naiad.http.plans`): a request built from a header validated before is not validated
-    again.
+    again. ``forward`` adds the forwarded headers' parameters (:mod:`naiad.forwarding`).
     """
     if mv.decoupled:
         raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
@@ -130,6 +133,8 @@ async def infer(
             )
         else:
             req, plan = codec.parse_infer_request(body, length, name, version, **kwargs)
+        if forward is not None:  # --http-header-forward-pattern
+            forward(req)
         lease.reserve(req.outputs)
         sig = mv.signature
         validated = plan is not None and plan.validated(sig)
