@@ -69,9 +69,10 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 
 async def model_ready(request: web.Request) -> web.Response:
-    dp = request.app[DATAPLANE]
-    dp.resolve(request.match_info["model"], _version(request))
-    return web.Response(status=200)
+    answer = handlers.model_ready_answer(
+        request.app[DATAPLANE], request.match_info["model"], _version(request)
+    )
+    return answer_response(answer if isinstance(answer, tuple) else await answer)
 
 
 async def model_metadata(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ import enum
 import http
 import socket
 import time
+from collections.abc import Awaitable
 from email.utils import formatdate
 from typing import Final
 
@@ -546,7 +547,12 @@ class FastProtocol(asyncio.Protocol):
                 self._busy = True
                 self._task = self._loop.create_task(self._infer(req, body))
                 break
-            self._answer(self._get(req), req.keep_alive)
+            answer = self._get(req)
+            if not isinstance(answer, tuple):  # a model that checks its own readiness
+                self._busy = True
+                self._task = self._loop.create_task(self._later(req, answer))
+                break
+            self._answer(answer, req.keep_alive)
             if self._reserved:
                 front.release(self)
         transport = self._transport
@@ -566,7 +572,7 @@ class FastProtocol(asyncio.Protocol):
         answer = handlers.error_answer(413, handlers.too_large_message(size, self._front.max_input))
         self._answer(answer, keep_alive=False, linger=True)
 
-    def _get(self, req: _Request) -> handlers.Answer:
+    def _get(self, req: _Request) -> handlers.Answer | Awaitable[handlers.Answer]:
         dp = self._front.dataplane
         route = req.route
         try:
@@ -580,8 +586,7 @@ class FastProtocol(asyncio.Protocol):
             if route == _META:
                 return handlers.json_answer(dp.model_metadata(req.name, version))
             if route == _MODEL_READY:
-                dp.resolve(req.name, version)
-                return 200, b"", None, None
+                return handlers.model_ready_answer(dp, req.name, version)
             if route == _CONFIG:
                 return handlers.json_answer(dp.model_config(req.name, version))
             return handlers.json_answer(dp.statistics(req.name, version))
@@ -589,6 +594,18 @@ class FastProtocol(asyncio.Protocol):
             return handlers.naiad_error_answer(exc)
         except Exception as exc:  # the server keeps serving whatever happened
             return handlers.internal_error_answer(exc, "GET", _path(req))
+
+    async def _later(self, req: _Request, pending: Awaitable[handlers.Answer]) -> None:
+        """A GET whose answer must be awaited; then on as :meth:`_infer` goes."""
+        try:
+            answer = await pending
+        except NaiadError as exc:
+            answer = handlers.naiad_error_answer(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            answer = handlers.internal_error_answer(exc, "GET", _path(req))
+        self._done(req, answer)
 
     async def _infer(self, req: _Request, body: bytes | memoryview) -> None:
         dp = self._front.dataplane
@@ -613,6 +630,9 @@ class FastProtocol(asyncio.Protocol):
             raise
         except Exception as exc:  # the server keeps serving whatever a backend did
             answer = handlers.internal_error_answer(exc, "POST", _path(req))
+        self._done(req, answer)
+
+    def _done(self, req: _Request, answer: handlers.Answer) -> None:
         self._task = None
         self._busy = False
         self._answer(answer, req.keep_alive)

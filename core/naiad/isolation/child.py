@@ -224,6 +224,10 @@ class Child:
                 stream = self.streams.get(message[1])
                 if stream is not None:
                     stream.cancel()
+            elif kind == "is_ready":  # beside a running execution, as a readiness probe would
+                threading.Thread(
+                    target=self._check_ready, args=(message[1],), name="naiad-child-ready"
+                ).start()
             if kind == "finalize":
                 executor.join()  # finalize runs there, then says so
                 return
@@ -254,7 +258,7 @@ class Child:
                 except BaseException as exc:
                     self.channel.send(("init_error", _as_error(exc)))
                     os._exit(0)
-                self.channel.send(("ready",))
+                self.channel.send(("ready", self.backend.readiness_check() is not None))
                 continue
             if kind == "finalize":
                 try:
@@ -272,6 +276,15 @@ class Child:
                 self.channel.send(("result", call_id, result, None))
             except BaseException as exc:  # fails this execution only
                 self.channel.send(("result", call_id, None, _as_error(exc)))
+
+    def _check_ready(self, call_id: int) -> None:
+        check = self.backend.readiness_check()
+        try:
+            if check is not None:
+                check()
+            self.channel.send(("result", call_id, True, None))
+        except BaseException as exc:
+            self.channel.send(("result", call_id, None, _as_error(exc)))
 
     def _exec(self, requests: list[InferRequest], keys: list[int | None]) -> list[Any]:
         for request, key in zip(requests, keys, strict=True):

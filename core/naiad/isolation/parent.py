@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,8 @@ class InstanceProcess:
         self._failed = ""
         self._stopping = False
         self._init: _Waiter | None = None
+        #: the child's backend has a readiness check of its own (a Triton model's is_ready)
+        self.checks_readiness = False
         self._pool = DaemonPool(f"naiad-{ctx.name}-calls")
 
     @property
@@ -280,6 +282,31 @@ class InstanceProcess:
                 raise waiter.error
             return waiter.value
 
+    def not_ready_reason(self) -> str:
+        """Triton's answer for a stub process that is not running (dead, restarting, given up)."""
+        if self._failed or not self._alive.is_set():
+            return f"Stub process '{self.name}' is not healthy."
+        return ""
+
+    def check_ready(self) -> None:
+        """The child's own readiness check (blocking; fails at once when the child is down)."""
+        waiter = _Waiter()
+        with self._lock:
+            reason = self.not_ready_reason()
+            if reason:
+                raise Unavailable(reason)
+            call_id = next(self._ids)
+            self._pending[call_id] = waiter
+            channel = self._channel
+        assert channel is not None
+        try:
+            channel.send(("is_ready", call_id))
+        except OSError:
+            pass  # the reader sees the death and fails the waiter
+        waiter.event.wait()
+        if waiter.error is not None:
+            raise waiter.error
+
     def _send_quietly(self, message: Any) -> None:
         channel = self._channel
         if channel is not None:
@@ -315,6 +342,8 @@ class InstanceProcess:
         kind = message[0]
         if kind in ("ready", "init_error"):
             init, self._init = self._init, None
+            if kind == "ready":
+                self.checks_readiness = message[1]
             if init is not None:
                 init.done(None, message[1] if kind == "init_error" else None)
             return
@@ -430,7 +459,7 @@ class InstanceProcess:
 
 
 class _Isolated:
-    """What both wrappers share: the child process is the backend's load / unload."""
+    """What both wrappers share: the child process is the backend's load / unload / health."""
 
     process: InstanceProcess
 
@@ -439,6 +468,12 @@ class _Isolated:
 
     def unload(self) -> None:
         self.process.stop()
+
+    def not_ready_reason(self) -> str:
+        return self.process.not_ready_reason()
+
+    def readiness_check(self) -> Callable[[], None] | None:
+        return self.process.check_ready if self.process.checks_readiness else None
 
 
 class IsolatedBackend(_Isolated, InferenceBackend):

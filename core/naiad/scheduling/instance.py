@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class Instance:
         #: the instance's own thread: load, every execution and unload run there
         self.executor = Worker(f"naiad-{self.name}")
         self._custom = isinstance(backend, CustomInstance)
+        #: the readiness check in flight (an asyncio future, loop only; ``naiad.readiness``)
+        self.ready_check: Any = None
 
     def run(
         self, requests: Sequence[InferRequest], extra_outputs: Sequence[str] = ()
