@@ -27,6 +27,7 @@ from ..errors import InternalError, ModelLoadError, NaiadError
 from ..inference import InferRequest, InferResponse
 from ..streaming import StreamClosed
 from ..tritonpy.host import Host, install_default
+from .messages import pack_result, unpack_request
 from .wire import Channel
 
 log = logging.getLogger("naiad.isolation")
@@ -175,8 +176,10 @@ def _as_error(exc: BaseException) -> NaiadError:
 
 
 class Child:
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, fast: Channel | None = None) -> None:
         self.channel = channel
+        #: the socket the server's event loop writes executions to and reads results from
+        self.fast = fast
         self.calls = _Calls(channel)
         self.host = ChildHost(self.calls)
         self.backend: Any = None
@@ -208,6 +211,8 @@ class Child:
         self.jobs.put(("load", spec))
         executor = threading.Thread(target=self._executor, name="naiad-child-exec", daemon=True)
         executor.start()
+        if self.fast is not None:
+            threading.Thread(target=self._read_fast, name="naiad-child-fast", daemon=True).start()
         while True:
             try:
                 message = self.channel.recv()
@@ -231,6 +236,16 @@ class Child:
             if kind == "finalize":
                 executor.join()  # finalize runs there, then says so
                 return
+
+    def _read_fast(self) -> None:
+        """The fast socket's executions join the same queue, run in arrival order."""
+        assert self.fast is not None
+        while True:
+            try:
+                _kind, call_id, requests = self.fast.recv()
+            except (EOFError, OSError):
+                return  # the control socket says what happens next
+            self.jobs.put(("fexec", call_id, requests))
 
     def _stream_closed(self, key: int) -> None:
         self.streams.pop(key, None)
@@ -268,14 +283,24 @@ class Child:
                 self.channel.send(("finalized",))
                 return
             call_id = message[1]
+            if kind == "fexec":
+                assert self.fast is not None
+                try:
+                    results: Any = self._exec(message[2], [None] * len(message[2]))
+                    self.fast.send(("r", call_id, results, None))
+                except BaseException as exc:  # fails this execution only
+                    self.fast.send(("r", call_id, None, _as_error(exc)))
+                message = results = None  # no tensors kept alive while idle
+                continue
             try:
                 if kind == "exec":
-                    result: Any = self._exec(message[2], message[3])
+                    results = self._exec(message[2], message[3])
                 else:
-                    result = dict(self.backend.execute(message[2], message[3]))
-                self.channel.send(("result", call_id, result, None))
+                    results = dict(self.backend.execute(message[2], message[3]))
+                self.channel.send(("result", call_id, results, None))
             except BaseException as exc:  # fails this execution only
                 self.channel.send(("result", call_id, None, _as_error(exc)))
+            message = results = None
 
     def _check_ready(self, call_id: int) -> None:
         check = self.backend.readiness_check()
@@ -286,7 +311,8 @@ class Child:
         except BaseException as exc:
             self.channel.send(("result", call_id, None, _as_error(exc)))
 
-    def _exec(self, requests: list[InferRequest], keys: list[int | None]) -> list[Any]:
+    def _exec(self, packed: list[tuple], keys: list[int | None]) -> list[Any]:
+        requests = [unpack_request(p) for p in packed]
         for request, key in zip(requests, keys, strict=True):
             if key is not None:
                 stream = ChildStream(self.channel, key, self._stream_closed)
@@ -294,7 +320,7 @@ class Child:
                 request.stream = stream
         assert isinstance(self.backend, CustomInstance)
         results = list(self.backend.execute_requests(requests))
-        return [r if not isinstance(r, BaseException) else _as_error(r) for r in results]
+        return [_as_error(r) if isinstance(r, BaseException) else pack_result(r) for r in results]
 
 
 def main(argv: list[str]) -> int:
@@ -304,9 +330,9 @@ def main(argv: list[str]) -> int:
     faulthandler.enable()  # a crash leaves its traceback in the server's log
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: where is it stuck?
-    fd = int(argv[1])
-    channel = Channel(Connection(fd), argv[2])
-    Child(channel).run()
+    channel = Channel(Connection(int(argv[1])), argv[2])
+    fast = Channel(Connection(int(argv[3])), argv[2] + "f") if len(argv) > 3 else None
+    Child(channel, fast).run()
     return 0
 
 

@@ -19,6 +19,9 @@ class DefaultScheduler(SchedulerCore):
     """Strict FIFO over a pool of instances; a model with N instances runs at most N requests
     at once.
 
+    An instance that can take an execution from the loop (:meth:`Instance.submit`: a
+    process-isolated one) gets it so, and answers on the loop: no instance thread at all.
+
     When an instance finishes, its own thread takes the oldest queued request and runs it at
     once, then tells the event loop about the finished one: no newcomer can overtake a waiting
     request (``asyncio.Queue`` lets one, which sends the woken waiter to the back of the line),
@@ -58,7 +61,21 @@ class DefaultScheduler(SchedulerCore):
             if instance is None:  # its client went away while it was queued
                 self._finished()
                 continue
+            if instance.submit([entry.request], self._submitted(loop, instance, entry)):
+                continue  # the loop talks to the instance itself (a process-isolated one)
             instance.executor.call_soon(None, log_failure, self._chain, loop, instance, entry)
+
+    def _submitted(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: Ticket):
+        """The callback of an execution started from the loop: answer it, free the instance,
+        start what waits."""
+
+        def done(result: BatchResult | None, error: BaseException | None) -> None:
+            self._complete(entry, result, error)
+            with self._lock:
+                self._idle.append(instance)
+            self._pump(loop)
+
+        return done
 
     def _chain(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: Ticket) -> None:
         """On the instance's thread: run ``entry``, then whatever is queued behind it."""
