@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import queue
+import selectors
 import sys
 import threading
 from collections.abc import Iterator
@@ -185,6 +186,8 @@ class Child:
         self.backend: Any = None
         self.streams: dict[int, ChildStream] = {}
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        #: written when a job is queued: the execution thread waits on it and the fast socket
+        self._wake_r, self._wake_w = os.pipe()
 
     def setup_logging(self, spec: dict) -> None:
         from ..logs import LogSettings, configure_logging
@@ -208,11 +211,9 @@ class Child:
             return
         # the load runs on the execution thread while this one reads: initialize may call the
         # server (custom metrics, model control) and needs the replies
-        self.jobs.put(("load", spec))
+        self._queue(("load", spec))
         executor = threading.Thread(target=self._executor, name="naiad-child-exec", daemon=True)
         executor.start()
-        if self.fast is not None:
-            threading.Thread(target=self._read_fast, name="naiad-child-fast", daemon=True).start()
         while True:
             try:
                 message = self.channel.recv()
@@ -220,7 +221,7 @@ class Child:
                 os._exit(0)  # the server is gone
             kind = message[0]
             if kind in ("exec", "exec_batch", "finalize"):
-                self.jobs.put(message)
+                self._queue(message)
             elif kind == "reply":
                 self.calls.deliver(message[1], (message[2], message[3]))
             elif kind == "bls_item":
@@ -237,15 +238,9 @@ class Child:
                 executor.join()  # finalize runs there, then says so
                 return
 
-    def _read_fast(self) -> None:
-        """The fast socket's executions join the same queue, run in arrival order."""
-        assert self.fast is not None
-        while True:
-            try:
-                _kind, call_id, requests = self.fast.recv()
-            except (EOFError, OSError):
-                return  # the control socket says what happens next
-            self.jobs.put(("fexec", call_id, requests))
+    def _queue(self, job: Any) -> None:
+        self.jobs.put(job)
+        os.write(self._wake_w, b"\0")
 
     def _stream_closed(self, key: int) -> None:
         self.streams.pop(key, None)
@@ -263,44 +258,72 @@ class Child:
             self.channel.send(("init_error", _as_error(exc)))
 
     def _executor(self) -> None:
+        """The execution thread: jobs from the control socket's reader, and the executions the
+        server's event loop writes to the fast socket, read here directly (the loop's write
+        wakes this thread, nothing in between)."""
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        if self.fast is not None:
+            selector.register(self.fast.conn.fileno(), selectors.EVENT_READ, self.fast)
         while True:
-            message = self.jobs.get()
-            kind = message[0]
-            if kind == "load":
+            while True:
                 try:
-                    self.setup(message[1])
-                    self.backend.load()
-                except BaseException as exc:
-                    self.channel.send(("init_error", _as_error(exc)))
-                    os._exit(0)
-                self.channel.send(("ready", self.backend.readiness_check() is not None))
-                continue
-            if kind == "finalize":
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if not self._run(job):
+                    return
+                job = None  # no tensors kept alive while idle
+            for key, _events in selector.select():
+                if key.data is None:
+                    os.read(self._wake_r, 4096)
+                    continue
                 try:
-                    self.backend.unload()
-                except BaseException:
-                    log.exception("unloading the instance failed")
-                self.channel.send(("finalized",))
-                return
-            call_id = message[1]
-            if kind == "fexec":
-                assert self.fast is not None
-                try:
-                    results: Any = self._exec(message[2], [None] * len(message[2]))
-                    self.fast.send(("r", call_id, results, None))
-                except BaseException as exc:  # fails this execution only
-                    self.fast.send(("r", call_id, None, _as_error(exc)))
-                message = results = None  # no tensors kept alive while idle
-                continue
+                    _kind, call_id, requests = key.data.recv()
+                except (EOFError, OSError):  # the control socket says what happens next
+                    selector.unregister(key.fd)
+                    continue
+                self._run_fast(call_id, requests)
+                requests = None
+
+    def _run_fast(self, call_id: int, requests: list[tuple]) -> None:
+        assert self.fast is not None
+        try:
+            results = self._exec(requests, [None] * len(requests))
+        except BaseException as exc:  # fails this execution only
+            self.fast.send(("r", call_id, None, _as_error(exc)))
+            return
+        self.fast.send(("r", call_id, results, None))
+
+    def _run(self, message: Any) -> bool:
+        """One job from the control socket; False after the last (finalize)."""
+        kind = message[0]
+        if kind == "load":
             try:
-                if kind == "exec":
-                    results = self._exec(message[2], message[3])
-                else:
-                    results = dict(self.backend.execute(message[2], message[3]))
-                self.channel.send(("result", call_id, results, None))
-            except BaseException as exc:  # fails this execution only
-                self.channel.send(("result", call_id, None, _as_error(exc)))
-            message = results = None
+                self.setup(message[1])
+                self.backend.load()
+            except BaseException as exc:
+                self.channel.send(("init_error", _as_error(exc)))
+                os._exit(0)
+            self.channel.send(("ready", self.backend.readiness_check() is not None))
+            return True
+        if kind == "finalize":
+            try:
+                self.backend.unload()
+            except BaseException:
+                log.exception("unloading the instance failed")
+            self.channel.send(("finalized",))
+            return False
+        call_id = message[1]
+        try:
+            if kind == "exec":
+                results: Any = self._exec(message[2], message[3])
+            else:
+                results = dict(self.backend.execute(message[2], message[3]))
+            self.channel.send(("result", call_id, results, None))
+        except BaseException as exc:  # fails this execution only
+            self.channel.send(("result", call_id, None, _as_error(exc)))
+        return True
 
     def _check_ready(self, call_id: int) -> None:
         check = self.backend.readiness_check()
