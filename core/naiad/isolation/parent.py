@@ -219,13 +219,16 @@ class InstanceProcess:
                 size += array.nbytes
         if size > LOOP_COPY_LIMIT:
             return False
+        running = asyncio.get_running_loop()
         with self._lock:  # against _died: either it sees the loop, or we see it dead
             if not self._alive.is_set() or self._failed or self._child is None:
                 return False
             child = self._child
             loop = self._loop
             if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
+                loop = self._loop = running
+            elif loop is not running:  # one loop drives the links (the server has one)
+                return False
             call_id = next(self._ids)
         link = self._links.get(child.generation)
         if link is None:
