@@ -133,3 +133,18 @@ def test_a_slow_is_ready_times_out_and_checks_share_it(tmp_path, server_factory)
     infer(grpc, "ready_slow")
     http.close()
     grpc.close()
+
+
+def test_a_process_that_dies_in_is_ready_is_not_ready_and_comes_back(tmp_path, server_factory):
+    """The instance's process exits inside ``is_ready``: that check answers not ready, the
+    process is restarted, and the model serves (an inference waits for the restart)."""
+    body = "def is_ready(self):\n        import os\n        os._exit(4)"
+    tm.write(tmp_path, "dies", _READY_MODEL.replace("BODY", body), tm.add_sub_config("dies"))
+    srv = server_factory(tmp_path)
+    http = httpclient.InferenceServerClient(srv.url)
+    assert http.is_model_ready("dies") is False
+    infer(http, "dies")
+    assert "exited unexpectedly with exit code 4" in srv.log()
+    assert "Stub process 'dies_0_0' is not healthy: it exited with exit code 4" in srv.log()
+    assert srv.process.poll() is None
+    http.close()
