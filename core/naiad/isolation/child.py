@@ -26,6 +26,8 @@ from ..backend import CustomInstance, InferenceBackend, InstanceContext
 from ..config import ModelConfig
 from ..errors import InternalError, ModelLoadError, NaiadError
 from ..inference import InferRequest, InferResponse
+from ..scheduling.custom_outputs import check_custom_outputs
+from ..signature import Signature
 from ..streaming import StreamClosed
 from ..tritonpy.host import Host, install_default
 from .messages import pack_result, unpack_request
@@ -203,6 +205,7 @@ class Child:
         name, kind, device = spec["instance"]
         ctx = InstanceContext(name, kind, device, self.host)
         self.backend = cls(config, Path(spec["model_path"]), Path(spec["version_path"]), ctx)
+        self.signature = Signature.from_config(config)
 
     def run(self) -> None:
         kind, spec = self.channel.recv()
@@ -287,9 +290,11 @@ class Child:
                 requests = None
 
     def _run_fast(self, call_id: int, requests: list[tuple]) -> None:
+        """An execution from the server's loop; its outputs are checked here (the server trusts
+        them), so the loop does not spend its time on it."""
         assert self.fast is not None
         try:
-            results = self._exec(requests, [None] * len(requests))
+            results = self._exec(requests, [None] * len(requests), checked=True)
         except BaseException as exc:  # fails this execution only
             self.fast.send(("r", call_id, None, _as_error(exc)))
             return
@@ -334,7 +339,9 @@ class Child:
         except BaseException as exc:
             self.channel.send(("result", call_id, None, _as_error(exc)))
 
-    def _exec(self, packed: list[tuple], keys: list[int | None]) -> list[Any]:
+    def _exec(
+        self, packed: list[tuple], keys: list[int | None], checked: bool = False
+    ) -> list[Any]:
         requests = [unpack_request(p) for p in packed]
         for request, key in zip(requests, keys, strict=True):
             if key is not None:
@@ -343,7 +350,24 @@ class Child:
                 request.stream = stream
         assert isinstance(self.backend, CustomInstance)
         results = list(self.backend.execute_requests(requests))
+        if checked and len(results) == len(requests):
+            results = [self._check(q, r) for q, r in zip(requests, results, strict=True)]
         return [_as_error(r) if isinstance(r, BaseException) else pack_result(r) for r in results]
+
+    def _check(self, request: InferRequest, result: Any) -> Any:
+        """What the server's Instance checks of a custom backend's answer, done here."""
+        if isinstance(result, BaseException):
+            return result
+        if result is None:
+            return InternalError(
+                f"custom backend of model '{self.signature.model_name}' returned no response "
+                "for a request"
+            )
+        try:
+            result.outputs = check_custom_outputs(self.signature, request, result.outputs)
+        except NaiadError as exc:
+            return exc
+        return result
 
 
 def main(argv: list[str]) -> int:
