@@ -4,7 +4,7 @@
 tritonserver's python backend, with perf_analyzer over HTTP and gRPC (issue 16).
 
     python3 bench/python_backend.py [-i 2000] [-r 2] [-c 1,8] [--protocols http,grpc]
-                                    [--busy-ms 3] [--busy-conc 4] [--out DIR]
+                                    [--busy-ms 3] [--busy-conc 4] [--before CHECKOUT] [--out DIR]
 
 Models (one CPU instance each unless said):
   add_sub   NVIDIA's python_backend example (FP32 [4] + [4] -> sum, difference)
@@ -19,7 +19,9 @@ protocol, level) runs the servers in turn, the order rotating each round; -r rep
 models run over HTTP at --busy-conc clients, and the table shows the CPU each of the server's
 processes used (from /proc/PID/stat), so "count 2 uses both cores" is read off, not assumed.
 Targets (issue 16): process >= 1x Triton's infer/s; thread >= 2x Triton's infer/s and <= 0.5x
-its p50. Raw rows: OUT/rows.jsonl; tables: OUT/tables.md.
+its p50. ``--before CHECKOUT`` adds a server ``before``: naiad from another checkout (e.g.
+``git worktree add --detach ../wt-before <commit>``) in process mode, for before/after rows in
+the same rotation. Raw rows: OUT/rows.jsonl; tables: OUT/tables.md.
 """
 
 from __future__ import annotations
@@ -160,12 +162,15 @@ def main() -> int:
     ap.add_argument("--busy-ms", type=float, default=3.0, help="CPU per busy request (ms)")
     ap.add_argument("--busy-conc", type=int, default=4, help="clients on the busy models")
     ap.add_argument("--port", type=int, default=27600)
+    ap.add_argument("--before", help="checkout of an earlier naiad: adds server 'before'")
     ap.add_argument("--out")
     a = ap.parse_args()
     concs = [int(c) for c in a.concurrency.split(",")]
     protocols = a.protocols.split(",")
     models = a.models.split(",")
     want = a.servers.split(",")
+    if a.before and "before" not in want:
+        want.insert(0, "before")
     if "triton" in want and not (B.TRITON_VENV / "bin" / "tritonserver").exists():
         B.log("no tritonserver (bash bench/setup.sh): triton left out")
         want.remove("triton")
@@ -189,10 +194,16 @@ def main() -> int:
         base = B.free_ports(a.port, 10 * len(want))
         for i, name in enumerate(want):
             repo = out / f"repo-{name}"
-            write_repo(repo, None if name == "triton" else name, spin_n)
+            mode = {"triton": None, "before": "process"}.get(name, name)
+            write_repo(repo, mode, spin_n)
             port = base + 10 * i
             if name == "triton":
                 srv[name] = S.add(B.start_triton(repo, port, out, models))
+            elif name == "before":
+                from before_after import before_env
+
+                env = before_env(Path(a.before).resolve())
+                srv[name] = S.add(B.start_naiad(repo, port, out, models, name=name, env=env))
             else:
                 srv[name] = S.add(B.start_naiad(repo, port, out, models, name=name))
         for rnd in range(a.repeat):

@@ -236,3 +236,64 @@ def test_execution_env_path_folder_joins_the_import_path(tmp_path, server_factor
     assert client.infer("double", [inp]).as_numpy("OUT").tolist() == [3, 6]
     assert "only_in_env" not in os.environ.get("PYTHONPATH", "")
     client.close()
+
+
+ECHO_BYTES = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]) for r in requests]
+"""
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_executions_from_the_loop_keep_every_answer_with_its_request(
+    tmp_path, server_factory, batching
+):
+    """The event loop writes executions to the instance processes and reads their answers
+    itself: many clients at once, messages larger than a socket buffer in both directions (a
+    BYTES tensor travels inside the message), inputs over the loop's copy limit (the instance
+    thread's way), each client gets its own answer back."""
+    config = """
+    name: "echo"
+    backend: "python"
+    max_batch_size: 8
+    input [ { name: "IN" data_type: TYPE_STRING dims: [ -1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ -1 ] } ]
+    instance_group [ { count: 2 kind: KIND_CPU } ]
+    """
+    tm.write(tmp_path, "echo", ECHO_BYTES, config, "dynamic_batching { }\n" if batching else "")
+    tm.write(tmp_path, "double", tm.IDENTITY, tm.IDENTITY_CONFIG)
+    srv = server_factory(tmp_path)
+    failures: list[BaseException] = []
+
+    def client_loop(index: int) -> None:
+        client = httpclient.InferenceServerClient(srv.url, network_timeout=120)
+        try:
+            for round_ in range(6):
+                size = (900_000 if round_ % 3 == 0 else 40) + index
+                items = np.array([[bytes([65 + index]) * size, b"%d-%d" % (index, round_)]])
+                inp = httpclient.InferInput("IN", list(items.shape), "BYTES")
+                inp.set_data_from_numpy(items.astype(np.object_))
+                out = client.infer("echo", [inp]).as_numpy("OUT")
+                assert out.tolist() == items.tolist()
+                big = np.full(300_000 + index, index, np.float32)  # 1.2 MB: over the limit
+                fp = httpclient.InferInput("IN", [big.size], "FP32")
+                fp.set_data_from_numpy(big)
+                np.testing.assert_array_equal(client.infer("double", [fp]).as_numpy("OUT"), big * 2)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[0]
+    stats = httpclient.InferenceServerClient(srv.url).get_inference_statistics("echo")
+    assert stats["model_stats"][0]["inference_stats"]["success"]["count"] == 36

@@ -23,7 +23,7 @@ The smallest useful backend::
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -144,6 +144,18 @@ class InferenceBackend:
 
     def unload(self) -> None:
         """Release what :meth:`load` acquired."""
+
+    def not_ready_reason(self) -> str:
+        """Why this instance cannot serve now ('' when it can). Asked on the event loop at each
+        model-readiness check: answer from state at hand, never block."""
+        return ""
+
+    def readiness_check(self) -> Callable[[], None] | None:
+        """A check of the instance's own readiness, or None (the default: the registry's state
+        stands). The check blocks (it runs on a pool thread, within 5 s, and raises a
+        :class:`naiad.NaiadError` with the reason when the instance is not ready); only models
+        that have one pay a thread hop per readiness check (``naiad.readiness``)."""
+        return None
 
 
 class CustomInstance(InferenceBackend):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, readiness
 from .config import ModelConfig, model_config_from_json, model_config_to_json
 from .errors import InternalError, InvalidArgument, NaiadError, NotFound, Unavailable, Unsupported
 from .inference import InferRequest, InferResponse
@@ -107,11 +107,26 @@ class DataPlane:
         }
 
     def model_ready(self, name: str, version: int = -1) -> bool:
+        """The registry's answer alone (READY or not): what model code's ``is_model_ready`` sees."""
         try:
             self.models.resolve(name, version)
         except (NotFound, Unavailable):
             return False
         return True
+
+    def model_ready_now(self, mv: ModelVersion) -> bool | None:
+        """``mv``'s readiness when known at once, on the loop; None when an instance's own
+        check (a Triton model's ``is_ready``) must run: then await :meth:`model_ready_checked`."""
+        return readiness.ready_now(mv)
+
+    async def model_ready_checked(self, name: str, version: int = -1) -> bool:
+        """Model readiness as HTTP ``/ready`` and gRPC ModelReady answer it: the registry, then
+        every instance's own say (off the loop, 5 s at most)."""
+        try:
+            mv = self.models.resolve(name, version)
+        except (NotFound, Unavailable):
+            return False
+        return await readiness.ready(mv)
 
     def model_metadata(self, name: str, version: int = -1) -> dict:
         config, sig, _ = _serving(self.models.resolve(name, version))

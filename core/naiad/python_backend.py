@@ -29,7 +29,7 @@ import importlib.util
 import inspect
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -131,6 +131,11 @@ class PythonFileBackend(CustomInstance):
         if self._model is None:
             raise ModelLoadError(f"model '{self.config.name}' is not initialized")
         return self._model.execute_requests(requests)
+
+    def readiness_check(self) -> Callable[[], None] | None:
+        """A Triton model's ``is_ready()``, when it defines one."""
+        triton = self._triton
+        return triton.check_ready if triton is not None and triton.has_is_ready() else None
 
     def finalize(self) -> None:
         try:

@@ -74,7 +74,7 @@ class InferenceService:
     @rpc
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> Any:
         version = parse_model_version(request.version)
-        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, version))
+        return pb.ModelReadyResponse(ready=await self.dp.model_ready_checked(request.name, version))
 
     @rpc
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> Any:

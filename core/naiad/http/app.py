@@ -98,7 +98,8 @@ def _route(edge: Edge, endpoint: Endpoint) -> Handler:
 
     async def run(request: web.Request) -> web.StreamResponse:
         req = _request_of(request, await read_body(request), endpoint)
-        return answer_response(edge.answer(endpoint, req))
+        answer = edge.answer(endpoint, req)
+        return answer_response(answer if isinstance(answer, tuple) else await answer)
 
     return run
 

@@ -146,14 +146,27 @@ class Edge:
                 return early
         return None
 
-    def answer(self, endpoint: Endpoint, req: Request) -> handlers.Answer:
-        """Serve ``req`` with a synchronous handler; never raises."""
+    def answer(
+        self, endpoint: Endpoint, req: Request
+    ) -> handlers.Answer | Awaitable[handlers.Answer]:
+        """Serve ``req`` with a synchronous handler; never raises. A synchronous handler may
+        return an awaitable when its answer cannot be known at once (a model's own readiness
+        check): then so does this, and awaiting it never raises either."""
         try:
             if self.hooks.request:
                 early = self.before(req)
                 if early is not None:
                     return early
-            return endpoint.handler(self, req)
+            answer = endpoint.handler(self, req)
+        except Exception as exc:
+            return self.failed(exc, req)
+        if isinstance(answer, tuple):
+            return answer
+        return self._settle(answer, req)
+
+    async def _settle(self, pending: Awaitable[handlers.Answer], req: Request) -> handlers.Answer:
+        try:
+            return await pending
         except Exception as exc:
             return self.failed(exc, req)
 
@@ -164,9 +177,10 @@ class Edge:
                 early = self.before(req)
                 if early is not None:
                     return early
-            if endpoint.is_async:
-                return await endpoint.handler(self, req)
-            return endpoint.handler(self, req)
+            answer = endpoint.handler(self, req)
+            if endpoint.is_async or not isinstance(answer, tuple):
+                return await answer
+            return answer
         except Exception as exc:
             return self.failed(exc, req)
 

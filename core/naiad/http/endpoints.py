@@ -9,7 +9,7 @@ transport-free request and return an answer; they parse, call the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from ..errors import InvalidArgument
 from ..forwarding import forward_headers
@@ -41,9 +41,10 @@ def server_metadata(edge: Edge, req: Request) -> Answer:
     return handlers.json_answer(edge.dataplane.server_metadata())
 
 
-def model_ready(edge: Edge, req: Request) -> Answer:
-    edge.dataplane.resolve(req.params["model"], _version(req))
-    return _EMPTY
+def model_ready(edge: Edge, req: Request) -> Answer | Awaitable[Answer]:
+    """At once from the registry; an awaitable answer for a model that checks its own
+    readiness (a Triton model's ``is_ready``, run off the loop)."""
+    return handlers.model_ready_answer(edge.dataplane, req.params["model"], _version(req))
 
 
 def model_metadata(edge: Edge, req: Request) -> Answer:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -331,13 +332,20 @@ class FastProtocol(asyncio.Protocol):
             request = Request(
                 req.method, req.path, req.params, NO_QUERY, req.headers, body, endpoint
             )
+            pending: Awaitable[handlers.Answer]
             if endpoint.is_async:
-                self._busy = True
-                self._task = self._loop.create_task(self._run(req, request))
-                break
-            self._answer(front.edge.answer(endpoint, request), request, req.keep_alive)
-            if self._reserved:
-                front.release(self)
+                pending = front.edge.answer_async(endpoint, request)
+            else:
+                answer = front.edge.answer(endpoint, request)
+                if isinstance(answer, tuple):
+                    self._answer(answer, request, req.keep_alive)
+                    if self._reserved:
+                        front.release(self)
+                    continue
+                pending = answer  # a model that checks its own readiness
+            self._busy = True
+            self._task = self._loop.create_task(self._run(req, request, pending))
+            break
         transport = self._transport
         if transport is None:  # closed by a "Connection: close" answer
             return
@@ -356,9 +364,11 @@ class FastProtocol(asyncio.Protocol):
         request = Request(req.method, req.path, req.params, NO_QUERY, req.headers, b"")
         self._answer(answer, request, keep_alive=False, linger=True)
 
-    async def _run(self, req: LeanHead, request: Request) -> None:
-        assert req.endpoint is not None
-        answer = await self._front.edge.answer_async(req.endpoint, request)
+    async def _run(
+        self, req: LeanHead, request: Request, pending: Awaitable[handlers.Answer]
+    ) -> None:
+        """Await an answer the edge could not give at once (it never raises), then go on."""
+        answer = await pending
         self._task = None
         self._busy = False
         self._answer(answer, request, req.keep_alive)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -78,6 +78,25 @@ def json_object(raw: bytes | memoryview) -> dict:
     if not isinstance(obj, dict):
         raise InvalidArgument("the request body must be a JSON object")
     return obj
+
+
+#: Triton's answer for a loaded model whose instances say they are not ready
+NOT_READY = error_answer(400, "Model version not ready")
+READY: Answer = (200, b"", None, None)
+
+
+def model_ready_answer(dp: DataPlane, name: str, version: int) -> Answer | Awaitable[Answer]:
+    """``GET /v2/models/{m}/ready``: the answer, or (a model that checks its own readiness) an
+    awaitable of it. Unknown models raise Triton's errors."""
+    mv = dp.resolve(name, version)
+    now = dp.model_ready_now(mv)
+    if now is None:
+        return _model_ready_later(dp, name, version)
+    return READY if now else NOT_READY
+
+
+async def _model_ready_later(dp: DataPlane, name: str, version: int) -> Answer:
+    return READY if await dp.model_ready_checked(name, version) else NOT_READY
 
 
 def health_status(dp: DataPlane, ready: bool) -> int:

@@ -49,7 +49,7 @@ def make_backend(
     """One instance's backend object: the class itself, or its process wrapper."""
     if mode != "process":
         return backend_cls(config, model_path, version_path, ctx)
-    from .parent import make_isolated
+    from .backends import make_isolated
 
     return make_isolated(backend_cls, config, model_path, version_path, ctx, env)
 
@@ -65,7 +65,7 @@ def auto_complete(
     if mode != "process" or _is_base(backend_cls):
         backend_cls.auto_complete_config(config, version_path)
         return
-    from .parent import run_auto_complete
+    from .spawn import run_auto_complete
 
     run_auto_complete(backend_cls, config, version_path, env)
 

@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import queue
+import selectors
 import sys
 import threading
 from collections.abc import Iterator
@@ -25,8 +26,11 @@ from ..backend import CustomInstance, InferenceBackend, InstanceContext
 from ..config import ModelConfig
 from ..errors import InternalError, ModelLoadError, NaiadError
 from ..inference import InferRequest, InferResponse
+from ..scheduling.custom_outputs import check_custom_outputs
+from ..signature import Signature
 from ..streaming import StreamClosed
 from ..tritonpy.host import Host, install_default
+from .messages import pack_result, unpack_request
 from .wire import Channel
 
 log = logging.getLogger("naiad.isolation")
@@ -175,13 +179,17 @@ def _as_error(exc: BaseException) -> NaiadError:
 
 
 class Child:
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, fast: Channel | None = None) -> None:
         self.channel = channel
+        #: the socket the server's event loop writes executions to and reads results from
+        self.fast = fast
         self.calls = _Calls(channel)
         self.host = ChildHost(self.calls)
         self.backend: Any = None
         self.streams: dict[int, ChildStream] = {}
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        #: written when a job is queued: the execution thread waits on it and the fast socket
+        self._wake_r, self._wake_w = os.pipe()
 
     def setup_logging(self, spec: dict) -> None:
         from ..logs import LogSettings, configure_logging
@@ -197,6 +205,7 @@ class Child:
         name, kind, device = spec["instance"]
         ctx = InstanceContext(name, kind, device, self.host)
         self.backend = cls(config, Path(spec["model_path"]), Path(spec["version_path"]), ctx)
+        self.signature = Signature.from_config(config)
 
     def run(self) -> None:
         kind, spec = self.channel.recv()
@@ -205,7 +214,7 @@ class Child:
             return
         # the load runs on the execution thread while this one reads: initialize may call the
         # server (custom metrics, model control) and needs the replies
-        self.jobs.put(("load", spec))
+        self._queue(("load", spec))
         executor = threading.Thread(target=self._executor, name="naiad-child-exec", daemon=True)
         executor.start()
         while True:
@@ -215,7 +224,7 @@ class Child:
                 os._exit(0)  # the server is gone
             kind = message[0]
             if kind in ("exec", "exec_batch", "finalize"):
-                self.jobs.put(message)
+                self._queue(message)
             elif kind == "reply":
                 self.calls.deliver(message[1], (message[2], message[3]))
             elif kind == "bls_item":
@@ -224,9 +233,17 @@ class Child:
                 stream = self.streams.get(message[1])
                 if stream is not None:
                     stream.cancel()
+            elif kind == "is_ready":  # beside a running execution, as a readiness probe would
+                threading.Thread(
+                    target=self._check_ready, args=(message[1],), name="naiad-child-ready"
+                ).start()
             if kind == "finalize":
                 executor.join()  # finalize runs there, then says so
                 return
+
+    def _queue(self, job: Any) -> None:
+        self.jobs.put(job)
+        os.write(self._wake_w, b"\0")
 
     def _stream_closed(self, key: int) -> None:
         self.streams.pop(key, None)
@@ -244,36 +261,88 @@ class Child:
             self.channel.send(("init_error", _as_error(exc)))
 
     def _executor(self) -> None:
+        """The execution thread: jobs from the control socket's reader, and the executions the
+        server's event loop writes to the fast socket, read here directly (the loop's write
+        wakes this thread, nothing in between)."""
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        if self.fast is not None:
+            selector.register(self.fast.conn.fileno(), selectors.EVENT_READ, self.fast)
         while True:
-            message = self.jobs.get()
-            kind = message[0]
-            if kind == "load":
+            while True:
                 try:
-                    self.setup(message[1])
-                    self.backend.load()
-                except BaseException as exc:
-                    self.channel.send(("init_error", _as_error(exc)))
-                    os._exit(0)
-                self.channel.send(("ready",))
-                continue
-            if kind == "finalize":
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if not self._run(job):
+                    return
+                job = None  # no tensors kept alive while idle
+            for key, _events in selector.select():
+                if key.data is None:
+                    os.read(self._wake_r, 4096)
+                    continue
                 try:
-                    self.backend.unload()
-                except BaseException:
-                    log.exception("unloading the instance failed")
-                self.channel.send(("finalized",))
-                return
-            call_id = message[1]
-            try:
-                if kind == "exec":
-                    result: Any = self._exec(message[2], message[3])
-                else:
-                    result = dict(self.backend.execute(message[2], message[3]))
-                self.channel.send(("result", call_id, result, None))
-            except BaseException as exc:  # fails this execution only
-                self.channel.send(("result", call_id, None, _as_error(exc)))
+                    _kind, call_id, requests = key.data.recv()
+                except (EOFError, OSError):  # the control socket says what happens next
+                    selector.unregister(key.fd)
+                    continue
+                self._run_fast(call_id, requests)
+                requests = None
 
-    def _exec(self, requests: list[InferRequest], keys: list[int | None]) -> list[Any]:
+    def _run_fast(self, call_id: int, requests: list[tuple]) -> None:
+        """An execution from the server's loop; its outputs are checked here (the server trusts
+        them), so the loop does not spend its time on it."""
+        assert self.fast is not None
+        try:
+            results = self._exec(requests, [None] * len(requests), checked=True)
+        except BaseException as exc:  # fails this execution only
+            self.fast.send(("r", call_id, None, _as_error(exc)))
+            return
+        self.fast.send(("r", call_id, results, None))
+
+    def _run(self, message: Any) -> bool:
+        """One job from the control socket; False after the last (finalize)."""
+        kind = message[0]
+        if kind == "load":
+            try:
+                self.setup(message[1])
+                self.backend.load()
+            except BaseException as exc:
+                self.channel.send(("init_error", _as_error(exc)))
+                os._exit(0)
+            self.channel.send(("ready", self.backend.readiness_check() is not None))
+            return True
+        if kind == "finalize":
+            try:
+                self.backend.unload()
+            except BaseException:
+                log.exception("unloading the instance failed")
+            self.channel.send(("finalized",))
+            return False
+        call_id = message[1]
+        try:
+            if kind == "exec":
+                results: Any = self._exec(message[2], message[3])
+            else:
+                results = dict(self.backend.execute(message[2], message[3]))
+            self.channel.send(("result", call_id, results, None))
+        except BaseException as exc:  # fails this execution only
+            self.channel.send(("result", call_id, None, _as_error(exc)))
+        return True
+
+    def _check_ready(self, call_id: int) -> None:
+        check = self.backend.readiness_check()
+        try:
+            if check is not None:
+                check()
+            self.channel.send(("result", call_id, True, None))
+        except BaseException as exc:
+            self.channel.send(("result", call_id, None, _as_error(exc)))
+
+    def _exec(
+        self, packed: list[tuple], keys: list[int | None], checked: bool = False
+    ) -> list[Any]:
+        requests = [unpack_request(p) for p in packed]
         for request, key in zip(requests, keys, strict=True):
             if key is not None:
                 stream = ChildStream(self.channel, key, self._stream_closed)
@@ -281,7 +350,24 @@ class Child:
                 request.stream = stream
         assert isinstance(self.backend, CustomInstance)
         results = list(self.backend.execute_requests(requests))
-        return [r if not isinstance(r, BaseException) else _as_error(r) for r in results]
+        if checked and len(results) == len(requests):
+            results = [self._check(q, r) for q, r in zip(requests, results, strict=True)]
+        return [_as_error(r) if isinstance(r, BaseException) else pack_result(r) for r in results]
+
+    def _check(self, request: InferRequest, result: Any) -> Any:
+        """What the server's Instance checks of a custom backend's answer, done here."""
+        if isinstance(result, BaseException):
+            return result
+        if result is None:
+            return InternalError(
+                f"custom backend of model '{self.signature.model_name}' returned no response "
+                "for a request"
+            )
+        try:
+            result.outputs = check_custom_outputs(self.signature, request, result.outputs)
+        except NaiadError as exc:
+            return exc
+        return result
 
 
 def main(argv: list[str]) -> int:
@@ -291,9 +377,9 @@ def main(argv: list[str]) -> int:
     faulthandler.enable()  # a crash leaves its traceback in the server's log
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: where is it stuck?
-    fd = int(argv[1])
-    channel = Channel(Connection(fd), argv[2])
-    Child(channel).run()
+    channel = Channel(Connection(int(argv[1])), argv[2])
+    fast = Channel(Connection(int(argv[3])), argv[2] + "f") if len(argv) > 3 else None
+    Child(channel, fast).run()
     return 0
 
 

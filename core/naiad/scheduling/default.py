@@ -19,6 +19,14 @@ class DefaultScheduler(SchedulerCore):
     """Strict FIFO over a pool of instances; a model with N instances runs at most N requests
     at once.
 
+    An instance that takes executions from the loop (:meth:`Instance.submit`: a
+    process-isolated one) gets them so and answers on the loop, with no instance thread; while
+    every instance is busy, each of those takes one more, which waits in its process (the
+    process runs them one after the other, and never idles waiting for the loop's turn).
+
+    An instance that can take an execution from the loop (:meth:`Instance.submit`: a
+    process-isolated one) gets it so, and answers on the loop: no instance thread at all.
+
     When an instance finishes, its own thread takes the oldest queued request and runs it at
     once, then tells the event loop about the finished one: no newcomer can overtake a waiting
     request (``asyncio.Queue`` lets one, which sends the woken waiter to the back of the line),
@@ -33,6 +41,9 @@ class DefaultScheduler(SchedulerCore):
         super().__init__(stats)
         #: idle instances, longest idle first: sequential requests rotate over the instances
         self._idle: deque[Instance] = deque(instances)
+        #: instances running one execution submitted from the loop, which take one more
+        #: (loop only): it waits in the instance's process, so that never idles between two
+        self._second: deque[Instance] = deque()
         self._queue: deque[Ticket] = deque()
         self._lock = threading.Lock()
 
@@ -47,18 +58,54 @@ class DefaultScheduler(SchedulerCore):
         return await self._wait(entry)
 
     def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start queued requests on idle instances, oldest first."""
+        """Start queued requests on idle instances, oldest first (then, while none is idle,
+        queue one more behind each instance that runs an execution submitted from the loop)."""
         while True:
             with self._lock:
-                if not (self._idle and self._queue):
+                if not self._queue:
+                    return
+                if self._idle:
+                    instance, second = self._idle.popleft(), False
+                elif self._second:
+                    instance, second = self._second.popleft(), True
+                else:
                     return
                 entry = self._queue.popleft()
-                instance = None if entry.cancelled else self._idle.popleft()
+                if entry.cancelled:  # its client went away while it was queued
+                    (self._second if second else self._idle).appendleft(instance)
             self._dequeued()
-            if instance is None:  # its client went away while it was queued
+            if entry.cancelled:
                 self._finished()
                 continue
+            if instance.submit([entry.request], self._submitted(loop, instance, entry, second)):
+                if not second:
+                    self._second.append(instance)
+                continue  # the loop talks to the instance itself (a process-isolated one)
+            if second:  # not from the loop now: back to the head of the line
+                with self._lock:
+                    self._queue.appendleft(entry)
+                self._stats.pending += 1
+                self._second.appendleft(instance)
+                return
             instance.executor.call_soon(None, log_failure, self._chain, loop, instance, entry)
+
+    def _submitted(
+        self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: Ticket, second: bool
+    ):
+        """The callback of an execution submitted from the loop: answer it, free the
+        instance's slot, start what waits."""
+
+        def done(result: BatchResult | None, error: BaseException | None) -> None:
+            self._complete(entry, result, error)
+            if instance in self._second:  # it ran this one alone: idle now
+                self._second.remove(instance)
+                with self._lock:
+                    self._idle.append(instance)
+            else:  # the other one it took still runs
+                self._second.append(instance)
+            self._pump(loop)
+
+        return done
 
     def _chain(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: Ticket) -> None:
         """On the instance's thread: run ``entry``, then whatever is queued behind it."""

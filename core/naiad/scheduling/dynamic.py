@@ -193,7 +193,11 @@ class DynamicBatcher(SchedulerCore):
             self._settle_dropped(dropped)
             if instance is not None:
                 self._dequeued(len(batch))
-                instance.executor.call_soon(None, log_failure, self._chain, loop, instance, batch)
+                requests = [e.request for e in batch]
+                if not instance.submit(requests, self._submitted(instance, batch)):
+                    instance.executor.call_soon(
+                        None, log_failure, self._chain, loop, instance, batch
+                    )
                 continue
             if wait_until:
                 self._arm_timer(wait_until, loop)
@@ -358,6 +362,18 @@ class DynamicBatcher(SchedulerCore):
             if not following:
                 return
             batch = following
+
+    def _submitted(self, instance: Instance, batch: list[_Entry]):
+        """The callback of a batch started from the loop (:meth:`Instance.submit`)."""
+
+        def done(result: BatchResult | None, error: BaseException | None) -> None:
+            with self._lock:
+                self._idle.append(instance)
+            self._finish(batch, result, error)
+            if self._queued:
+                self._dispatch()
+
+        return done
 
     def _ran(
         self,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,38 @@ class Instance:
         #: the instance's own thread: load, every execution and unload run there
         self.executor = Worker(f"naiad-{self.name}")
         self._custom = isinstance(backend, CustomInstance)
+        #: the readiness check in flight (an asyncio future, loop only; ``naiad.readiness``)
+        self.ready_check: Any = None
+        #: the backend's way to start an execution from the event loop, if it has one
+        self._submit = getattr(backend, "submit_requests", None) if self._custom else None
+
+    def submit(
+        self,
+        requests: Sequence[InferRequest],
+        done: Callable[[BatchResult | None, BaseException | None], None],
+    ) -> bool:
+        """On the loop: start executing ``requests`` without the instance thread, where the
+        backend can (a process-isolated instance: the loop writes the execution to its process
+        and reads the answer). ``done(result, error)`` then runs on the loop with what
+        :meth:`run` would have returned. False: nothing started; run it on the thread. The
+        backend's ``submit_requests(requests, done)`` answers with responses whose outputs it
+        already checked as :meth:`run` checks them (the process does it, off the loop)."""
+        submit = self._submit
+        if submit is None:
+            return False
+        start = time.monotonic_ns()
+
+        def finished(responses: list[Any] | None, error: BaseException | None) -> None:
+            if responses is not None and len(responses) == len(requests):
+                # checked where they were made (``submit_requests``' contract)
+                end = time.monotonic_ns()
+                out = [self._as_error(r) if isinstance(r, BaseException) else r for r in responses]
+                done(BatchResult(out, start, 0, end - start, 0), None)
+                return
+            outcome = [error] * len(requests) if responses is None else responses
+            done(self._custom_result(requests, outcome, start), None)
+
+        return submit(requests, finished)
 
     def run(
         self, requests: Sequence[InferRequest], extra_outputs: Sequence[str] = ()
@@ -77,13 +110,24 @@ class Instance:
         (``extra_outputs`` pass through unconverted, as in :meth:`run`)."""
         try:
             responses = list(self.backend.execute_requests(requests))  # type: ignore[attr-defined]
-            if len(responses) != len(requests):
-                raise InternalError(
-                    f"custom backend of model '{self.signature.model_name}' returned "
-                    f"{len(responses)} responses for {len(requests)} requests"
-                )
         except BaseException as exc:
             responses = [exc] * len(requests)
+        return self._custom_result(requests, responses, start, extra_outputs)
+
+    def _custom_result(
+        self,
+        requests: Sequence[InferRequest],
+        responses: Sequence[Any],
+        start: int,
+        extra_outputs: Sequence[str] = (),
+    ) -> BatchResult:
+        """What a custom backend answered, checked (wherever it ran)."""
+        if len(responses) != len(requests):
+            error = InternalError(
+                f"custom backend of model '{self.signature.model_name}' returned "
+                f"{len(responses)} responses for {len(requests)} requests"
+            )
+            responses = [error] * len(requests)
         t_infer = time.monotonic_ns()
         checked: list[InferResponse | Exception] = []
         for request, response in zip(requests, responses, strict=True):

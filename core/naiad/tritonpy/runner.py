@@ -23,8 +23,9 @@ from typing import Any
 
 from ..backend import InstanceContext
 from ..config import ModelConfig, model_config_from_json, model_config_to_json
-from ..errors import InternalError, ModelLoadError, NaiadError, Unsupported
+from ..errors import InternalError, ModelLoadError, NaiadError, Unavailable, Unsupported
 from ..inference import InferRequest, InferResponse
+from ..readiness import failed_message
 from ..streaming import StreamClosed
 from . import host as _host
 from .objects import (
@@ -155,6 +156,38 @@ class TritonRunner:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._loop = None
+
+    def has_is_ready(self) -> bool:
+        """The model defines ``is_ready()`` (Triton calls it at each model-readiness check)."""
+        return callable(getattr(self._model, "is_ready", None))
+
+    def check_ready(self) -> None:
+        """Call the model's ``is_ready()`` (sync or ``async def``); raise Unavailable with
+        Triton's text unless it returns True. Blocking, off the event loop."""
+        name = self.instance.name
+        try:
+            result = self._model.is_ready()
+            if inspect.isawaitable(result):
+                loop = self._loop
+                if loop is not None:
+                    result = asyncio.run_coroutine_threadsafe(result, loop).result()  # type: ignore[arg-type]
+                else:
+                    result = asyncio.run(result)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.error(
+                "is_ready of model '%s' instance '%s' raised", self.config.name, name, exc_info=exc
+            )
+            raise Unavailable(failed_message(name)) from exc
+        if not isinstance(result, bool):
+            log.error(
+                "is_ready() must return a boolean value (model '%s' instance '%s' returned %s)",
+                self.config.name,
+                name,
+                type(result).__name__,
+            )
+            raise Unavailable(failed_message(name))
+        if not result:
+            raise Unavailable(failed_message(name))
 
     def _start_loop(self) -> None:
         loop = asyncio.new_event_loop()

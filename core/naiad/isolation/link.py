@@ -1,0 +1,147 @@
+"""The event loop's own line to an instance process: executions written and results read on
+the loop, with no thread in between (two thread wake-ups per execution, as in thread mode:
+loop → child, child → loop).
+
+Each child has a second socket for this (the first, with its reader thread, carries the life
+cycle, BLS and model-control calls, decoupled streams and blocking executions). The loop writes
+an execution without blocking: what the socket does not take at once waits in a buffer until it
+is writable. Results are read with ``loop.add_reader`` and framed incrementally (the framing of
+:class:`multiprocessing.connection.Connection`, which the child uses). The link never decides
+that the child died: the reader thread sees that, says why, and fails what is pending here
+through :meth:`LoopLink.fail_all`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .wire import Channel
+
+log = logging.getLogger(__name__)
+
+#: a result callback: ``done(results, error)``, on the loop
+Done = Callable[[Any, BaseException | None], None]
+
+_HEADER = struct.Struct("!i")
+_LONG = struct.Struct("!Q")
+_READ = 1 << 18
+
+
+def frame(data: memoryview) -> bytes:
+    """``data`` framed as ``Connection.send_bytes`` frames it."""
+    n = len(data)
+    if n > 0x7FFFFFFF:
+        return _HEADER.pack(-1) + _LONG.pack(n) + bytes(data)
+    return _HEADER.pack(n) + bytes(data)
+
+
+class LoopLink:
+    """One child generation's fast socket, driven by the event loop (loop thread only)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, conn: Connection, channel: Channel, label: str
+    ) -> None:
+        self.loop = loop
+        self.conn = conn
+        self.channel = channel
+        self.label = label
+        self.fd = conn.fileno()
+        self.pending: dict[int, Done] = {}
+        self._out = bytearray()
+        self._in = b""
+        self._open = True
+        os.set_blocking(self.fd, False)
+        loop.add_reader(self.fd, self._readable)
+
+    def send(self, call_id: int, message: Any, done: Done) -> None:
+        """Write ``message`` (an execution); ``done`` gets its results."""
+        self.pending[call_id] = done
+        data = frame(self.channel.encode(message))
+        if self._out:  # earlier bytes still wait: keep the order
+            self._out += data
+            return
+        try:
+            sent = os.write(self.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the child is gone: the reader thread fails what is pending
+        if sent < len(data):
+            self._out += data[sent:]
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            sent = os.write(self.fd, self._out)
+        except BlockingIOError:
+            return
+        except OSError:
+            sent = len(self._out)  # the child is gone
+        del self._out[:sent]
+        if not self._out:
+            self.loop.remove_writer(self.fd)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, _READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the child closed its end (it exited): stop watching
+            self.loop.remove_reader(self.fd)
+            return
+        buf = self._in + data if self._in else data
+        pos, end = 0, len(buf)
+        view = memoryview(buf)
+        while end - pos >= 4:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            head = 4
+            if n < 0:
+                if end - pos < 12:
+                    break
+                (n,) = _LONG.unpack_from(buf, pos + 4)
+                head = 12
+            if end - pos < head + n:
+                break
+            start = pos + head
+            pos = start + n
+            try:
+                message = self.channel.decode(view[start:pos])
+            except Exception:  # a bug: the rest of the stream still gets read
+                log.exception("a message from %s could not be read", self.label)
+                continue
+            self._deliver(message)
+        self._in = buf[pos:] if pos < end else b""
+
+    def _deliver(self, message: Any) -> None:
+        _kind, call_id, results, error = message
+        done = self.pending.pop(call_id, None)
+        if done is not None:
+            try:
+                done(results, error)
+            except Exception:  # a scheduler bug must not lose the other results read
+                log.exception("handling a result from %s failed", self.label)
+
+    def fail_all(self, error: BaseException) -> None:
+        """The child died: every pending execution fails with ``error``."""
+        pending, self.pending = self.pending, {}
+        for done in pending.values():
+            try:
+                done(None, error)
+            except Exception:
+                log.exception("failing an execution of %s failed", self.label)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.loop.remove_reader(self.fd)
+            if self._out:
+                self.loop.remove_writer(self.fd)
+            self.channel.close()
