@@ -13,6 +13,7 @@ perf_analyzer ``-i grpc`` (sync, batch 1) at concurrency 1 and 8 on the anchors'
   backend and with its python backend (``bash bench/setup.sh``; skipped when missing).
 
     python3 bench/grpc_bench.py [--interval-ms 3000] [--passes 1] [--targets naiad,echo-aio,...]
+        [--image]  (adds a 3x224x224 FP32 identity model to the ONNX repositories)
 
 Prints a markdown table (infer/s, p50, p99, CPU) and writes rows.jsonl under bench/results/.
 """
@@ -138,11 +139,43 @@ def start_echo(kind: str, port: int, repo: Path, workdir: Path) -> B.Server:
     return srv
 
 
-def make_repo(kind: str, out: Path) -> Path:
+def make_repo(kind: str, out: Path, image: bool = False) -> Path:
     python = B.NAIAD_VENV / "bin" / "python"
     script = B.ANCHORS / "models" / "make_repo.py"
     subprocess.run([str(python), str(script), str(out), "--kind", kind], check=True)
+    if image and kind == "onnx":
+        subprocess.run([str(python), "-c", _IMAGE_MODEL, str(out / IMAGE)], check=True)
     return out
+
+
+#: ``--image``: an ONNX Identity over one 3x224x224 FP32 image (602 KB a request), the same
+#: model file and config in naiad's and Triton's repositories
+IMAGE = "identity_image"
+_IMAGE_MODEL = r"""
+import sys
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+folder = Path(sys.argv[1])
+(folder / "1").mkdir(parents=True, exist_ok=True)
+shape = ["batch", 3, 224, 224]
+graph = helper.make_graph(
+    [helper.make_node("Identity", ["input"], ["output"])],
+    "identity_image",
+    [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+    [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+model.ir_version = 8
+onnx.save(model, str(folder / "1" / "model.onnx"))
+(folder / "config.pbtxt").write_text(
+    'name: "identity_image"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+    'input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]\n'
+    'output [ { name: "output" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]\n'
+)
+"""
 
 
 def measure(srv, hostport, protocol, args, outdir, rows, tag) -> None:
@@ -170,12 +203,19 @@ def main() -> int:
     ap.add_argument("--passes", type=int, default=1)
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--image",
+        action="store_true",
+        help=f"also measure {IMAGE} (one 3x224x224 FP32 tensor a request)",
+    )
     args = ap.parse_args()
+    if args.image:
+        MODELS.append(IMAGE)
     B.need(B.PA, "perf_analyzer")
     wanted = args.targets.split(",")
     outdir = B.new_outdir("grpc", args.out)
     work = B.tempdir("naiad-grpc-bench-")
-    onnx_repo = make_repo("onnx", work / "onnx")
+    onnx_repo = make_repo("onnx", work / "onnx", args.image)
     rows: list[dict] = [{"tool": "note", "text": B.machine_info()}]
     start = time.monotonic()
     with B.Servers() as fleet:
@@ -204,7 +244,7 @@ def main() -> int:
                         B.log(f"{target}: no tritonserver (bash bench/setup.sh); skipped")
                         continue
                     kind = target[7:]
-                    repo = make_repo(kind, work / kind)
+                    repo = make_repo(kind, work / kind, args.image)
                     srv = fleet.add(B.start_triton(repo, port, work, MODELS, name=target))
                     measure(srv, hostport, "grpc", args, outdir, rows, tag)
                 else:
