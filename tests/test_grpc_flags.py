@@ -80,9 +80,14 @@ def _fails(call) -> InferenceServerException:
     return info.value
 
 
-def test_tls(example_repo, server_factory, pki):
+FRONTS = pytest.mark.parametrize("front", ["--grpc-fast-path=true", "--grpc-fast-path=false"])
+
+
+@FRONTS
+def test_tls(example_repo, server_factory, pki, front):
     srv = server_factory(
         example_repo,
+        front,
         "--grpc-use-ssl=true",
         f"--grpc-server-cert={pki['server.pem']}",
         f"--grpc-server-key={pki['server-key.pem']}",
@@ -99,9 +104,11 @@ def test_tls(example_repo, server_factory, pki):
     plain.close()
 
 
-def test_mutual_tls(example_repo, server_factory, pki):
+@FRONTS
+def test_mutual_tls(example_repo, server_factory, pki, front):
     srv = server_factory(
         example_repo,
+        front,
         "--grpc-use-ssl-mutual=true",
         f"--grpc-server-cert={pki['server.pem']}",
         f"--grpc-server-key={pki['server-key.pem']}",
