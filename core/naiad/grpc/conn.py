@@ -95,6 +95,7 @@ class GrpcConnection(H2Protocol):
             receiving = call.queue is None or bool(call.buf)
             if receiving and now - call.last > front.body_timeout:
                 self.reset(stream, CANCEL)
+                self.drain_and_close()  # the client's other calls may end; no new ones
 
     def is_open(self) -> bool:
         return self.transport is not None
