@@ -271,3 +271,7 @@ def test_the_message_budget_is_shared_and_bounded():
     budget.forget(c)
     budget.release(b, 60)
     assert budget.buffered == 0 and not budget.waiting
+    # a reservation given up while it still waits is dropped, not released twice
+    assert budget.reserve(a, 90) and not budget.reserve(b, 20)
+    budget.release(b, 20)
+    assert budget.buffered == 90 and not budget.waiting and b.wanted == 0 and b.grants == 2

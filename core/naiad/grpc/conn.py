@@ -24,7 +24,7 @@ class GrpcConnection(H2Protocol):
     def __init__(self, front: LeanEndpoint) -> None:
         super().__init__()
         self.front = front
-        self._last_ping = 0.0
+        self._last_ping = float("-inf")  # the first ping is never a strike (as grpc)
         self._strikes = 0
         self._timers: list[asyncio.TimerHandle] = []
         self._ping_due: asyncio.TimerHandle | None = None

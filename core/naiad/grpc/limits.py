@@ -66,6 +66,14 @@ class Budget:
         return False
 
     def release(self, holder: Holder, size: int) -> None:
+        """``holder`` is done with ``size`` bytes (a reservation still waiting is dropped)."""
+        for i, entry in enumerate(self.waiting):
+            if entry == (holder, size):
+                del self.waiting[i]
+                holder.wanted -= size
+                if not holder.wanted:
+                    holder.granted()
+                return
         size = min(size, holder.reserved)
         holder.reserved -= size
         self.buffered -= size
