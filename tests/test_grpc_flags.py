@@ -99,6 +99,16 @@ def test_tls(example_repo, server_factory, pki, front):
     c = grpcclient.InferenceServerClient(srv.grpc_url, ssl=True, root_certificates=pki["ca.pem"])
     assert c.is_server_live()
     _ok(c)
+    results = []
+    c.start_stream(callback=lambda result, error: results.append((result, error)))
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [grpcclient.InferInput(f"INPUT{i}", [1, 16], "INT32") for i in (0, 1)]
+    for inp in inputs:
+        inp.set_data_from_numpy(a)
+    for i in range(3):
+        c.async_stream_infer("simple", inputs, request_id=str(i))
+    c.stop_stream()
+    assert [r.get_response().id for r, e in results if e is None] == ["0", "1", "2"]
     c.close()
     plain = grpcclient.InferenceServerClient(srv.grpc_url)
     assert _fails(lambda: plain.is_server_live(client_timeout=10)).status() in (

@@ -109,12 +109,15 @@ def test_200_clients_leaving_or_stalling_mid_message(strict):
     size, sent = 2 << 20, 1 << 20
     prefix = b"\x00" + size.to_bytes(4, "big")
     stalled = []
+    body = prefix + b"x" * (sent - 5)
     for i in range(200):
         h = H2(strict.grpc_port)
-        h.send(frame(HEADERS, END_HEADERS, 1, h.block("ModelInfer")))
-        body = prefix + b"x" * (sent - 5)
-        for pos in range(0, sent, 1 << 16):
-            h.send(frame(DATA, 0, 1, body[pos : pos + (1 << 16)]))
+        try:
+            h.send(frame(HEADERS, END_HEADERS, 1, h.block("ModelInfer")))
+            for pos in range(0, sent, 1 << 16):
+                h.send(frame(DATA, 0, 1, body[pos : pos + (1 << 16)]))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a client this slow may be closed by the 1 s body limit already
         if i % 2:
             stalled.append(h)
         else:
