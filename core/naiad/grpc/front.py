@@ -45,10 +45,7 @@ from .calls import (
 )
 from .config import INT32_MAX, GrpcConfig
 from .conn import GrpcConnection
-from .h2frames import (
-    Stream,
-    encode_headers,
-)
+from .h2frames import Stream, encode_headers
 from .limits import MAX_BUFFERED, Budget, tls_context
 from .options import INFERENCE_RPCS, service_options
 from .service import HealthService, InferenceService
