@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import socket
+import ssl
 import subprocess
 import sys
+import time
 
 import grpc
 import numpy as np
@@ -80,9 +84,14 @@ def _fails(call) -> InferenceServerException:
     return info.value
 
 
-def test_tls(example_repo, server_factory, pki):
+FRONTS = pytest.mark.parametrize("front", ["--grpc-fast-path=true", "--grpc-fast-path=false"])
+
+
+@FRONTS
+def test_tls(example_repo, server_factory, pki, front):
     srv = server_factory(
         example_repo,
+        front,
         "--grpc-use-ssl=true",
         f"--grpc-server-cert={pki['server.pem']}",
         f"--grpc-server-key={pki['server-key.pem']}",
@@ -90,6 +99,16 @@ def test_tls(example_repo, server_factory, pki):
     c = grpcclient.InferenceServerClient(srv.grpc_url, ssl=True, root_certificates=pki["ca.pem"])
     assert c.is_server_live()
     _ok(c)
+    results = []
+    c.start_stream(callback=lambda result, error: results.append((result, error)))
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [grpcclient.InferInput(f"INPUT{i}", [1, 16], "INT32") for i in (0, 1)]
+    for inp in inputs:
+        inp.set_data_from_numpy(a)
+    for i in range(3):
+        c.async_stream_infer("simple", inputs, request_id=str(i))
+    c.stop_stream()
+    assert [r.get_response().id for r, e in results if e is None] == ["0", "1", "2"]
     c.close()
     plain = grpcclient.InferenceServerClient(srv.grpc_url)
     assert _fails(lambda: plain.is_server_live(client_timeout=10)).status() in (
@@ -99,9 +118,11 @@ def test_tls(example_repo, server_factory, pki):
     plain.close()
 
 
-def test_mutual_tls(example_repo, server_factory, pki):
+@FRONTS
+def test_mutual_tls(example_repo, server_factory, pki, front):
     srv = server_factory(
         example_repo,
+        front,
         "--grpc-use-ssl-mutual=true",
         f"--grpc-server-cert={pki['server.pem']}",
         f"--grpc-server-key={pki['server-key.pem']}",
@@ -124,6 +145,47 @@ def test_mutual_tls(example_repo, server_factory, pki):
         "StatusCode.DEADLINE_EXCEEDED",
     )
     anonymous.close()
+
+
+def test_tls_handshake_on_the_lean_front(example_repo, server_factory, pki):
+    """ALPN h2 and TLS 1.2+; a client without a certificate is refused at the handshake; one
+    that connects and never handshakes is closed after --http-header-timeout."""
+    srv = server_factory(
+        example_repo,
+        "--http-header-timeout=1",
+        "--grpc-use-ssl-mutual=true",
+        f"--grpc-server-cert={pki['server.pem']}",
+        f"--grpc-server-key={pki['server-key.pem']}",
+        f"--grpc-root-cert={pki['ca.pem']}",
+    )
+    pid = srv.process.pid
+    baseline = len(os.listdir(f"/proc/{pid}/fd"))
+
+    def client(cert: bool, version=ssl.TLSVersion.TLSv1_2) -> ssl.SSLSocket:
+        context = ssl.create_default_context(cafile=pki["ca.pem"])
+        context.set_alpn_protocols(["h2"])
+        context.maximum_version = version
+        if cert:
+            context.load_cert_chain(pki["client.pem"], pki["client-key.pem"])
+        raw = socket.create_connection(("127.0.0.1", srv.grpc_port), timeout=20)
+        return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+    with client(cert=True) as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        assert tls.version() == "TLSv1.2"
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with client(cert=False, version=ssl.TLSVersion.TLSv1_3) as tls:
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            assert tls.recv(1024) == b""  # TLS 1.3 tells the client after its handshake
+            raise ConnectionError("closed")
+    silent = [socket.create_connection(("127.0.0.1", srv.grpc_port), timeout=20) for _ in range(20)]
+    for sock in silent:
+        assert sock.recv(1024) == b""  # closed by the handshake timeout
+        sock.close()
+    deadline = time.monotonic() + 10
+    while len(os.listdir(f"/proc/{pid}/fd")) > baseline and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(os.listdir(f"/proc/{pid}/fd")) <= baseline
 
 
 def test_restricted_protocol(example_repo, server_factory):

@@ -152,11 +152,16 @@ class Server:
             await site.start()
             log.info("HTTP service listening on %s:%d", cfg.http_address, cfg.http_port)
         if cfg.grpc.allow_grpc:
-            if cfg.grpc.fast_path and not cfg.grpc.use_ssl:
+            if cfg.grpc.fast_path:
                 from .grpc.front import LeanEndpoint
 
-                self._grpc = LeanEndpoint(self.dataplane, cfg.grpc)
-            else:  # grpcio's server (TLS included)
+                self._grpc = LeanEndpoint(
+                    self.dataplane,
+                    cfg.grpc,
+                    head_timeout=cfg.http_head_timeout,
+                    body_timeout=cfg.http_body_timeout,
+                )
+            else:  # grpcio's server
                 from .grpc.server import GrpcEndpoint
 
                 self._grpc = GrpcEndpoint(self.dataplane, cfg.grpc)

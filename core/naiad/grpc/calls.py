@@ -59,7 +59,19 @@ class CallHead:
 class Call:
     """One RPC in progress; also the *context* the service methods get."""
 
-    __slots__ = ("proto", "stream", "head", "buf", "task", "timer", "queue", "started", "done")
+    __slots__ = (
+        "proto",
+        "stream",
+        "head",
+        "buf",
+        "task",
+        "timer",
+        "queue",
+        "started",
+        "done",
+        "last",
+        "reserved",
+    )
 
     def __init__(self, proto: GrpcProtocol, stream: Stream, head: CallHead) -> None:
         self.proto = proto
@@ -68,11 +80,15 @@ class Call:
         self.buf = bytearray()
         self.task: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
-        #: messages for a streaming RPC's reader
+        #: (message, its size on the wire) for a streaming RPC's reader, then END
         self.queue: asyncio.Queue[Any] | None = None
         #: the response headers have gone out
         self.started = False
         self.done = False
+        #: when the client last sent DATA (the body-progress limit)
+        self.last = 0.0
+        #: budget bytes reserved for the message being received
+        self.reserved = 0
 
     def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
         return self.head.metadata
@@ -125,12 +141,15 @@ class Requests:
         return self
 
     async def __anext__(self) -> Any:
-        queue = self.call.queue
+        call = self.call
+        queue = call.queue
         assert queue is not None
         item = await queue.get()
         if item is END:
             raise StopAsyncIteration
-        return item
+        message, size = item
+        call.proto.consumed(call.stream, size)  # the client may send more
+        return message
 
 
 def parse_timeout(value: bytes) -> float | None:

@@ -38,7 +38,7 @@ HEADER_PREFIX = "triton-grpc-protocol-"
 class GrpcConfig:
     allow_grpc: bool = True
     #: ``--grpc-fast-path``: naiad's lean HTTP/2 front (naiad.grpc.front) instead of grpcio's
-    #: server; TLS is always served by grpcio
+    #: server (TLS included)
     fast_path: bool = True
     address: str = "0.0.0.0"
     port: int = 8001

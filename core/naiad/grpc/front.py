@@ -44,16 +44,15 @@ from .calls import (
     unbase64,
 )
 from .config import INT32_MAX, GrpcConfig
-from .h2 import H2Protocol
-from .h2frames import ENHANCE_YOUR_CALM, PING, Stream, encode_headers, frame
+from .conn import GrpcConnection
+from .h2frames import Stream, encode_headers
+from .limits import MAX_BUFFERED, Budget, tls_context
 from .options import INFERENCE_RPCS, service_options
 from .service import HealthService, InferenceService
 
 log = logging.getLogger(__name__)
 
 _LEVELS = {"low": 1, "medium": 6, "high": 9}
-#: seconds a new connection has to send its preface and SETTINGS
-HANDSHAKE_TIMEOUT = 20.0
 
 
 class _Collector:
@@ -78,91 +77,8 @@ def method_table(inference: InferenceService, health: HealthService) -> dict[byt
     return collector.methods
 
 
-class GrpcProtocol(H2Protocol):
-    """One gRPC client connection."""
-
-    def __init__(self, front: LeanEndpoint) -> None:
-        super().__init__()
-        self.front = front
-        self._last_ping = 0.0
-        self._strikes = 0
-        self._timers: list[asyncio.TimerHandle] = []
-        self._ping_due: asyncio.TimerHandle | None = None
-
-    # ---- connection ------------------------------------------------------------------------
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        front = self.front
-        front.connections.add(self)
-        cfg = front.config
-        if cfg.keepalive_time_ms > 0:
-            self._timers.append(self.loop.call_later(cfg.keepalive_time_ms / 1e3, self._keepalive))
-        self._timers.append(self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_check))
-        if cfg.max_connection_age_ms > 0:
-            self._timers.append(
-                self.loop.call_later(cfg.max_connection_age_ms / 1e3, self._too_old)
-            )
-        if front.draining:
-            self.drain_and_close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.front.connections.discard(self)
-        for timer in self._timers:
-            timer.cancel()
-        if self._ping_due is not None:
-            self._ping_due.cancel()
-        super().connection_lost(exc)
-        self.front.closed_one()
-
-    def drain_and_close(self) -> None:
-        """GOAWAY: the calls begun are answered, then the connection closes."""
-        if not self.goaway_sent:
-            self.goaway()
-        if not self.streams:
-            self.close()
-
-    def _handshake_check(self) -> None:
-        """A client that has not sent its preface and SETTINGS by now is not a gRPC client."""
-        if not self.handshaken:
-            self.close()
-
-    def _too_old(self) -> None:
-        self.drain_and_close()
-        grace = self.front.config.max_connection_age_grace_ms
-        self._timers.append(self.loop.call_later(max(grace, 0) / 1e3, self.close))
-
-    def _keepalive(self) -> None:
-        cfg = self.front.config
-        if self.streams or cfg.keepalive_permit_without_calls:
-            self.write(frame(PING, 0, 0, b"naiad-ka"))
-            self._ping_due = self.loop.call_later(cfg.keepalive_timeout_ms / 1e3, self.close)
-        self._timers.append(self.loop.call_later(cfg.keepalive_time_ms / 1e3, self._keepalive))
-
-    def on_ping_ack(self, payload: bytes) -> None:
-        if self._ping_due is not None:
-            self._ping_due.cancel()
-            self._ping_due = None
-
-    def on_ping(self) -> bool:
-        """Triton's ping policy: pings closer than the minimum interval while the server sent
-        nothing are strikes; too many end the connection (GOAWAY ENHANCE_YOUR_CALM)."""
-        cfg = self.front.config
-        now = self.loop.time()
-        if not self.sent_since_ping:
-            idle = not self.streams and not cfg.keepalive_permit_without_calls
-            least = 7200.0 if idle else cfg.http2_min_recv_ping_interval_without_data_ms / 1e3
-            if now - self._last_ping < least:
-                self._strikes += 1
-                if cfg.http2_max_ping_strikes and self._strikes > cfg.http2_max_ping_strikes:
-                    self.goaway(ENHANCE_YOUR_CALM, b"too_many_pings")
-                    self.close()
-                    return False
-        else:
-            self._strikes = 0
-        self._last_ping = now
-        self.sent_since_ping = False
-        return True
+class GrpcProtocol(GrpcConnection):
+    """One gRPC client connection: its calls."""
 
     # ---- calls -----------------------------------------------------------------------------
 
@@ -211,10 +127,12 @@ class GrpcProtocol(H2Protocol):
         return head
 
     def on_headers(self, stream: Stream, head: CallHead, end: bool) -> None:
+        self.opened_one = True
         if head.refusal is not None:
             self.send(stream, None, (), head.refusal)
             return
         call = stream.call = Call(self, stream, head)
+        call.last = self.loop.time()
         if head.timeout is not None:
             call.timer = self.loop.call_later(head.timeout, self._deadline, call)
         if head.handler.request_streaming:
@@ -229,6 +147,7 @@ class GrpcProtocol(H2Protocol):
         call: Call | None = stream.call
         if call is None or call.done:
             return
+        call.last = self.loop.time()
         buf = call.buf
         buf += data
         if call.queue is not None:
@@ -238,22 +157,28 @@ class GrpcProtocol(H2Protocol):
                     self._fail(call, RESOURCE_EXHAUSTED, "Received message larger than max")
                     return
                 if len(buf) < 5 + length:
+                    self._reserve(call, length)
                     break
                 message = self._message(call, buf[0], bytes(buf[5 : 5 + length]))
                 del buf[: 5 + length]
+                self._release(call)
                 if message is None:
                     return
-                call.queue.put_nowait(message)
+                self.hold(stream, 5 + length)
+                call.queue.put_nowait((message, 5 + length))
             if end:
                 if buf:
                     self._fail(call, INTERNAL, "Incomplete message at the end of the stream")
                     return
                 call.queue.put_nowait(END)
             return
-        if len(buf) > INT32_MAX + 5 or int.from_bytes(buf[1:5], "big") > INT32_MAX:
+        length = int.from_bytes(buf[1:5], "big")
+        if len(buf) > INT32_MAX + 5 or length > INT32_MAX:
             self._fail(call, RESOURCE_EXHAUSTED, "Received message larger than max")
         elif end:
             self._unary_ready(call)
+        elif len(buf) >= 5:
+            self._reserve(call, length)
 
     def _unary_ready(self, call: Call) -> None:
         buf = call.buf
@@ -263,6 +188,7 @@ class GrpcProtocol(H2Protocol):
             return
         flag = buf[0]
         call.buf = bytearray()
+        self._release(call)  # the message is handed on
         if flag and len(buf) > INFLATE_OFF_LOOP:
             call.task = self.loop.create_task(self._unary(call, None, buf))
             return
@@ -339,6 +265,9 @@ class GrpcProtocol(H2Protocol):
 
     def on_reset(self, stream: Stream) -> None:
         call: Call | None = stream.call
+        if call is not None:
+            call.buf = bytearray()
+            self._release(call)
         if call is not None and not call.done:
             call.done = True
             if call.timer is not None:
@@ -348,25 +277,43 @@ class GrpcProtocol(H2Protocol):
         self._closed_stream()
 
     def on_closed(self, stream: Stream) -> None:
+        if stream.call is not None:
+            self._release(stream.call)
         self._closed_stream()
 
     def _closed_stream(self) -> None:
-        if self.goaway_sent and not self.streams:
-            self.close()
+        if not self.streams:
+            self.idle_since = self.loop.time()
+            if self.goaway_sent:
+                self.close()
 
 
 class LeanEndpoint:
     """The lean gRPC server for one data plane; starts and stops as
     :class:`~naiad.grpc.server.GrpcEndpoint` does."""
 
-    def __init__(self, dataplane: DataPlane, config: GrpcConfig) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        config: GrpcConfig,
+        *,
+        head_timeout: float = 30.0,
+        body_timeout: float = 30.0,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
         self.config = config
+        #: the HTTP front's limits (``--http-header-timeout``, ``--http-body-timeout``)
+        self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
+        self.budget = Budget(max_buffered)
+        self._period = max(0.05, min(1.0, head_timeout / 4, body_timeout / 4))
+        self._sweeper: asyncio.TimerHandle | None = None
         options = service_options(config)
         self.inference = InferenceService(dataplane, options)
         self.health = HealthService(dataplane, options)
         self.methods = method_table(self.inference, self.health)
         self.level = _LEVELS.get(config.infer_response_compression_level, 0)
-        self.connections: set[GrpcProtocol] = set()
+        self.connections: set[GrpcConnection] = set()
         self.draining = False
         self._server: asyncio.AbstractServer | None = None
         self._all_closed: asyncio.Event | None = None
@@ -375,6 +322,7 @@ class LeanEndpoint:
         cfg = self.config
         target = f"{cfg.address}:{cfg.port}"
         loop = asyncio.get_running_loop()
+        tls = tls_context(cfg) if cfg.use_ssl else None
         try:
             self._server = await loop.create_server(
                 lambda: GrpcProtocol(self),
@@ -382,11 +330,20 @@ class LeanEndpoint:
                 cfg.port,
                 reuse_address=True,
                 reuse_port=cfg.reuse_port or None,
+                ssl=tls,
+                ssl_handshake_timeout=self.head_timeout if tls is not None else None,
             )
         except OSError as exc:
             log.error("Socket '%s' already in use (%s)", target, exc)
             raise SystemExit(1) from exc
+        self._sweeper = loop.call_later(self._period, self._sweep, loop)
         log.info("Started GRPCInferenceService at %s", target)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in list(self.connections):
+            conn.sweep(now)
+        self._sweeper = loop.call_later(self._period, self._sweep, loop)
 
     def closed_one(self) -> None:
         if self._all_closed is not None and not self.connections:
@@ -398,6 +355,9 @@ class LeanEndpoint:
         server, self._server = self._server, None
         if server is None:
             return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         server.close()
         self.draining = True
         self._all_closed = asyncio.Event()

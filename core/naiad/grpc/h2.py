@@ -98,6 +98,8 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         self.peer_max_frame = 16384
         self.send_window = 65535  # the connection's
         self._conn_unacked = 0
+        #: bytes of complete messages the consumers of all streams have not taken yet
+        self.held = 0
         self._write_paused = False
         self._drained: asyncio.Future | None = None
         #: whether the server sent headers or data since the last PING it got (ping policy)
@@ -133,6 +135,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         for stream in streams.values():
             stream.local_closed = stream.remote_closed = True
             stream.wake()
+            self.drop_held(stream)
             self.on_reset(stream)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -234,30 +237,56 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         self._conn_unacked += n
         if self._conn_unacked > CONNECTION_WINDOW:
             raise H2Error(FLOW_CONTROL_ERROR, "connection window exceeded")
-        if self._conn_unacked > CONNECTION_WINDOW // 2:
-            self.write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self._conn_unacked)))
-            self._conn_unacked = 0
         stream = self.streams.get(sid)
         if stream is None or stream.remote_closed:
             if sid > self.last_stream_id:
                 raise H2Error(PROTOCOL_ERROR, "DATA on an idle stream")
             if stream is not None:
                 self.reset(stream, STREAM_CLOSED)
+            self.credit(None)
             return  # a stream closed (or reset) meanwhile
         if flags & PADDED:
             payload = unpad(payload)
         stream.unacked += n
         if stream.unacked > STREAM_WINDOW:
             self.reset(stream, FLOW_CONTROL_ERROR)
+            self.credit(None)
             return
         end = bool(flags & END_STREAM)
         if end:
             stream.remote_closed = True
-        elif stream.unacked > STREAM_WINDOW // 2:
-            self.write(frame(WINDOW_UPDATE, 0, sid, U32.pack(stream.unacked)))
-            stream.unacked = 0
         self.on_data(stream, payload, end)
+        self.credit(stream)
         self._maybe_forget(stream)
+
+    def credit(self, stream: Stream | None) -> None:
+        """Refill the receive windows (WINDOW_UPDATE) once half used, unless the consumers are
+        behind: a stream holding messages its consumer has not taken gets no more, the
+        connection none while its streams hold over half its window."""
+        if self._conn_unacked > CONNECTION_WINDOW // 2 and self.held <= CONNECTION_WINDOW // 2:
+            self.write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self._conn_unacked)))
+            self._conn_unacked = 0
+        if (
+            stream is not None
+            and not stream.held
+            and not stream.remote_closed
+            and stream.unacked > STREAM_WINDOW // 2
+        ):
+            self.write(frame(WINDOW_UPDATE, 0, stream.id, U32.pack(stream.unacked)))
+            stream.unacked = 0
+
+    def hold(self, stream: Stream, n: int) -> None:
+        """``n`` bytes of a complete message wait for ``stream``'s consumer."""
+        stream.held += n
+        self.held += n
+
+    def consumed(self, stream: Stream, n: int) -> None:
+        """``stream``'s consumer took a message of ``n`` bytes: the windows may refill."""
+        n = min(n, stream.held)
+        stream.held -= n
+        self.held -= n
+        if self.transport is not None:
+            self.credit(stream)
 
     def _headers(self, sid: int, flags: int, payload: memoryview) -> None:
         if not sid or not sid & 1:
@@ -407,6 +436,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             stream.local_closed = stream.remote_closed = True
             stream.pending.clear()
             stream.wake()
+            self.drop_held(stream)
             self.on_reset(stream)
 
     # ---- the subclass's --------------------------------------------------------------------

@@ -103,6 +103,7 @@ class Stream:
         "pending",
         "pending_end",
         "drained",
+        "held",
         "call",
     )
 
@@ -118,6 +119,9 @@ class Stream:
         self.pending_end: bytes | None = None
         #: a writer waiting for ``pending`` to empty
         self.drained: asyncio.Future | None = None
+        #: bytes of complete messages received but not yet taken by the stream's consumer: the
+        #: stream's window is not refilled while there are any (back-pressure)
+        self.held = 0
         self.call: Any = None
 
     def wake(self) -> None:

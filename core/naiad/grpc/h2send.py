@@ -33,6 +33,9 @@ class H2Sender:
     peer_max_frame: int
     last_stream_id: int
     goaway_sent: bool
+    held: int
+    #: how many times headers or data were sent (keepalive's pings without data)
+    sends = 0
     #: whether the server sent headers or data since the last PING it got (ping policy)
     sent_since_ping: bool
 
@@ -65,6 +68,7 @@ class H2Sender:
         if stream.local_closed or self.transport is None:
             return
         self.sent_since_ping = True
+        self.sends += 1
         out: list[bytes | memoryview] = []
         if head is not None:
             out += self.headers_frames(stream, head, False)
@@ -126,12 +130,19 @@ class H2Sender:
         stream.pending.clear()
         stream.wake()
         self.write(frame(RST_STREAM, 0, stream.id, U32.pack(code)))
+        self.drop_held(stream)
         self.on_reset(stream)
 
     def _maybe_forget(self, stream: Stream) -> None:
         if stream.local_closed and stream.remote_closed:
             self.streams.pop(stream.id, None)
+            self.drop_held(stream)
             self.on_closed(stream)
+
+    def drop_held(self, stream: Stream) -> None:
+        """``stream`` is over: what its consumer never took counts no more."""
+        self.held -= stream.held
+        stream.held = 0
 
     def goaway(self, code: int = NO_ERROR, debug: bytes = b"") -> None:
         """No new streams: those up to the last one begun are still served."""

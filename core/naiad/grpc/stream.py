@@ -1,11 +1,15 @@
 """``ModelStreamInfer``: Triton's bidirectional inference stream.
 
-Requests are read one at a time and each is issued as soon as it is read. A model that is not
-decoupled answers each request with one response, written in request order; a decoupled model's
-0..N responses are written as they come. Every response carries the ``triton_final_response``
-parameter. Errors go back in-band (``error_message``) and the stream stays open, unless the
-stream was opened with the ``triton_grpc_error: true`` header: then the first error from an
-issued request ends the stream with its gRPC status and cancels the rest.
+Requests are read one at a time and each is issued as soon as it is read, while fewer than
+:data:`MAX_IN_FLIGHT` of the stream's requests are unanswered or their replies unwritten: past
+that the stream stops reading, so a client sending faster than the model is held back by
+flow control (the lean front refills a stream's window as its requests are read).
+
+A model that is not decoupled answers each request with one response, written in request
+order; a decoupled model's 0..N responses are written as they come. Every response carries the
+``triton_final_response`` parameter. Errors go back in-band (``error_message``) and the stream
+stays open, unless the stream was opened with the ``triton_grpc_error: true`` header: then the
+first error from an issued request ends the stream with its gRPC status and cancels the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ FINAL = "triton_final_response"
 SHUTTING_DOWN = "GRPC server is shutting down and has stopped accepting new requests."
 
 _END = object()
+#: a stream's requests issued and not yet answered, plus replies not yet written, beyond which
+#: it reads no more requests until one is done
+MAX_IN_FLIGHT = 128
 
 
 def error_reply(message: str, msg: pb.ModelInferRequest, issued: bool) -> Any:
@@ -61,6 +68,14 @@ class _Stream:
         self.tail: asyncio.Future | None = None
         #: the error that ends the stream (``triton_grpc_error`` mode)
         self.failure: NaiadError | None = None
+        #: set when a request is done or a reply written: room to read more
+        self.room = asyncio.Event()
+
+    def busy(self) -> bool:
+        return len(self.tasks) + self.replies.qsize() >= MAX_IN_FLIGHT
+
+    def made_room(self, _: Any = None) -> None:
+        self.room.set()
 
     async def read(self, requests: Any) -> None:
         """Issue every request of the stream; then wait for them and end the replies."""
@@ -69,6 +84,9 @@ class _Stream:
                 if self.failure is not None:
                     break
                 await self.issue(msg)
+                while self.busy() and self.failure is None:
+                    self.room.clear()
+                    await self.room.wait()
             while self.tasks:
                 await asyncio.wait(set(self.tasks))
         finally:
@@ -110,6 +128,7 @@ class _Stream:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self.made_room)
 
     def in_order(self, reply: Any) -> None:
         """Queue ``reply`` once every reply the stream owes before it has been queued."""
@@ -202,6 +221,7 @@ class _Stream:
                 if task is not asyncio.current_task():
                     task.cancel()
             self.replies.put_nowait(_END)
+            self.made_room()
 
     def cancel(self) -> None:
         for task in list(self.tasks):
@@ -224,6 +244,7 @@ async def serve_stream(service: Any, requests: Any, context: Any) -> None:
             if reply is _END:
                 break
             await context.write(reply)
+            state.made_room()
         if state.failure is not None:
             raise state.failure
         await reader
