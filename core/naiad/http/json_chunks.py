@@ -6,13 +6,16 @@ every other request of the server waits. Here a large body is parsed in steps of
 
 1. a scan, window by window in numpy, finds the structure: where strings are (quotes not
    escaped by an odd run of backslashes), the depth of every bracket and comma outside them,
-   and so the arrays larger than a window whose elements are all smaller ("large arrays");
+   and so the arrays (and objects) larger than a window whose elements are all smaller
+   ("large arrays");
 2. the body without its large arrays (a placeholder string in place of each) is parsed by
    orjson: the *skeleton*, small;
 3. each large array is parsed in *pieces*: runs of its elements split at its own commas,
-   each piece parsed by orjson as ``[piece]``. An input's ``"data"`` stays a
-   :class:`ChunkedArray` that its decoder reads piece by piece (a BYTES tensor is encoded as
-   it goes, never holding every string); any other large array is joined into a list.
+   each piece parsed by orjson as ``[piece]`` (``{piece}`` for an object). An input's
+   ``"data"`` stays a :class:`ChunkedArray` that its decoder reads piece by piece (a BYTES
+   tensor is encoded as it goes, numbers go straight into the tensor); any other large array
+   is joined into a list, a large object's pieces into one dict (a repeated key keeps its
+   last value, as in orjson).
 
 The result is orjson's: the skeleton and every piece are orjson parses, and substituting
 valid arrays for the placeholders of a valid skeleton gives a valid document. A malformed body
@@ -20,9 +23,10 @@ raises :class:`Malformed` with orjson's message and its position in the whole bo
 column and character, as orjson counts them), found in steps too: the earliest error of the
 skeleton and the pieces before it is the one orjson would report (an error the scan finds —
 an unbalanced bracket or quote, nesting deeper than orjson's 1024 — is reported where the
-structure breaks). An array overwritten by a repeated key is checked and dropped, as orjson
-drops it. What is left to one orjson call (:class:`Invalid`) is a large body that is mostly
-not large arrays (a skeleton over :data:`_MAX_SKELETON`: bounded by --http-max-input-size).
+structure breaks, at or after the first error). An array overwritten by a repeated key is
+checked and dropped, as orjson drops it. What is left to one orjson call (:class:`Invalid`)
+is a skeleton over :data:`_MAX_SKELETON` (many containers each under a window, e.g. dozens of
+200 KiB inputs: bounded by --http-max-input-size) and a placeholder found twice.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ _MAX_SKELETON = 1 << 20
 #: orjson's nesting limit ("depth limit exceeded")
 _MAX_DEPTH = 1024
 
-_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
+_QUOTE, _BACKSLASH, _COMMA, _OPEN_LIST = ord('"'), ord("\\"), ord(","), ord("[")
 #: +1 opens, -1 closes, 0 a comma; 2 for the rest (not structural)
 _DELTA = np.full(256, 2, dtype=np.int8)
 _DELTA[[ord("["), ord("{")]] = 1
@@ -108,7 +112,7 @@ class ChunkedArray:
         self._bounds = bounds
         self._next = 0
 
-    def pieces(self) -> Iterator[list]:
+    def pieces(self) -> Iterator[Any]:
         """The elements, as one list per piece (a piece already read is not read again)."""
         bounds = self._bounds
         while self._next < len(bounds) - 1:
@@ -128,10 +132,24 @@ class ChunkedArray:
     def nbytes(self) -> int:
         return self._bounds[-1] - self._bounds[0]
 
+    @property
+    def is_list(self) -> bool:
+        """An array (else an object)."""
+        return self._view[self._bounds[0]] == _OPEN_LIST
+
     def to_list(self) -> list:
         out: list = []
         for piece in self.pieces():
             out += piece
+        return out
+
+    def value(self) -> Any:
+        """The whole array, or object (a key repeated across pieces keeps its last value)."""
+        if self.is_list:
+            return self.to_list()
+        out: dict = {}
+        for piece in self.pieces():
+            out.update(piece)
         return out
 
     def check(self, before: int | None = None) -> None:
@@ -144,9 +162,11 @@ class ChunkedArray:
             _piece(self._view, bounds, i)
 
 
-def _piece(view: memoryview, bounds: list[int], i: int) -> list:
-    """Piece ``i``: the elements between ``bounds[i]`` and ``bounds[i + 1]``."""
-    text = b"".join((b"[", view[bounds[i] + 1 : bounds[i + 1]], b"]"))
+def _piece(view: memoryview, bounds: list[int], i: int) -> Any:
+    """Piece ``i``: the elements (or members) between ``bounds[i]`` and ``bounds[i + 1]``."""
+    is_list = view[bounds[0]] == _OPEN_LIST
+    close = b"]" if is_list else b"}"
+    text = b"".join((b"[" if is_list else b"{", view[bounds[i] + 1 : bounds[i + 1]], close))
     try:
         items = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -154,7 +174,8 @@ def _piece(view: memoryview, bounds: list[int], i: int) -> list:
     if not items and len(bounds) > 2:  # an empty run between two commas, or after the last
         if i == len(bounds) - 2:
             raise Malformed("trailing comma is not allowed", bounds[i])  # "[1,]"
-        raise Malformed("unexpected character, expected a JSON value", bounds[i + 1])  # "[1,,2]"
+        expected = "a JSON value" if is_list else "a string key"
+        raise Malformed(f"unexpected character, expected {expected}", bounds[i + 1])  # "[1,,2]"
     return items
 
 
@@ -208,7 +229,7 @@ def _loads(view: memoryview, window: int) -> tuple[Any, list[ChunkedArray]]:
         err.byte = b_at + err.byte - s_at if b_at >= 0 else ~b_at
         raise _first(arrays, err) from None
     if obj == prefix + "0" and len(arrays) == 1:  # the body is one large array
-        return arrays[0].to_list(), []
+        return arrays[0].value(), []
     try:
         kept, dropped = _substitute(obj, prefix, arrays)
         for array in dropped:  # overwritten by a repeated key: must be JSON all the same
@@ -312,18 +333,18 @@ def _substitute(
                 array = take(value)
                 if array is None:
                     stack.append(value)
-                elif key == "data" and id(node) in data_slots:
+                elif key == "data" and id(node) in data_slots and array.is_list:
                     node[key] = array
                     kept.append(array)
                 else:
-                    node[key] = array.to_list()
+                    node[key] = array.value()
         elif isinstance(node, list):
             for i, value in enumerate(node):
                 array = take(value)
                 if array is None:
                     stack.append(value)
                 else:
-                    node[i] = array.to_list()
+                    node[i] = array.value()
     return kept, [array for array, seen in zip(arrays, found, strict=True) if not seen]
 
 
@@ -406,7 +427,7 @@ def _scan(view: memoryview, window: int) -> tuple[list[tuple[int, int, int]], An
         o, ob, olevel = stack.pop()
         if ob + 2 != byte:  # "[" + 2 == "]", "{" + 2 == "}"
             raise Malformed(f"unexpected character, expected ',' or '{chr(ob + 2)}'", pos)
-        if ob == ord("[") and pos - o > window:
+        if pos - o > window:
             arrays.append((o, pos, olevel))
     if stack:
         raise Malformed("unexpected end of data", n_all)
