@@ -144,6 +144,13 @@ def test_generated_bodies_parse_as_orjson_parses_them(seed):
         b'{"inputs": [{"data": [1, 2]}]} x',
         b'{"inputs": [{"data": [1, 2]}]}\xff',
         b'{"inputs": [{"data": ["\xff\xfe", 2]}]}',
+        b'{"inputs": [], "p": {"a": 1, "b": [2, 3], "a": {"x": 3}, "c": "d", "b": 4}}',
+        b'{"inputs": [], "p": {"a": 1, "b": 2,, "c": 3}}',
+        b'{"inputs": [], "p": {"a": 1, "b": 2, "c": 3,}}',
+        b'{"inputs": [], "p": {, "a": 1, "b": 2}}',
+        b'{"inputs": [], "p": {"a" 1, "b": 2}}',
+        b'{"inputs": [], "p": {"a": 1, "b": 2, "c": 3  }   }',
+        b'{"inputs": [{"data": {"a": [1, 2, 3, 4, 5]}}]}',
     ],
 )
 @pytest.mark.parametrize("window", [1, 2, 3, 5, 8])

@@ -170,13 +170,25 @@ def _piece(view: memoryview, bounds: list[int], i: int) -> Any:
     try:
         items = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise _orjson_error(exc, text, bounds[i]) from None  # text[0] stands for bounds[i]
+        err = _orjson_error(exc, text, bounds[i])  # text[0] stands for bounds[i]
+        last = i == len(bounds) - 2
+        if not last and err.msg == "trailing comma is not allowed":
+            # a comma ends the piece: what follows it in the body is a comma, not the close
+            if not bytes(view[err.byte + 1 : bounds[i + 1]]).strip():
+                raise _empty(is_list, bounds[i + 1]) from None
+        raise err from None
     if not items and len(bounds) > 2:  # an empty run between two commas, or after the last
         if i == len(bounds) - 2:
             raise Malformed("trailing comma is not allowed", bounds[i])  # "[1,]"
-        expected = "a JSON value" if is_list else "a string key"
-        raise Malformed(f"unexpected character, expected {expected}", bounds[i + 1])  # "[1,,2]"
+        raise _empty(is_list, bounds[i + 1])  # "[1,,2]"
     return items
+
+
+def _empty(is_list: bool, at: int) -> Malformed:
+    """A comma where an element (or member) should be."""
+    return Malformed(
+        f"unexpected character, expected {'a JSON value' if is_list else 'a string key'}", at
+    )
 
 
 def loads(body: bytes | memoryview, window: int | None = None) -> tuple[Any, list[ChunkedArray]]:
