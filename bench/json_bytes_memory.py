@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What one large JSON BYTES request costs naiad in memory.
 
-    python3 bench/json_bytes_memory.py [-n 1000000,2000000,5000000] [--onnx] [--pythonpath P]
+    python3 bench/json_bytes_memory.py [-n 1000000,2000000,5000000] [--onnx] [--numeric]
+        [--pythonpath P]
 
 Starts naiad over a repository with ``echo`` (a ``model.py`` that returns its BYTES input: no
 framework copies, so what is measured is naiad's own cost) and, with ``--onnx``, the examples'
@@ -9,7 +10,8 @@ ONNX ``simple_identity``; sends one JSON request of N 8-character strings to eac
 server's peak (``VmHWM`` minus ``VmRSS`` before the request), its ``VmRSS`` 3 s later, the status
 and the time; meanwhile a thread calls ``tiny`` (another echo) with a 1-string request in a
 loop, and the slowest, the 99th percentile and the median of those calls are printed too. A
-fresh server per row, so each peak is that request's own.
+fresh server per row, so each peak is that request's own. With ``--numeric`` the request is
+N FP32 numbers (``1.2345678``, 10 bytes each) to ``echo_fp32``, a ``model.py`` returning them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ ECHO_PY = (
 )
 
 
+FP32_CONFIG = ECHO_CONFIG.replace("TYPE_STRING", "TYPE_FP32")
+
+
 def _status_mib(pid: int, key: str) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -46,6 +51,11 @@ def _status_mib(pid: int, key: str) -> float:
 def _body(n: int) -> bytes:
     head = b'{"inputs": [{"name": "INPUT0", "shape": [1, %d], "datatype": "BYTES", "data": [' % n
     return head + b'"abcdefgh", ' * (n - 1) + b'"abcdefgh"]}]}'
+
+
+def _floats(n: int) -> bytes:
+    head = b'{"inputs": [{"name": "INPUT0", "shape": [1, %d], "datatype": "FP32", "data": [' % n
+    return head + b"1.2345678, " * (n - 1) + b"1.2345678]}]}"
 
 
 def _probe(port: int, done: threading.Event, took: list[float]) -> None:
@@ -75,6 +85,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("-n", default="1000000,2000000,5000000")
     ap.add_argument("--onnx", action="store_true", help="also the ONNX simple_identity")
+    ap.add_argument("--numeric", action="store_true", help="FP32 numbers to echo_fp32 instead")
     ap.add_argument("--port", type=int, default=28200)
     ap.add_argument("--out")
     ap.add_argument("--pythonpath", help="run naiad from another checkout's core/ and plugins")
@@ -87,7 +98,10 @@ def main() -> int:
     (repo / "tiny" / "1").mkdir(parents=True, exist_ok=True)
     (repo / "tiny" / "config.pbtxt").write_text(ECHO_CONFIG)
     (repo / "tiny" / "1" / "model.py").write_text(ECHO_PY)
-    models = ["echo"]
+    (repo / "echo_fp32" / "1").mkdir(parents=True, exist_ok=True)
+    (repo / "echo_fp32" / "config.pbtxt").write_text(FP32_CONFIG)
+    (repo / "echo_fp32" / "1" / "model.py").write_text(ECHO_PY)
+    models = ["echo_fp32"] if a.numeric else ["echo"]
     if a.onnx:
         spec = importlib.util.spec_from_file_location("mm", B.ROOT / "examples" / "make_models.py")
         mm = importlib.util.module_from_spec(spec)
@@ -102,7 +116,7 @@ def main() -> int:
                 name = f"naiad-{model}-{n}"
                 env = {"PYTHONPATH": a.pythonpath} if a.pythonpath else None
                 srv = S.add(B.start_naiad(repo, port, out, [model, "tiny"], name=name, env=env))
-                body = _body(n)
+                body = _floats(n) if model == "echo_fp32" else _body(n)
                 base = _status_mib(srv.pid, "VmRSS")
                 done = threading.Event()
                 small: list[float] = []
@@ -135,7 +149,7 @@ def main() -> int:
                 B.log("  " + " | ".join(rows[-1]))
                 S.all.remove(srv)
                 srv.stop()
-    head = ["model", "strings", "body MiB", "status", "peak MiB", "RSS after MiB", "s"]
+    head = ["model", "elements", "body MiB", "status", "peak MiB", "RSS after MiB", "s"]
     head.append("tiny call ms: slowest / p99 / median (calls)")
     text = (
         f"# JSON BYTES memory {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"

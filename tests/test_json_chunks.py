@@ -10,6 +10,7 @@ one call must build the same tensors or raise the same error.
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import orjson
@@ -84,30 +85,40 @@ def _mutate(r: random.Random, text: bytes) -> bytes:
     return bytes(t)
 
 
+_POSITION = re.compile(r".: line \d+ column \d+ \(char \d+\)$")
+
+
 def _outcome(parse, body: bytes) -> tuple[str, bytes | str]:
     try:
         return "value", orjson.dumps(parse(body))  # dumps tells true from 1 and 1.0 from 1
-    except orjson.JSONDecodeError as exc:
+    except (orjson.JSONDecodeError, json_chunks.Malformed) as exc:
         return "error", str(exc)
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_generated_bodies_parse_as_orjson_parses_them(seed):
     r = random.Random(seed)
-    chunked = 0
+    chunked = same_error = errors = 0
     for _ in range(200):
         body = _body(r)
         if r.random() < 0.4:
             body = _mutate(r, body)
         window = r.choice([24, 64, 200])
         expected = _outcome(orjson.loads, body)
-        assert _outcome(lambda b, w=window: json_chunks.loads_all(b, w), body) == expected, body
+        got = _outcome(lambda b, w=window: json_chunks.loads_all(b, w), body)
+        if expected[0] == "value":
+            assert got == expected, body
+        else:  # found in steps: orjson's form, and mostly orjson's very message and position
+            errors += 1
+            same_error += got == expected
+            assert got[0] == "error" and _POSITION.search(got[1]), (body, got)
         try:
             json_chunks.loads(body, window)
             chunked += 1
-        except json_chunks.Invalid:
+        except (json_chunks.Invalid, json_chunks.Malformed):
             pass
     assert chunked > 60  # most bodies were parsed in steps, not handed to orjson whole
+    assert same_error > errors // 3, (same_error, errors)  # the scan reports where brackets break
 
 
 @pytest.mark.parametrize(
@@ -133,12 +144,34 @@ def test_generated_bodies_parse_as_orjson_parses_them(seed):
         b'{"inputs": [{"data": [1, 2]}]} x',
         b'{"inputs": [{"data": [1, 2]}]}\xff',
         b'{"inputs": [{"data": ["\xff\xfe", 2]}]}',
+        b'{"inputs": [], "p": {"a": 1, "b": [2, 3], "a": {"x": 3}, "c": "d", "b": 4}}',
+        b'{"inputs": [], "p": {"a": 1, "b": 2,, "c": 3}}',
+        b'{"inputs": [], "p": {"a": 1, "b": 2, "c": 3,}}',
+        b'{"inputs": [], "p": {, "a": 1, "b": 2}}',
+        b'{"inputs": [], "p": {"a" 1, "b": 2}}',
+        b'{"inputs": [], "p": {"a": 1, "b": 2, "c": 3  }   }',
+        b'{"inputs": [{"data": {"a": [1, 2, 3, 4, 5]}}]}',
     ],
 )
 @pytest.mark.parametrize("window", [1, 2, 3, 5, 8])
 def test_edge_bodies_parse_as_orjson_parses_them(body, window):
     expected = _outcome(orjson.loads, body)
-    assert _outcome(lambda b: json_chunks.loads_all(b, window), body) == expected
+    got = _outcome(lambda b: json_chunks.loads_all(b, window), body)
+    assert got == expected or _broken_at_or_after(expected, got)
+
+
+def _char(message: str) -> int:
+    return int(message.rsplit("(char ", 1)[1].rstrip(")"))
+
+
+def _broken_at_or_after(expected: tuple, got: tuple) -> bool:
+    """An error the scan found where the brackets break: orjson's form, at or after the
+    first error orjson finds (the body is malformed there)."""
+    return (
+        expected[0] == got[0] == "error"
+        and bool(_POSITION.search(got[1]))
+        and _char(expected[1]) <= _char(got[1])
+    )
 
 
 def test_escapes_across_every_window_boundary():
@@ -172,14 +205,14 @@ def test_a_large_body_is_parsed_in_pieces_and_an_input_s_data_stays_lazy():
 def _request(r: random.Random) -> bytes:
     inputs = []
     for i in range(r.randint(1, 2)):
-        datatype = r.choice(["BYTES", "BYTES", "INT32", "FP32", "BOOL", "UINT8"])
+        datatype = r.choice(["BYTES", "BYTES", "INT32", "FP32", "BOOL", "UINT8", "FP64", "INT64"])
         n = r.randint(0, 400)
         if datatype == "BYTES":
             data: list = [_string(r) for _ in range(n)]
         elif datatype == "BOOL":
             data = [r.random() < 0.5 for _ in range(n)]
-        elif datatype == "FP32":
-            data = [r.random() * 100 for _ in range(n)]
+        elif datatype.startswith("FP"):
+            data = [r.random() * 100 if r.random() < 0.8 else r.randint(-9, 9) for _ in range(n)]
         else:
             data = [r.randint(0, 300) for _ in range(n)]
         shape = [n]
@@ -194,6 +227,14 @@ def _request(r: random.Random) -> bytes:
             flat[r.randrange(len(flat))] = r.choice([True, 5, 1.5, None, "s"])
         elif k < 0.25 and data:  # too deep
             data = [[[[[[x]]]]] for x in data]
+        elif k < 0.35 and data and datatype != "BYTES":  # an odd number among numbers
+            flat = data if not isinstance(data[0], list) else data[0]
+            flat[r.randrange(len(flat))] = r.choice(
+                [2**60, -1, 1e300, 7, 2.5, 2**64 - 1, -(2**63), 300, True, None, "s"]
+            )
+        elif k < 0.4 and n > 4:  # rows of different lengths
+            data = [data[:1], data[1:]] if r.random() < 0.5 else [data[:-1], data[-1:]]
+            shape = [n]
         inputs.append({"name": f"in{i}", "datatype": datatype, "shape": shape, "data": data})
     if r.random() < 0.1:
         inputs.append(dict(inputs[0]))  # the same input twice
@@ -212,14 +253,19 @@ def _parse(body: bytes) -> tuple[str, object]:
     }
 
 
-@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("seed", range(4))
 def test_requests_in_steps_build_what_one_parse_builds(seed, monkeypatch):
     r = random.Random(seed)
     cases = [_request(r) for _ in range(200)]
     whole = [_parse(body) for body in cases]
     monkeypatch.setattr(json_chunks, "CHUNKED_FROM", 0)
     monkeypatch.setattr(json_chunks, "WINDOW", 48)
-    assert [_parse(body) for body in cases] == whole
+    prefix = "failed to parse the request JSON buffer: "
+    for body, expected in zip(cases, whole, strict=True):
+        got = _parse(body)
+        if got != expected:  # a syntax error found in steps: Triton's form, a position in the body
+            assert expected[1][1].startswith(prefix) and got[1][1].startswith(prefix), body
+            assert _POSITION.search(got[1][1]) and got[1][0] == expected[1][0], body
     assert sum(1 for w in whole if w[0] == "error") > 20  # errors of every kind were compared
 
 
@@ -234,3 +280,44 @@ def test_bytes_in_steps_keep_escapes_and_unicode(monkeypatch):
     array = req.inputs["s"]
     assert array.dtype == np.object_
     assert array.tolist() == [s.encode() for s in strings]
+
+
+@pytest.mark.parametrize("bad", [b"1.", b"tru", b"1 2", b'"a\x01"', b"", b"[1}", b"-"], ids=repr)
+def test_a_large_malformed_body_is_never_parsed_in_one_call(bad, monkeypatch):
+    """A syntax error in a large array is found in its piece: orjson's message at the body's
+    position, in Triton's form, and no orjson call ever sees more than a few windows."""
+    n = 300_000
+    data = b"[" + b"1.5, " * n + bad + b", 2.5" * 1000 + b"]"
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [%d], "data": %s}]}' % (
+        n + 1001,
+        data,
+    )
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        expected = str(exc)
+    largest = []
+    loads = orjson.loads
+
+    def watched(text):
+        largest.append(len(text))
+        return loads(text)
+
+    monkeypatch.setattr(orjson, "loads", watched)
+    with pytest.raises(NaiadError) as info:
+        codec.parse_infer_request(body, None, "m", 1)
+    assert info.value.message == f"failed to parse the request JSON buffer: {expected}"
+    assert max(largest) < 4 * json_chunks.WINDOW < len(body)
+
+
+def test_numbers_in_steps_go_straight_into_the_array(monkeypatch):
+    """A large number array is converted piece by piece: never made one list."""
+    values = np.random.default_rng(0).standard_normal(100_000).tolist()
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1000, 100], "data": values}]}
+    )
+    monkeypatch.setattr(json_chunks.ChunkedArray, "to_list", None)  # would fail if called
+    req, _plan = codec.parse_infer_request(body, None, "m", 1, max_decoded=1 << 30)
+    expected = np.array(values).astype(np.float32).reshape(1000, 100)
+    assert req.inputs["x"].dtype == np.float32
+    np.testing.assert_array_equal(req.inputs["x"], expected)

@@ -166,7 +166,10 @@ def parse_infer_request(
             budget.left = left  # what the try in steps took is free again
         return obj
 
-    return json_chunks.build(header, build, whole)  # a large JSON part: parsed in steps
+    try:
+        return json_chunks.build(header, build, whole)  # a large JSON part: parsed in steps
+    except json_chunks.Malformed as exc:  # found in steps: orjson's message, the body's position
+        raise InternalError(f"failed to parse the request JSON buffer: {exc}") from None
 
 
 def _build(

@@ -87,11 +87,15 @@ def json_to_array(
         if isinstance(data, ChunkedArray):
             return _chunked_bytes(data, shape, count, name)
         return _json_bytes(data, shape, count, name)
-    if isinstance(data, ChunkedArray):
-        data = data.to_list()
     dtype = NUMPY_DTYPES[datatype]
     if budget is not None:  # numpy's first pass holds 8-byte values
         budget.take(count * max(8, dtype.itemsize), f"{count} elements of input '{name}'")
+    if isinstance(data, ChunkedArray):
+        array = _chunked_numbers(data, datatype, dtype, shape, count, name)
+        if array is not None:
+            return array
+        data.restart()  # a case the pieces cannot say alone: numpy over the whole list
+        data = data.to_list()
     try:
         raw = np.array(data)
     except (ValueError, OverflowError, TypeError):  # ragged nesting, or nesting too deep
@@ -118,6 +122,64 @@ def json_to_array(
             if raw.min() < info.min or raw.max() > info.max:
                 raise InvalidArgument(f"data of input '{name}' does not fit {datatype}")
     return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def _chunked_numbers(
+    data: ChunkedArray, datatype: str, dtype: np.dtype, shape: list[int], count: int, name: str
+) -> np.ndarray | None:
+    """A number tensor from a large JSON array, converted piece by piece into its array (one
+    piece's Python numbers alive at a time), with the errors of the whole list's conversion.
+    None where numpy over the whole list could answer otherwise than over its pieces (a piece
+    numpy cannot convert to int64, float64 or bool, or integers beyond float64's exactness
+    for a float tensor): the caller converts the whole list then."""
+    out = np.empty(count, dtype) if count <= data.nbytes else None  # each element: 2 bytes+
+    filled = 0
+    inner: tuple[int, ...] | None = None  # every element's shape (rows of nested data)
+    kinds: set[str] = set()
+    bools = wide = False
+    for piece in data.pieces():
+        try:
+            raw = np.array(piece)
+        except (ValueError, OverflowError, TypeError):
+            return None
+        if raw.dtype not in _PLAIN or (inner is not None and raw.shape[1:] != inner):
+            return None
+        inner = raw.shape[1:]
+        kind = raw.dtype.kind
+        kinds.add(kind)
+        bools = bools or kind == "b" or _has_bool(piece, raw.ndim)
+        del piece
+        if kind == "i" and raw.size:
+            if dtype.kind == "f" and max(-int(raw.min()), int(raw.max())) > 1 << 53:
+                return None  # int64 -> float32 and int64 -> float64 -> float32 may differ
+            if dtype.kind in "iu":
+                info = np.iinfo(dtype)
+                wide = wide or raw.min() < info.min or raw.max() > info.max
+        fits = not (kind == "f" and dtype.kind in "iub")  # else refused below: not cast
+        if out is not None and fits and filled + raw.size <= count:
+            out[filled : filled + raw.size] = raw.reshape(-1)
+        filled += raw.size
+    if filled != count or out is None:
+        raise InternalError(
+            f"Unable to parse 'data': Shape does not match true shape of 'data' field for "
+            f"input '{name}' (shape {shape} has {count} elements, data has {filled} elements)"
+        )
+    if count:  # the checks of json_to_array, on the kinds the whole list would have had
+        whole = "b" if kinds == {"b"} else "f" if "f" in kinds else "i"
+        if datatype == "BOOL":
+            if whole != "b":
+                raise InvalidArgument(f"BOOL input '{name}' must hold true/false in JSON 'data'")
+        elif bools:
+            raise InvalidArgument(f"{datatype} input '{name}' must hold numbers in JSON 'data'")
+        elif whole == "f" and dtype.kind in "iu":
+            raise InvalidArgument(f"{datatype} input '{name}' must hold integers in JSON 'data'")
+        elif wide:
+            raise InvalidArgument(f"data of input '{name}' does not fit {datatype}")
+    return out.reshape(shape)
+
+
+#: what a piece may convert to for :func:`_chunked_numbers`
+_PLAIN = (np.dtype(np.int64), np.dtype(np.float64), np.dtype(np.bool_))
 
 
 def _has_bool(data: Any, depth: int) -> bool:
