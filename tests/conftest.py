@@ -168,6 +168,27 @@ def example_repo(tmp_path_factory) -> Path:
     return repo
 
 
+def sleep_config(count: int = 2) -> str:
+    """config.pbtxt of a ``test_sleep`` model (tests/plugins: sleeps as its input says, then
+    echoes it), ``count`` instances: for tests that need a request to take a while."""
+    return f"""backend: "test_sleep"
+max_batch_size: 4
+input [{{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }}]
+output [{{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }}]
+instance_group [{{ kind: KIND_CPU count: {count} }}]
+"""
+
+
+@pytest.fixture(scope="session")
+def sleep_repo(tmp_path_factory) -> Path:
+    """A repository with one ``sleepy`` model (:func:`sleep_config`; serve it with
+    ``--plugin naiad_test_backends``)."""
+    repo = tmp_path_factory.mktemp("sleep_repo")
+    (repo / "sleepy" / "1").mkdir(parents=True)
+    (repo / "sleepy" / "config.pbtxt").write_text(sleep_config())
+    return repo
+
+
 @pytest.fixture(scope="session")
 def server(example_repo, tmp_path_factory) -> Iterator[RunningServer]:
     """One server over the example repository, shared by the read-mostly tests."""

@@ -24,21 +24,7 @@ MAX = 2**31 - 1
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 3, 4, 6, 7, 9
 END_STREAM, END_HEADERS = 0x1, 0x4
-SLEEP_CONFIG = """backend: "test_sleep"
-max_batch_size: 4
-input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-instance_group [{ kind: KIND_CPU count: 2 }]
-"""
 SERVICE = "/inference.GRPCInferenceService/"
-
-
-@pytest.fixture(scope="module")
-def sleep_repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("sleep_repo")
-    (repo / "sleepy" / "1").mkdir(parents=True)
-    (repo / "sleepy" / "config.pbtxt").write_text(SLEEP_CONFIG)
-    return repo
 
 
 @pytest.fixture(scope="module")

@@ -19,20 +19,6 @@ from test_grpc_front import DATA, END_HEADERS, H2, HEADERS, PING, SETTINGS, fram
 from tritonclient.grpc import service_pb2 as tpb
 
 WINDOW_UPDATE, RST_STREAM, GOAWAY = 8, 3, 7
-SLEEP_CONFIG = """backend: "test_sleep"
-max_batch_size: 4
-input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-instance_group [{ kind: KIND_CPU count: 2 }]
-"""
-
-
-@pytest.fixture(scope="module")
-def sleep_repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("sleep_repo")
-    (repo / "sleepy" / "1").mkdir(parents=True)
-    (repo / "sleepy" / "config.pbtxt").write_text(SLEEP_CONFIG)
-    return repo
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from conftest import sleep_config
 from tritonclient.utils import InferenceServerException
 
 VALUES = [11, 7, 5, 3, 2, 0, 1]  # simple_grpc_sequence_stream_infer_client.py
 
-SLEEP_CONFIG = """backend: "test_sleep"
-max_batch_size: 4
-input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-instance_group [{ kind: KIND_CPU count: 2 }]
-"""
+SLEEP_CONFIG = sleep_config(2)
 DECOUPLED_CONFIG = SLEEP_CONFIG + "model_transaction_policy { decoupled: true }\n"
 FAIL_CONFIG = """backend: "test_fail"
 max_batch_size: 4

@@ -15,6 +15,7 @@ import gevent
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from conftest import sleep_config
 from httphelpers import raw, simple_inputs
 from tritonclient.utils import InferenceServerException
 
@@ -269,12 +270,7 @@ def test_log_settings(server_factory, example_repo):
 
 # ---- lifecycle ----------------------------------------------------------------------------------
 
-SLEEP_CONFIG = """backend: "test_sleep"
-max_batch_size: 4
-input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-instance_group [{ kind: KIND_CPU count: 1 }]
-"""
+SLEEP_CONFIG = sleep_config(1)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from conftest import sleep_config
 from httphelpers import raw, simple_inputs
 from naiad.errors import InvalidArgument, NotFound
 from naiad.shm import SharedMemoryManager
@@ -337,12 +338,7 @@ def test_unregister_unmaps(client, regions, server):
     assert not mapped(pid, key)
 
 
-SLEEP_CONFIG = """backend: "test_sleep"
-max_batch_size: 4
-input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
-instance_group [{ kind: KIND_CPU count: 1 }]
-"""
+SLEEP_CONFIG = sleep_config(1)
 
 
 @pytest.fixture

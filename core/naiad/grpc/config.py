@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .. import restrictions
 from ..forwarding import compile_pattern
+from ..restrictions import parse_restrictions
 
 INT32_MAX = 2**31 - 1
 COMPRESSION_LEVELS = ("none", "low", "medium", "high")
@@ -30,6 +32,8 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "logging": ("LogSettings",),
 }
 
+
+assert tuple(CATEGORIES) == restrictions.CATEGORIES
 
 HEADER_PREFIX = "triton-grpc-protocol-"
 
@@ -88,22 +92,6 @@ class GrpcConfig:
 def parse_restricted(values: list[str]) -> dict[str, tuple[str, str]]:
     """``--grpc-restricted-protocol=<cat>[,<cat>...]:<key>=<value>`` (repeatable), checked as
     Triton does; category -> (``triton-grpc-protocol-<key>``, value)."""
-    out: dict[str, tuple[str, str]] = {}
-    for text in values:
-        cats, colon, setting = text.partition(":")
-        key, eq, value = setting.partition("=")
-        if not colon or not eq or not cats or not key:
-            raise ValueError(
-                "--grpc-restricted-protocol option format is '<config name>:<setting>=<value>'. "
-                f"Got {text}"
-            )
-        for cat in cats.split(","):
-            cat = cat.strip()
-            if cat not in CATEGORIES:
-                raise ValueError(f"unknown restricted protocol '{cat}'")
-            if cat in out:
-                raise ValueError(
-                    f"restricted protocol '{cat}' can not be specified in multiple config groups"
-                )
-            out[cat] = (HEADER_PREFIX + key.lower(), value)
-    return out
+    return parse_restrictions(
+        values, "--grpc-restricted-protocol", "config name", "restricted protocol", HEADER_PREFIX
+    )

@@ -10,31 +10,14 @@ categories are the endpoint table's ``api`` field (the same names as
 
 from __future__ import annotations
 
-from ..grpc.config import CATEGORIES
+from ..restrictions import parse_restrictions
 from .edge import Request, RequestHook
 from .handlers import Answer, error_answer
 
 
 def parse_restricted_api(values: list[str]) -> dict[str, tuple[str, str]]:
     """category -> (header name in lower case, value), checked as Triton does."""
-    out: dict[str, tuple[str, str]] = {}
-    for text in values:
-        cats, colon, setting = text.partition(":")
-        key, eq, value = setting.partition("=")
-        if not colon or not eq or not cats or not key:
-            raise ValueError(
-                f"--http-restricted-api option format is '<API name>:<setting>=<value>'. Got {text}"
-            )
-        for cat in cats.split(","):
-            cat = cat.strip()
-            if cat not in CATEGORIES:
-                raise ValueError(f"unknown restricted api '{cat}'")
-            if cat in out:
-                raise ValueError(
-                    f"restricted api '{cat}' can not be specified in multiple config groups"
-                )
-            out[cat] = (key.lower(), value)
-    return out
+    return parse_restrictions(values, "--http-restricted-api", "API name", "restricted api")
 
 
 def restricted_api_hook(rules: dict[str, tuple[str, str]]) -> RequestHook:
