@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from . import memory
 from .dataplane import ControlMode, DataPlane, ServerOptions
 from .forwarding import compile_pattern
 from .grpc.config import GrpcConfig
@@ -81,6 +82,7 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        memory.tune_allocator()  # tensors' buffers reused, not faulted in anew each request
         #: what plugins add to every HTTP front (``naiad_register_http_hooks``)
         self.http_hooks = HttpHooks()
         if config.http_restricted_api:

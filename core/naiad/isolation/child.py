@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from .. import memory
 from ..backend import CustomInstance, InferenceBackend, InstanceContext
 from ..config import ModelConfig
 from ..errors import InternalError, ModelLoadError, NaiadError
@@ -377,6 +378,7 @@ def main(argv: list[str]) -> int:
     faulthandler.enable()  # a crash leaves its traceback in the server's log
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: where is it stuck?
+    memory.tune_allocator()  # as the server does
     channel = Channel(Connection(int(argv[1])), argv[2])
     fast = Channel(Connection(int(argv[3])), argv[2] + "f") if len(argv) > 3 else None
     Child(channel, fast).run()
