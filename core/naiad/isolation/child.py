@@ -31,7 +31,7 @@ from ..signature import Signature
 from ..streaming import StreamClosed
 from ..tritonpy.host import Host, install_default
 from .messages import pack_result, unpack_request
-from .wire import Channel
+from .wire import Channel, FrameReader
 
 log = logging.getLogger("naiad.isolation")
 
@@ -267,7 +267,8 @@ class Child:
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ)
         if self.fast is not None:
-            selector.register(self.fast.conn.fileno(), selectors.EVENT_READ, self.fast)
+            fd = self.fast.conn.fileno()
+            selector.register(fd, selectors.EVENT_READ, FrameReader(fd, self.fast, "the server"))
         while True:
             while True:
                 try:
@@ -281,13 +282,13 @@ class Child:
                 if key.data is None:
                     os.read(self._wake_r, 4096)
                     continue
-                try:
-                    _kind, call_id, requests = key.data.recv()
-                except (EOFError, OSError):  # the control socket says what happens next
+                messages = key.data.read()
+                if messages is None:  # the control socket says what happens next
                     selector.unregister(key.fd)
                     continue
-                self._run_fast(call_id, requests)
-                requests = None
+                for _kind, call_id, requests in messages:
+                    self._run_fast(call_id, requests)
+                messages = requests = None
 
     def _run_fast(self, call_id: int, requests: list[tuple]) -> None:
         """An execution from the server's loop; its outputs are checked here (the server trusts
