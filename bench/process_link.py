@@ -64,13 +64,13 @@ def main() -> None:
         instance = Instance(backend, Signature.from_config(config))
         instance.load()
         pid = backend.process.pid  # type: ignore[attr-defined]
-        try:
-            asyncio.run(_drive(instance, 200))  # warm up (one loop drives the link)
-        except AssertionError:
-            raise
-        loop = asyncio.new_event_loop()
-        backend.process._loop = loop  # type: ignore[attr-defined]
-        backend.process._links.clear()  # type: ignore[attr-defined]
+        try:  # the server's loop when it is installed
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        except ImportError:
+            loop = asyncio.new_event_loop()
+        loop.run_until_complete(_drive(instance, 200))  # warm up
         for i in range(args.r):
             c0, t0, w0 = _child_cpu(pid), time.thread_time(), time.perf_counter()
             if args.profile and i == args.r - 1:

@@ -282,13 +282,25 @@ class Child:
                 if key.data is None:
                     os.read(self._wake_r, 4096)
                     continue
-                messages = key.data.read()
-                if messages is None:  # the control socket says what happens next
+                if not self._serve_fast(key.data):  # the control socket says what comes next
                     selector.unregister(key.fd)
-                    continue
-                for _kind, call_id, requests in messages:
-                    self._run_fast(call_id, requests)
-                messages = requests = None
+                    key.data.close()
+
+    def _serve_fast(self, reader: FrameReader) -> bool:
+        """Run the executions the server's loop wrote, and those that arrive meanwhile (the
+        next one often waits already: no select then); False at the end of the stream."""
+        messages = reader.read()
+        while True:
+            if messages is None:
+                return False
+            for _kind, call_id, requests in messages:
+                self._run_fast(call_id, requests)
+            if not self.jobs.empty():
+                return True
+            try:
+                messages = reader.read(wait=False)
+            except BlockingIOError:
+                return True
 
     def _run_fast(self, call_id: int, requests: list[tuple]) -> None:
         """An execution from the server's loop; its outputs are checked here (the server trusts

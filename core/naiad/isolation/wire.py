@@ -18,6 +18,7 @@ import logging
 import mmap
 import os
 import pickle
+import socket
 import struct
 import threading
 import weakref
@@ -231,12 +232,20 @@ class FrameReader:
         self._buffer = bytearray(size)
         self._view = memoryview(self._buffer)
         self._in = b""
+        #: a duplicate of ``fd`` for reads that must not wait on a blocking socket
+        self._sock: socket.socket | None = None
 
-    def read(self) -> list[Any] | None:
+    def read(self, wait: bool = True) -> list[Any] | None:
         """The messages complete after one read (maybe none); None at the end of the stream.
-        Raises BlockingIOError when a non-blocking socket has nothing."""
+        Raises BlockingIOError when the socket has nothing and ``wait`` is false (or the
+        socket is non-blocking)."""
         try:
-            got = os.readv(self.fd, (self._buffer,))
+            if wait:
+                got = os.readv(self.fd, (self._buffer,))
+            else:
+                if self._sock is None:
+                    self._sock = socket.socket(fileno=os.dup(self.fd))
+                got = self._sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
             raise
         except OSError:
@@ -268,6 +277,11 @@ class FrameReader:
                 log.exception("a message from %s could not be read", self.label)
         self._in = bytes(buf[pos:]) if pos < end else b""
         return messages
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def remove_segments(prefix: str) -> int:
