@@ -32,7 +32,7 @@ from ..signature import Signature
 from ..streaming import StreamClosed
 from ..tritonpy.host import Host, install_default
 from .messages import pack_result, unpack_request
-from .wire import Channel
+from .wire import Channel, FrameReader
 
 log = logging.getLogger("naiad.isolation")
 
@@ -268,7 +268,8 @@ class Child:
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ)
         if self.fast is not None:
-            selector.register(self.fast.conn.fileno(), selectors.EVENT_READ, self.fast)
+            fd = self.fast.conn.fileno()
+            selector.register(fd, selectors.EVENT_READ, FrameReader(fd, self.fast, "the server"))
         while True:
             while True:
                 try:
@@ -282,13 +283,25 @@ class Child:
                 if key.data is None:
                     os.read(self._wake_r, 4096)
                     continue
-                try:
-                    _kind, call_id, requests = key.data.recv()
-                except (EOFError, OSError):  # the control socket says what happens next
+                if not self._serve_fast(key.data):  # the control socket says what comes next
                     selector.unregister(key.fd)
-                    continue
+                    key.data.close()
+
+    def _serve_fast(self, reader: FrameReader) -> bool:
+        """Run the executions the server's loop wrote, and those that arrive meanwhile (the
+        next one often waits already: no select then); False at the end of the stream."""
+        messages = reader.read()
+        while True:
+            if messages is None:
+                return False
+            for _kind, call_id, requests in messages:
                 self._run_fast(call_id, requests)
-                requests = None
+            if not self.jobs.empty():
+                return True
+            try:
+                messages = reader.read(wait=False)
+            except BlockingIOError:
+                return True
 
     def _run_fast(self, call_id: int, requests: list[tuple]) -> None:
         """An execution from the server's loop; its outputs are checked here (the server trusts

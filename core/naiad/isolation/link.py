@@ -16,29 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .wire import Channel
+from .wire import Channel, FrameReader
 
 log = logging.getLogger(__name__)
 
 #: a result callback: ``done(results, error)``, on the loop
 Done = Callable[[Any, BaseException | None], None]
-
-_HEADER = struct.Struct("!i")
-_LONG = struct.Struct("!Q")
-_READ = 1 << 18
-
-
-def frame(data: memoryview) -> bytes:
-    """``data`` framed as ``Connection.send_bytes`` frames it."""
-    n = len(data)
-    if n > 0x7FFFFFFF:
-        return _HEADER.pack(-1) + _LONG.pack(n) + bytes(data)
-    return _HEADER.pack(n) + bytes(data)
 
 
 class LoopLink:
@@ -54,7 +41,7 @@ class LoopLink:
         self.fd = conn.fileno()
         self.pending: dict[int, Done] = {}
         self._out = bytearray()
-        self._in = b""
+        self._reader = FrameReader(self.fd, channel, label)
         self._open = True
         os.set_blocking(self.fd, False)
         loop.add_reader(self.fd, self._readable)
@@ -62,7 +49,7 @@ class LoopLink:
     def send(self, call_id: int, message: Any, done: Done) -> None:
         """Write ``message`` (an execution); ``done`` gets its results."""
         self.pending[call_id] = done
-        data = frame(self.channel.encode(message))
+        data = self.channel.framed(message)
         if self._out:  # earlier bytes still wait: keep the order
             self._out += data
             return
@@ -89,36 +76,14 @@ class LoopLink:
 
     def _readable(self) -> None:
         try:
-            data = os.read(self.fd, _READ)
+            messages = self._reader.read()
         except BlockingIOError:
             return
-        except OSError:
-            data = b""
-        if not data:  # the child closed its end (it exited): stop watching
+        if messages is None:  # the child closed its end (it exited): stop watching
             self.loop.remove_reader(self.fd)
             return
-        buf = self._in + data if self._in else data
-        pos, end = 0, len(buf)
-        view = memoryview(buf)
-        while end - pos >= 4:
-            (n,) = _HEADER.unpack_from(buf, pos)
-            head = 4
-            if n < 0:
-                if end - pos < 12:
-                    break
-                (n,) = _LONG.unpack_from(buf, pos + 4)
-                head = 12
-            if end - pos < head + n:
-                break
-            start = pos + head
-            pos = start + n
-            try:
-                message = self.channel.decode(view[start:pos])
-            except Exception:  # a bug: the rest of the stream still gets read
-                log.exception("a message from %s could not be read", self.label)
-                continue
+        for message in messages:
             self._deliver(message)
-        self._in = buf[pos:] if pos < end else b""
 
     def _deliver(self, message: Any) -> None:
         _kind, call_id, results, error = message

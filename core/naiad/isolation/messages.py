@@ -9,6 +9,7 @@ a stream) as they are. Both sides build the same objects back.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any
 
 from ..inference import InferRequest, InferResponse, RequestedOutput
@@ -23,12 +24,18 @@ assert all(f.name in _LOCAL for f in dataclasses.fields(InferRequest)[len(_FIELD
 _OUTPUT_FIELDS = tuple(f.name for f in dataclasses.fields(RequestedOutput))
 
 
+_fields = operator.attrgetter(*_FIELDS)
+_output_fields = operator.attrgetter(*_OUTPUT_FIELDS)
+
+
 def pack_request(r: InferRequest) -> tuple:
-    values = [getattr(r, name) for name in _FIELDS]
+    values = _fields(r)
     outputs = r.outputs
-    if outputs is not None:
-        values[_OUTPUT_INDEX] = [tuple(getattr(o, n) for n in _OUTPUT_FIELDS) for o in outputs]
-    return tuple(values)
+    if outputs is None:
+        return values
+    packed = list(values)
+    packed[_OUTPUT_INDEX] = [_output_fields(o) for o in outputs]
+    return tuple(packed)
 
 
 def unpack_request(values: tuple) -> InferRequest:

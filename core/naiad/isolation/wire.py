@@ -14,9 +14,12 @@ from __future__ import annotations
 import collections
 import io
 import itertools
+import logging
 import mmap
 import os
 import pickle
+import socket
+import struct
 import threading
 import weakref
 from multiprocessing.connection import Connection
@@ -27,12 +30,27 @@ import numpy as np
 
 #: arrays smaller than this travel inside the pickle
 SHM_THRESHOLD = 64 * 1024
+log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 #: map every page at once (one kernel call instead of a fault per 4 KiB page)
 _FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 _receiving = threading.local()
+
+#: the frame header of :class:`multiprocessing.connection.Connection`: the length, or -1 and
+#: a 64-bit length after it
+_HEADER = struct.Struct("!i")
+_LONG = struct.Struct("!Q")
+_NO_HEADER = bytes(_HEADER.size)
+
+
+def frame(data: memoryview) -> bytes:
+    """``data`` framed as ``Connection.send_bytes`` frames it."""
+    n = len(data)
+    if n > 0x7FFFFFFF:
+        return _HEADER.pack(-1) + _LONG.pack(n) + bytes(data)
+    return _HEADER.pack(n) + bytes(data)
 
 
 def _from_segment(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -99,6 +117,10 @@ class Channel:
         self._released: collections.deque[str] = collections.deque()
         #: the other side's segments, mapped here: name -> mapping
         self._mapped: dict[str, mmap.mmap] = {}
+        #: the pickler :meth:`framed` reuses, over its buffer
+        self._encoding = threading.Lock()
+        self._buffer = io.BytesIO()
+        self._pickler = _Pickler(self._buffer, self)
 
     def _to_segment(self, array: np.ndarray) -> tuple[str, str, tuple[int, ...]]:
         data = np.ascontiguousarray(array)
@@ -128,17 +150,43 @@ class Channel:
                 if owned is not None:
                     self._free.setdefault(owned[0], []).append((name, owned[1]))
 
-    def encode(self, message: Any) -> memoryview:
-        """``message`` as bytes for the other side (large arrays copied into segments)."""
+    def _take_released(self) -> list[str]:
         released = []
         while self._released:
             try:
                 released.append(self._released.popleft())
             except IndexError:
                 break
+        return released
+
+    def encode(self, message: Any) -> memoryview:
+        """``message`` as bytes for the other side (large arrays copied into segments)."""
         buffer = io.BytesIO()
-        _Pickler(buffer, self).dump((released, message))
+        _Pickler(buffer, self).dump((self._take_released(), message))
         return buffer.getbuffer()
+
+    def framed(self, message: Any) -> bytes:
+        """``message`` encoded and framed as ``Connection.send_bytes`` frames it, ready to
+        write. One pickler and buffer serve every call (a fresh pickler costs as much as a
+        small message); a call that finds them busy on another thread makes its own."""
+        if not self._encoding.acquire(blocking=False):
+            return frame(self.encode(message))
+        try:
+            buffer, pickler = self._buffer, self._pickler
+            buffer.seek(0)
+            buffer.truncate()
+            buffer.write(_NO_HEADER)
+            pickler.clear_memo()
+            pickler.dump((self._take_released(), message))
+            n = buffer.tell() - _HEADER.size
+            if n > 0x7FFFFFFF:
+                return frame(buffer.getbuffer()[_HEADER.size :])
+            view = buffer.getbuffer()
+            _HEADER.pack_into(view, 0, n)
+            view.release()
+            return buffer.getvalue()
+        finally:
+            self._encoding.release()
 
     def decode(self, data: bytes | memoryview) -> Any:
         """A message the other side encoded (on the thread that will drop its arrays' views)."""
@@ -148,9 +196,12 @@ class Channel:
         return message
 
     def send(self, message: Any) -> None:
-        data = self.encode(message)
+        data = self.framed(message)
+        fd = self.conn.fileno()
         with self._send_lock:
-            self.conn.send_bytes(data)
+            while data:  # one write for a message of a few KiB
+                sent = os.write(fd, data)
+                data = data[sent:]
 
     def recv(self) -> Any:
         """The next message; raises EOFError / OSError when the other side is gone."""
@@ -167,6 +218,70 @@ class Channel:
                 os.unlink(SHM_DIR / name)
             except OSError:
                 pass
+
+
+class FrameReader:
+    """The messages of a socket read into one reused buffer, framed incrementally: one
+    ``read`` syscall takes every message that arrived (``Connection.recv_bytes`` makes two
+    per message)."""
+
+    def __init__(self, fd: int, channel: Channel, label: str, size: int = 1 << 18) -> None:
+        self.fd = fd
+        self.channel = channel
+        self.label = label
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self._in = b""
+        #: a duplicate of ``fd`` for reads that must not wait on a blocking socket
+        self._sock: socket.socket | None = None
+
+    def read(self, wait: bool = True) -> list[Any] | None:
+        """The messages complete after one read (maybe none); None at the end of the stream.
+        Raises BlockingIOError when the socket has nothing and ``wait`` is false (or the
+        socket is non-blocking)."""
+        try:
+            if wait:
+                got = os.readv(self.fd, (self._buffer,))
+            else:
+                if self._sock is None:
+                    self._sock = socket.socket(fileno=os.dup(self.fd))
+                got = self._sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            raise
+        except OSError:
+            got = 0
+        if not got:
+            return None
+        if self._in:  # the start of a message came with the last read
+            buf: bytes | memoryview = self._in + self._view[:got]
+        else:  # decoded in place, before the next read reuses the buffer
+            buf = self._view[:got]
+        view = memoryview(buf)
+        pos, end = 0, len(buf)
+        messages = []
+        while end - pos >= 4:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            head = 4
+            if n < 0:
+                if end - pos < 12:
+                    break
+                (n,) = _LONG.unpack_from(buf, pos + 4)
+                head = 12
+            if end - pos < head + n:
+                break
+            start = pos + head
+            pos = start + n
+            try:
+                messages.append(self.channel.decode(view[start:pos]))
+            except Exception:  # a bug: the rest of the stream still gets read
+                log.exception("a message from %s could not be read", self.label)
+        self._in = bytes(buf[pos:]) if pos < end else b""
+        return messages
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def remove_segments(prefix: str) -> int:

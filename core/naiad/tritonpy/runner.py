@@ -32,15 +32,33 @@ from .objects import (
     InferenceRequest,
     InferenceResponse,
     InferenceResponseSender,
+    InferenceTrace,
     Tensor,
     TritonModelException,
     sequence_flags,
 )
+from .utils import TRITONSERVER_REQUEST_RELEASE_ALL
 from .utils import ModelConfig as PbModelConfig
 
 log = logging.getLogger(__name__)
 
 CLASS_NAME = "TritonPythonModel"
+#: the trace of every request given to ``execute`` (stateless: always ``None`` contexts)
+_NO_TRACE = InferenceTrace()
+
+
+def _never() -> bool:
+    return False
+
+
+def slot_filler(slot: list[InferenceResponse]) -> Any:
+    """A non-decoupled request's sender target: what the model sends lands in ``slot``."""
+
+    def deliver(response: InferenceResponse | None, final: bool) -> None:
+        if response is not None:
+            slot.append(response)
+
+    return deliver
 
 
 def triton_args(config: ModelConfig, model_path: Path, version_path: Path, ctx: InstanceContext):
@@ -275,7 +293,9 @@ class TritonRunner:
         outputs = {}
         for t in response.output_tensors():
             outputs[t.name()] = t.as_numpy()
-        params = json.loads(response.parameters())
+        # checked when the response was built (str keys; bool, int, str values): a copy is
+        # what a JSON round trip would give
+        params = dict(response._parameters)
         return InferResponse(request.model_name, self.version, request.id, outputs, {}, params)
 
     def _call(self, pb_requests: list[InferenceRequest], requests: Sequence[Any]) -> Any:
@@ -305,27 +325,25 @@ class TritonRunner:
                 stream.fail(self._failed(f"{type(exc).__name__}: {exc}"))
 
     def _pb_request(self, r: InferRequest, slot: list[InferenceResponse]) -> InferenceRequest:
+        # the fields ``InferenceRequest.__init__`` would set, without its checks: naiad
+        # validated the request, and the tensors are built here
         req = InferenceRequest.__new__(InferenceRequest)
-        InferenceRequest.__init__(
-            req,
-            request_id=r.id,
-            correlation_id=r.sequence_id,
-            inputs=[Tensor._wrap(name, a) for name, a in r.inputs.items()],
-            requested_output_names=[o.name for o in r.outputs] if r.outputs else self._all_outputs,
-            model_name=self.config.name,
-            model_version=self.version,
-            flags=sequence_flags(r.sequence_start, r.sequence_end),
-            timeout=r.timeout_us or 0,
+        req.__dict__.update(
+            _request_id=r.id,
+            _correlation_id=r.sequence_id,
+            _inputs=[Tensor._wrap(name, a) for name, a in r.inputs.items()],
+            _requested=[o.name for o in r.outputs] if r.outputs else list(self._all_outputs),
+            _model_name=self.config.name,
+            _model_version=self.version,
+            _flags=sequence_flags(r.sequence_start, r.sequence_end),
+            _timeout=r.timeout_us or 0,
+            _trace=_NO_TRACE,
+            _parameters=dict(r.parameters),
+            _release_flags=TRITONSERVER_REQUEST_RELEASE_ALL,
         )
-        req._parameters = dict(r.parameters)
         stream = r.stream
         if stream is None:
-
-            def deliver(response: InferenceResponse | None, final: bool) -> None:
-                if response is not None:
-                    slot.append(response)
-
-            req._sender = InferenceResponseSender(deliver, self.decoupled, lambda: False)
+            req._sender = InferenceResponseSender(slot_filler(slot), self.decoupled, _never)
             return req
 
         def send(response: InferenceResponse | None, final: bool) -> None:
