@@ -30,10 +30,21 @@ def _load_make_models():
 make_models = _load_make_models()
 
 
+#: ports free_port handed out in this test run: the kernel may offer a port again once its
+#: probe socket is closed, before the server that was given it has bound it (a server's HTTP and
+#: gRPC ports once came out equal, and it exited with "address already in use")
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on, never one this run handed out before."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
