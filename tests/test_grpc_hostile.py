@@ -6,15 +6,14 @@ served meanwhile."""
 
 from __future__ import annotations
 
-import os
 import socket
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from naiad.grpc.limits import Budget
+from procfs import fds, reset_peak, settles, status_mib
 from test_grpc_front import DATA, END_HEADERS, H2, HEADERS, PING, SETTINGS, frame, message
 from tritonclient.grpc import service_pb2 as tpb
 
@@ -36,24 +35,6 @@ def strict(example_repo, sleep_repo, tmp_path_factory):
     )
     yield srv
     srv.stop()
-
-
-def _fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _settles(pid: int, limit: int, within: float = 15.0) -> int:
-    deadline = time.monotonic() + within
-    while (n := _fds(pid)) > limit and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return n
-
-
-def _status_mib(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
 
 
 def _serving(srv) -> None:
@@ -86,12 +67,9 @@ def test_200_clients_leaving_or_stalling_mid_message(strict):
     memory they held stays bounded by what they sent."""
     pid = strict.process.pid
     _serving(strict)
-    baseline = _fds(pid)
-    rss = _status_mib(pid, "VmRSS")
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from now on
-    except OSError:
-        pytest.skip("cannot reset the server's VmHWM here")
+    baseline = fds(pid)
+    rss = status_mib(pid, "VmRSS")
+    reset_peak(pid)  # VmHWM from now on
     size, sent = 2 << 20, 1 << 20
     prefix = b"\x00" + size.to_bytes(4, "big")
     stalled = []
@@ -108,8 +86,8 @@ def test_200_clients_leaving_or_stalling_mid_message(strict):
             stalled.append(h)
         else:
             h.close()
-    assert _settles(pid, baseline + 2) <= baseline + 2
-    peak = _status_mib(pid, "VmHWM") - rss
+    assert settles(pid, baseline + 2, within=15.0) <= baseline + 2
+    peak = status_mib(pid, "VmHWM") - rss
     assert peak < 200 * sent / 2**20 * 1.5 + 64, peak
     for h in stalled:
         h.close()
@@ -119,7 +97,7 @@ def test_200_clients_leaving_or_stalling_mid_message(strict):
 def test_a_connection_that_never_calls_is_closed(strict):
     """Nothing at all, a preface and SETTINGS and then nothing: both closed by the head limit."""
     pid = strict.process.pid
-    baseline = _fds(pid)
+    baseline = fds(pid)
     silent = socket.create_connection(("127.0.0.1", strict.grpc_port), timeout=20)
     while silent.recv(1024):  # the server's SETTINGS, then EOF
         pass
@@ -127,7 +105,7 @@ def test_a_connection_that_never_calls_is_closed(strict):
     h = H2(strict.grpc_port)
     assert _closes(h)
     h.close()
-    assert _settles(pid, baseline) <= baseline
+    assert settles(pid, baseline, within=15.0) <= baseline
     _serving(strict)
 
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import socket
 import struct
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from httphelpers import raw
+from procfs import fds, reset_peak, settles, status_mib
 from tritonclient.utils import InferenceServerException
 
 SIMPLE = "/v2/models/simple"
@@ -36,10 +35,6 @@ def front(request, example_repo, tmp_path_factory):
     srv = start_server(example_repo, *args, log_dir=tmp_path_factory.mktemp("hostile"))
     yield srv
     srv.stop()
-
-
-def _fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def _connect(srv, timeout: float = 10) -> socket.socket:
@@ -60,14 +55,6 @@ def _serving(srv) -> None:
         i.set_data_from_numpy(a)
     np.testing.assert_array_equal(c.infer("simple", inputs).as_numpy("OUTPUT0"), a + a)
     c.close()
-
-
-def _settles(pid: int, limit: int, within: float = 10.0) -> int:
-    """The server's descriptor count once it is at most ``limit`` (or after ``within`` s)."""
-    deadline = time.monotonic() + within
-    while (n := _fds(pid)) > limit and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return n
 
 
 def _response(sock: socket.socket) -> tuple[int, bytes]:
@@ -99,7 +86,7 @@ def test_clients_leaving_mid_request_are_released_at_once(front, leave):
     """2,000 clients send a head (and part of the body) and go: the descriptors come back."""
     pid = front.process.pid
     _serving(front)
-    baseline = _fds(pid)
+    baseline = fds(pid)
     body = b'{"inputs": ['
     for _ in range(20):
         socks = []
@@ -113,7 +100,7 @@ def test_clients_leaving_mid_request_are_released_at_once(front, leave):
             elif leave == "reset":
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.close()
-    assert _settles(pid, baseline + 5) <= baseline + 5
+    assert settles(pid, baseline + 5) <= baseline + 5
     _serving(front)
 
 
@@ -123,16 +110,16 @@ def test_half_sent_large_bodies_are_freed(front):
     cyclic collection on aiohttp)."""
     pid = front.process.pid
     _serving(front)
-    baseline, rss = _fds(pid), _status_mib(pid, "VmRSS")
+    baseline, rss = fds(pid), status_mib(pid, "VmRSS")
     half = b"x" * (8 << 20)
     for _ in range(8):
         with _connect(front) as s:
             s.sendall(_head(SIMPLE + "/infer", 16 << 20) + half)
-    assert _settles(pid, baseline + 2) <= baseline + 2
+    assert settles(pid, baseline + 2) <= baseline + 2
     deadline = time.monotonic() + 10
-    while _status_mib(pid, "VmRSS") - rss > 24 and time.monotonic() < deadline:
+    while status_mib(pid, "VmRSS") - rss > 24 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _status_mib(pid, "VmRSS") - rss <= 24  # 64 MiB were buffered
+    assert status_mib(pid, "VmRSS") - rss <= 24  # 64 MiB were buffered
     _serving(front)
 
 
@@ -180,7 +167,7 @@ def test_stalled_heads_and_bodies_time_out(example_repo, server_factory, fast_pa
     )
     pid = front.process.pid
     _serving(front)
-    baseline = _fds(pid)
+    baseline = fds(pid)
     # a slow but steady client is served: each piece comes within the timeouts
     body = json.dumps(
         {
@@ -212,10 +199,10 @@ def test_stalled_heads_and_bodies_time_out(example_repo, server_factory, fast_pa
         for s in socks:
             s.settimeout(10)
             assert s.recv(100) == b""  # closed by the server
-        assert _settles(pid, baseline) <= baseline
+        assert settles(pid, baseline) <= baseline
         _serving(front)
         # 200 clients stall mid-head or mid-body and stay; 4 of them with half of a 16 MiB body
-        rss = _status_mib(pid, "VmRSS")
+        rss = status_mib(pid, "VmRSS")
         for i in range(200):
             s = _connect(front)
             socks.append(s)
@@ -223,11 +210,11 @@ def test_stalled_heads_and_bodies_time_out(example_repo, server_factory, fast_pa
                 s.sendall(_head(SIMPLE + "/infer", 16 << 20) + b"x" * (8 << 20))
             else:
                 s.sendall(_head(SIMPLE + "/infer", 100)[: 10 + i % 2 * 60])
-        assert _settles(pid, baseline) <= baseline
+        assert settles(pid, baseline) <= baseline
         deadline = time.monotonic() + 10
-        while _status_mib(pid, "VmRSS") - rss > 24 and time.monotonic() < deadline:
+        while status_mib(pid, "VmRSS") - rss > 24 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _status_mib(pid, "VmRSS") - rss <= 24  # 32 MiB were buffered
+        assert status_mib(pid, "VmRSS") - rss <= 24  # 32 MiB were buffered
         _serving(front)
     finally:
         for s in socks:
@@ -376,13 +363,6 @@ def echo_server(tmp_path_factory):
     srv.stop()
 
 
-def _status_mib(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
 def _strings_body(n: int) -> bytes:
     """A JSON request of ``n`` 8-character strings (11 bytes each)."""
     head = b'{"inputs": [{"name": "INPUT0", "shape": [1, %d], "datatype": "BYTES", "data": [' % n
@@ -395,13 +375,13 @@ def test_a_json_bytes_request_costs_memory_in_proportion(echo_server):
     pid = echo_server.process.pid
     status, _, _ = raw(echo_server, "POST", "/v2/models/echo/infer", _strings_body(10))
     assert status == 200
-    base = _status_mib(pid, "VmRSS")
+    base = status_mib(pid, "VmRSS")
     body = _strings_body(1_000_000)
     status, _, payload = raw(echo_server, "POST", "/v2/models/echo/infer", body)
     assert status == 200
     out = json.loads(payload)["outputs"][0]
     assert out["shape"] == [1, 1_000_000] and out["data"][-1] == "abcdefgh"
-    peak = _status_mib(pid, "VmHWM") - base
+    peak = status_mib(pid, "VmHWM") - base
     assert peak < 10 * len(body) / 2**20, (peak, len(body) / 2**20)
 
 
@@ -416,17 +396,14 @@ def test_a_json_number_request_costs_memory_in_proportion(echo_server):
     small = head.replace(b"%d" % n, b"1") + b"1.5]}]}"
     status, _, _ = raw(echo_server, "POST", "/v2/models/echo_fp32/infer", small)
     assert status == 200
-    base = _status_mib(pid, "VmRSS")
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from now on
-    except OSError:
-        pytest.skip("cannot reset the server's VmHWM here")
+    base = status_mib(pid, "VmRSS")
+    reset_peak(pid)  # VmHWM from now on
     status, _, payload = raw(echo_server, "POST", "/v2/models/echo_fp32/infer", body)
     assert status == 200, payload[:200]
     out = json.loads(payload)["outputs"][0]
     assert out["shape"] == [1, n] and out["data"][-1] == -2.5
     assert abs(out["data"][0] - 1.2345678) < 1e-6
-    peak = _status_mib(pid, "VmHWM") - base
+    peak = status_mib(pid, "VmHWM") - base
     assert peak < 3.5 * len(body) / 2**20, (peak, len(body) / 2**20)
 
 
@@ -438,16 +415,13 @@ def test_a_json_bytes_request_through_onnxruntime_costs_memory_in_proportion(ser
     body = _strings_body(1_000_000)
     status, _, _ = raw(server, "POST", "/v2/models/simple_identity/infer", _strings_body(10))
     assert status == 200
-    base = _status_mib(pid, "VmRSS")
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from now on
-    except OSError:
-        pytest.skip("cannot reset the server's VmHWM here")
+    base = status_mib(pid, "VmRSS")
+    reset_peak(pid)  # VmHWM from now on
     status, _, payload = raw(server, "POST", "/v2/models/simple_identity/infer", body)
     assert status == 200, payload[:200]
     out = json.loads(payload)["outputs"][0]
     assert out["shape"] == [1, 1_000_000] and out["data"][-1] == "abcdefgh"
-    peak = _status_mib(pid, "VmHWM") - base
+    peak = status_mib(pid, "VmHWM") - base
     assert peak < 23 * len(body) / 2**20, (peak, len(body) / 2**20)
 
 
@@ -455,7 +429,7 @@ def test_a_request_over_the_decoded_bound_is_413(echo_server):
     """Tensors that would take more than 4x --http-max-input-size (256 MiB) once decoded: 413
     with the reason, before they are built (estimated from the JSON, and per tensor)."""
     pid = echo_server.process.pid
-    base = _status_mib(pid, "VmRSS")
+    base = status_mib(pid, "VmRSS")
     # 4.5M elements: refused from the JSON's size alone; 2.5M: once the tensor's count is read
     for n in (4_500_000, 2_500_000):
         status, _, payload = raw(echo_server, "POST", "/v2/models/echo/infer", _strings_body(n))
@@ -463,7 +437,7 @@ def test_a_request_over_the_decoded_bound_is_413(echo_server):
         assert "once decoded" in json.loads(payload)["error"]
     status, _, _ = raw(echo_server, "POST", "/v2/models/echo/infer", _strings_body(10))
     assert status == 200
-    assert _status_mib(pid, "VmRSS") - base < 100
+    assert status_mib(pid, "VmRSS") - base < 100
 
 
 def test_a_request_received_before_an_unload_is_served(server_factory, tmp_path, models):

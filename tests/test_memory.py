@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from naiad import memory
 from onnx import TensorProto, helper
+from procfs import minor_faults
 
 SHAPE = (3, 224, 224)  # one image in FP32: 602 KB each way
 CONFIG = """name: "image_identity"
@@ -54,19 +55,13 @@ def image_repo(tmp_path_factory) -> Path:
     return repo
 
 
-def _minor_faults(pid: int) -> int:
-    # /proc/PID/stat: the command may hold spaces, so count from the closing parenthesis
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[7])  # minflt, the 10th field of the line
-
-
 def _faults_per_request(pid: int, infer, count: int = 40) -> float:
     for _ in range(5):  # warm up: first requests grow the heaps
         infer()
-    before = _minor_faults(pid)
+    before = minor_faults(pid)
     for _ in range(count):
         infer()
-    return (_minor_faults(pid) - before) / count
+    return (minor_faults(pid) - before) / count
 
 
 def test_large_tensors_reuse_memory(image_repo, server_factory):
