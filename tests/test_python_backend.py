@@ -241,6 +241,8 @@ def test_a_batch_answered_by_return_value_by_sender_and_not_at_all(pyclient):
     # the same again, one request per execute
     assert pyclient.infer("sender_answers", mode_input(1)).as_numpy("OUT").tolist() == [[11]]
     assert pyclient.infer("sender_answers", mode_input(0)).as_numpy("OUT").tolist() == [[1]]
+    # threads of the model asking for the sender at once get the same one
+    assert pyclient.infer("sender_answers", mode_input(3)).as_numpy("OUT").tolist() == [[31]]
 
 
 # ---- decoupled ------------------------------------------------------------------------------------

@@ -191,11 +191,30 @@ instance_group [ { kind: KIND_CPU } ]
 """
 
 #: a non-decoupled model answering by its return value (MODE 0), through the request's
-#: response sender (1), or not at all (2); OUT = 10 * MODE + the number of requested outputs
-#: the request reports after the model changed the list it got
+#: response sender (1), not at all (2), or by return value after four threads asked for the
+#: sender at once (3); OUT = 10 * MODE + the number of requested outputs the request reports
+#: after the model changed the list it got + the number of distinct senders beyond one
 SENDER_ANSWERS = """
+import threading
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def senders_seen(request):
+    seen = []
+    start = threading.Barrier(4)
+
+    def ask():
+        start.wait()
+        seen.append(request.get_response_sender())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len({id(s) for s in seen})
 
 
 class TritonPythonModel:
@@ -205,6 +224,8 @@ class TritonPythonModel:
             mode = int(pb_utils.get_input_tensor_by_name(request, "MODE").as_numpy()[0, 0])
             request.requested_output_names().append("NOT_AN_OUTPUT")  # a copy
             value = 10 * mode + len(request.requested_output_names())
+            if mode == 3:
+                value += senders_seen(request) - 1
             response = pb_utils.InferenceResponse(
                 [pb_utils.Tensor("OUT", np.array([[value]], np.int32))])
             if mode == 1:

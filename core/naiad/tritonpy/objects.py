@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -288,6 +289,9 @@ def _never() -> bool:
     return False
 
 
+_SENDER_LOCK = threading.Lock()
+
+
 class InferenceRequest:
     """A request handed to ``execute``, or one a model builds for BLS.
 
@@ -378,8 +382,11 @@ class InferenceRequest:
             answers = self._answers
             if answers is None:
                 raise TritonModelException("This request has no response sender (a BLS request).")
-            sender = InferenceResponseSender(_collect(answers), self._decoupled, _never)
-            self._sender = sender
+            with _SENDER_LOCK:  # threads of the model asking at once get the same one
+                sender = self._sender
+                if sender is None:
+                    sender = InferenceResponseSender(_collect(answers), self._decoupled, _never)
+                    self._sender = sender
         return sender
 
     def is_cancelled(self) -> bool:
