@@ -11,6 +11,9 @@ Models (one CPU instance each unless said):
   image     identity over a 3x224x224 FP32 image (602 KB in, 602 KB out)
   busy1     pure-Python loop of --busy-ms per request, count: 1   (the CPU-bound case:
   busy2     the same loop, count: 2                                does count 2 use both cores?)
+  simple    the ONNX model of the same name (INT32 [1,16] add/sub), naiad's floor for a request:
+            run on the ``thread`` server (ONNX instances are threads there) and on Triton (its
+            onnxruntime backend), so thread mode's python rows can be read against it
 Servers, all up at once on 127.0.0.1 (free ports from --port): ``process`` and ``thread`` (naiad,
 the same repository but for the isolation parameter) and ``triton`` (tritonserver 2.51.0 python
 backend; left out when its anchor is not set up: bash bench/setup.sh). perf_analyzer: -b 1,
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -94,6 +98,9 @@ class TritonPythonModel:
 
 FAST_MODELS = ["add_sub", "image"]
 BUSY_MODELS = ["busy1", "busy2"]
+#: not a python model: the ONNX floor, on these servers only
+ONNX_FLOOR = "simple"
+FLOOR_SERVERS = ("thread", "triton")
 
 
 def spin(n: int) -> int:
@@ -127,6 +134,9 @@ def write_repo(repo: Path, mode: str | None, spin_n: int) -> None:
         tm.write(
             repo, name, BUSY.format(n=spin_n), BUSY_CONFIG.format(name=name, count=count), extra
         )
+    simple = repo / ONNX_FLOOR
+    if not simple.exists():
+        shutil.copytree(B.ROOT / "examples" / "model_repository" / ONNX_FLOOR, simple)
 
 
 def proc_ticks(root: int) -> dict[int, tuple[str, int]]:
@@ -157,7 +167,7 @@ def main() -> int:
     ap.add_argument("-r", "--repeat", type=int, default=2)
     ap.add_argument("-c", "--concurrency", default="1,8")
     ap.add_argument("--protocols", default="http,grpc")
-    ap.add_argument("--models", default=",".join(FAST_MODELS + BUSY_MODELS))
+    ap.add_argument("--models", default=",".join([*FAST_MODELS, ONNX_FLOOR, *BUSY_MODELS]))
     ap.add_argument("--servers", default="process,thread,triton")
     ap.add_argument("--busy-ms", type=float, default=3.0, help="CPU per busy request (ms)")
     ap.add_argument("--busy-conc", type=int, default=4, help="clients on the busy models")
@@ -213,6 +223,8 @@ def main() -> int:
                 for proto in ["http"] if busy else protocols:
                     for c in [a.busy_conc] if busy else concs:
                         for name in order:
+                            if model == ONNX_FLOOR and name not in FLOOR_SERVERS:
+                                continue
                             s = srv[name]
                             hp = f"127.0.0.1:{int(s.hostport.rsplit(':', 1)[1]) + 1}"
                             before = proc_ticks(s.pid) if busy else {}
@@ -255,7 +267,7 @@ def render(rows, a, want, models, concs, protocols, elapsed) -> str:
     head = ["model", "proto", "conc", "server", "infer/s", "runs", "p50 ms", "p99 ms"]
     head += ["cli cpu%", "srv cpu%", "other cpu%", "÷ triton infer/s", "p50 ÷ triton p50"]
     body = []
-    for model in [m for m in models if m in FAST_MODELS]:
+    for model in [m for m in models if m in (*FAST_MODELS, ONNX_FLOOR)]:
         for proto in protocols:
             for c in concs:
                 tri = agg.get(("triton", model, proto, c))

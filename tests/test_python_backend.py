@@ -53,6 +53,7 @@ def write_repo(repo, mode: str):
     tm.write(repo, "auto_complete", tm.AUTO_COMPLETE, None)
     tm.write(repo, "error_code", tm.ERROR_CODE, tm.ERROR_CODE_CONFIG, isolation_line)
     tm.write(repo, "batch_count", tm.BATCH_COUNT, tm.BATCH_COUNT_CONFIG, isolation_line)
+    tm.write(repo, "sender_answers", tm.SENDER_ANSWERS, tm.SENDER_ANSWERS_CONFIG, isolation_line)
     tm.write(repo, "square_int32", tm.SQUARE, tm.SQUARE_CONFIG, isolation_line)
     tm.write(repo, "repeat_int32", tm.REPEAT, tm.REPEAT_CONFIG, isolation_line)
     tm.write(
@@ -218,6 +219,30 @@ def test_dynamic_batcher_hands_execute_several_requests(pyclient):
     pending = [pyclient.async_infer("batch_count", [inp]) for _ in range(4)]
     counts = [int(p.get_result().as_numpy("COUNT")[0, 0]) for p in pending]
     assert max(counts) > 1  # requests arrive as one list, not merged
+
+
+def test_a_batch_answered_by_return_value_by_sender_and_not_at_all(pyclient):
+    def mode_input(mode: int):
+        inp = httpclient.InferInput("MODE", [1, 1], "INT32")
+        inp.set_data_from_numpy(np.array([[mode]], np.int32))
+        return [inp]
+
+    # the batcher waits 300 ms for company: the three requests run in one execute
+    pending = [pyclient.async_infer("sender_answers", mode_input(m)) for m in (0, 1, 2)]
+    assert pending[0].get_result().as_numpy("OUT").tolist() == [[1]]
+    assert pending[1].get_result().as_numpy("OUT").tolist() == [[11]]
+    with pytest.raises(InferenceServerException) as info:
+        pending[2].get_result()
+    assert info.value.status() == "500"
+    assert info.value.message() == (
+        "Failed to process the request(s) for model 'sender_answers_0_0', message: "
+        "execute returned None for a request it did not answer"
+    )
+    # the same again, one request per execute
+    assert pyclient.infer("sender_answers", mode_input(1)).as_numpy("OUT").tolist() == [[11]]
+    assert pyclient.infer("sender_answers", mode_input(0)).as_numpy("OUT").tolist() == [[1]]
+    # threads of the model asking for the sender at once get the same one
+    assert pyclient.infer("sender_answers", mode_input(3)).as_numpy("OUT").tolist() == [[31]]
 
 
 # ---- decoupled ------------------------------------------------------------------------------------

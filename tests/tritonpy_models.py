@@ -190,6 +190,66 @@ dynamic_batching { max_queue_delay_microseconds: 300000 }
 instance_group [ { kind: KIND_CPU } ]
 """
 
+#: a non-decoupled model answering by its return value (MODE 0), through the request's
+#: response sender (1), not at all (2), or by return value after four threads asked for the
+#: sender at once (3); OUT = 10 * MODE + the number of requested outputs the request reports
+#: after the model changed the list it got + the number of distinct senders beyond one
+SENDER_ANSWERS = """
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def senders_seen(request):
+    seen = []
+    start = threading.Barrier(4)
+
+    def ask():
+        start.wait()
+        seen.append(request.get_response_sender())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len({id(s) for s in seen})
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            mode = int(pb_utils.get_input_tensor_by_name(request, "MODE").as_numpy()[0, 0])
+            request.requested_output_names().append("NOT_AN_OUTPUT")  # a copy
+            value = 10 * mode + len(request.requested_output_names())
+            if mode == 3:
+                value += senders_seen(request) - 1
+            response = pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUT", np.array([[value]], np.int32))])
+            if mode == 1:
+                assert not request.is_cancelled()
+                sender = request.get_response_sender()
+                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                answers.append(None)
+            elif mode == 2:
+                answers.append(None)
+            else:
+                answers.append(response)
+        return answers
+"""
+
+SENDER_ANSWERS_CONFIG = """
+name: "sender_answers"
+backend: "python"
+max_batch_size: 8
+input [ { name: "MODE" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+dynamic_batching { max_queue_delay_microseconds: 300000 }
+instance_group [ { kind: KIND_CPU } ]
+"""
+
 #: reports how many requests each execute saw (the dynamic batcher's groups)
 BATCH_COUNT = """
 import numpy as np

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -186,7 +187,7 @@ class InferenceResponse:
         error: TritonError | None = None,
         parameters: Any = None,
     ) -> None:
-        tensors = list(output_tensors or [])
+        tensors = list(output_tensors) if output_tensors else []
         for t in tensors:
             if not isinstance(t, Tensor):
                 raise TritonModelException(
@@ -196,7 +197,7 @@ class InferenceResponse:
             raise TritonModelException("error must be a TritonError")
         self._tensors = tensors
         self._error = error
-        self._parameters = _check_parameters(parameters)
+        self._parameters = _check_parameters(parameters) if parameters is not None else {}
 
     def output_tensors(self) -> list[Tensor]:
         return self._tensors
@@ -274,8 +275,37 @@ class ResponseIterator:
         self._cancel()
 
 
+def _collect(answers: list[InferenceResponse]) -> Any:
+    """A sender target that keeps what the model sends in ``answers``."""
+
+    def deliver(response: InferenceResponse | None, final: bool) -> None:
+        if response is not None:
+            answers.append(response)
+
+    return deliver
+
+
+def _never() -> bool:
+    return False
+
+
+_SENDER_LOCK = threading.Lock()
+
+
 class InferenceRequest:
-    """A request handed to ``execute``, or one a model builds for BLS."""
+    """A request handed to ``execute``, or one a model builds for BLS.
+
+    A request given to ``execute`` that has no stream of its own (a non-decoupled model's)
+    gets its response sender when the model first asks for it: until then it holds only the
+    list the sender will put what it sends into (``_answers``), so that a model answering by
+    its return value, as most do, costs no sender per request.
+    """
+
+    # class defaults: what a request built for ``execute`` need not set on itself
+    _sender: InferenceResponseSender | None = None
+    #: a request given to ``execute`` without a stream: where its sender's responses land
+    _answers: list[InferenceResponse] | None = None
+    _decoupled = False
 
     def __init__(
         self,
@@ -347,9 +377,17 @@ class InferenceRequest:
         self._release_flags = flags
 
     def get_response_sender(self) -> InferenceResponseSender:
-        if self._sender is None:
-            raise TritonModelException("This request has no response sender (a BLS request).")
-        return self._sender
+        sender = self._sender
+        if sender is None:
+            answers = self._answers
+            if answers is None:
+                raise TritonModelException("This request has no response sender (a BLS request).")
+            with _SENDER_LOCK:  # threads of the model asking at once get the same one
+                sender = self._sender
+                if sender is None:
+                    sender = InferenceResponseSender(_collect(answers), self._decoupled, _never)
+                    self._sender = sender
+        return sender
 
     def is_cancelled(self) -> bool:
         return self._sender is not None and self._sender.is_cancelled()

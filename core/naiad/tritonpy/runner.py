@@ -45,20 +45,8 @@ log = logging.getLogger(__name__)
 CLASS_NAME = "TritonPythonModel"
 #: the trace of every request given to ``execute`` (stateless: always ``None`` contexts)
 _NO_TRACE = InferenceTrace()
-
-
-def _never() -> bool:
-    return False
-
-
-def slot_filler(slot: list[InferenceResponse]) -> Any:
-    """A non-decoupled request's sender target: what the model sends lands in ``slot``."""
-
-    def deliver(response: InferenceResponse | None, final: bool) -> None:
-        if response is not None:
-            slot.append(response)
-
-    return deliver
+_new_request = object.__new__
+_wrap_tensor = Tensor._wrap
 
 
 def triton_args(config: ModelConfig, model_path: Path, version_path: Path, ctx: InstanceContext):
@@ -225,8 +213,8 @@ class TritonRunner:
 
     def execute_requests(self, requests: Sequence[InferRequest]) -> list[Any]:
         """naiad requests in, one response / error / None (streamed) per request out."""
-        slots: list[list[InferenceResponse]] = [[] for _ in requests]
-        pb_requests = [self._pb_request(r, slots[i]) for i, r in enumerate(requests)]
+        pb_request = self._pb_request
+        pb_requests = [pb_request(r) for r in requests]
         token = _host.calling_runner.set(self)
         try:
             result = self._call(pb_requests, requests)
@@ -243,7 +231,7 @@ class TritonRunner:
                 )
                 return [error] * len(requests)
             return [None] * len(requests)
-        return self._responses(result, requests, slots)
+        return self._responses(result, requests, pb_requests)
 
     def _failed(self, message: str) -> InternalError:
         return InternalError(
@@ -251,7 +239,7 @@ class TritonRunner:
         )
 
     def _responses(
-        self, result: Any, requests: Sequence[InferRequest], slots: list[list[InferenceResponse]]
+        self, result: Any, requests: Sequence[InferRequest], pb_requests: list[InferenceRequest]
     ) -> list[Any]:
         n = len(requests)
         if result is None:
@@ -269,12 +257,16 @@ class TritonRunner:
                 )
             ] * n
         out: list[Any] = []
-        for request, item, slot in zip(requests, result, slots, strict=True):
-            if item is None and slot:
-                item = slot[0]
-            if item is None:
-                out.append(self._failed("execute returned None for a request it did not answer"))
-                continue
+        to_naiad = self.to_naiad
+        for request, item, pb in zip(requests, result, pb_requests, strict=True):
+            if item is None:  # answered through its sender, if at all
+                sent = pb._answers
+                if not sent:
+                    out.append(
+                        self._failed("execute returned None for a request it did not answer")
+                    )
+                    continue
+                item = sent[0]
             if not isinstance(item, InferenceResponse):
                 return [
                     self._failed(
@@ -282,20 +274,22 @@ class TritonRunner:
                         f"list, found type '{type(item)}'."
                     )
                 ] * n
-            out.append(self.to_naiad(item, request))
+            out.append(to_naiad(item, request))
         return out
 
     def to_naiad(self, response: InferenceResponse, request: InferRequest) -> Any:
         """A pb_utils response as a naiad response (or the error it carries)."""
-        error = response.error()
+        error = response._error
         if error is not None:
             return _host.error_from_code(error.message(), error.code())
         outputs = {}
-        for t in response.output_tensors():
-            outputs[t.name()] = t.as_numpy()
+        for t in response._tensors:
+            array = t._array
+            # a tensor over device memory has none: as_numpy raises Triton's error
+            outputs[t._name] = array if array is not None else t.as_numpy()
         # checked when the response was built (str keys; bool, int, str values): a copy is
         # what a JSON round trip would give
-        params = dict(response._parameters)
+        params = dict(response._parameters) if response._parameters else {}
         return InferResponse(request.model_name, self.version, request.id, outputs, {}, params)
 
     def _call(self, pb_requests: list[InferenceRequest], requests: Sequence[Any]) -> Any:
@@ -324,26 +318,31 @@ class TritonRunner:
             if stream is not None:
                 stream.fail(self._failed(f"{type(exc).__name__}: {exc}"))
 
-    def _pb_request(self, r: InferRequest, slot: list[InferenceResponse]) -> InferenceRequest:
+    def _pb_request(self, r: InferRequest) -> InferenceRequest:
         # the fields ``InferenceRequest.__init__`` would set, without its checks: naiad
-        # validated the request, and the tensors are built here
-        req = InferenceRequest.__new__(InferenceRequest)
+        # validated the request, and the tensors are built here. ``_requested`` and
+        # ``_parameters`` are shared, not copied: nothing changes them in place
+        # (``requested_output_names()`` and ``parameters()`` hand out copies)
+        req = _new_request(InferenceRequest)
+        wrap = _wrap_tensor
         req.__dict__.update(
             _request_id=r.id,
             _correlation_id=r.sequence_id,
-            _inputs=[Tensor._wrap(name, a) for name, a in r.inputs.items()],
-            _requested=[o.name for o in r.outputs] if r.outputs else list(self._all_outputs),
+            _inputs=[wrap(name, a) for name, a in r.inputs.items()],
+            _requested=[o.name for o in r.outputs] if r.outputs else self._all_outputs,
             _model_name=self.config.name,
             _model_version=self.version,
             _flags=sequence_flags(r.sequence_start, r.sequence_end),
             _timeout=r.timeout_us or 0,
             _trace=_NO_TRACE,
-            _parameters=dict(r.parameters),
+            _parameters=r.parameters,
             _release_flags=TRITONSERVER_REQUEST_RELEASE_ALL,
         )
         stream = r.stream
-        if stream is None:
-            req._sender = InferenceResponseSender(slot_filler(slot), self.decoupled, _never)
+        if stream is None:  # its sender is made when the model asks for it
+            req._answers = []
+            if self.decoupled:
+                req._decoupled = True
             return req
 
         def send(response: InferenceResponse | None, final: bool) -> None:
