@@ -2,11 +2,16 @@
 add_sub python model in its own process, driven from an event loop through the fast path
 (``Instance.submit``), executions back to back.
 
-Prints the round trip per execution and the CPU each side spends on it (the loop thread's own
-CPU, the child's from ``/proc``): the figures to decide a change of the link by, since they do
-not depend on an HTTP client sharing the cores.
+Prints the round trip per execution, the CPU each side spends on it (the loop thread's own
+CPU, the child's from ``/proc``) and how often the child was switched out per execution (its
+threads' voluntary and involuntary context switches: a sleep, a preemption by the woken loop;
+each is a switch to pay, whatever the load): the
+figures to decide a change of the link by, since they do not depend on an HTTP client sharing
+the cores. ``--size 65536`` sends two 256 KiB tensors each way (through shared memory; two
+inputs over 1 MiB in all would take the instance thread instead).
+Compare with another checkout by running it with ``PYTHONPATH=<checkout>/core``.
 
-    python bench/process_link.py [-n 5000] [-r 3] [--profile loop|none]
+    python bench/process_link.py [-n 5000] [-r 3] [--size 4] [--profile]
 """
 
 from __future__ import annotations
@@ -37,9 +42,21 @@ def _child_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _drive(instance: Instance, n: int) -> None:
+def _switches(pid: int) -> np.ndarray:
+    """Voluntary and involuntary context switches of every thread of ``pid``."""
+    total = np.zeros(2, dtype=np.int64)
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        for line in status.read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches"):
+                total[0] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches"):
+                total[1] += int(line.split()[1])
+    return total
+
+
+async def _drive(instance: Instance, n: int, size: int) -> None:
     loop = asyncio.get_running_loop()
-    a = np.arange(4, dtype=np.float32)
+    a = np.arange(size, dtype=np.float32)
     for _ in range(n):
         request = InferRequest("add_sub", 1, "", {"INPUT0": a, "INPUT1": a})
         future = loop.create_future()
@@ -53,11 +70,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=5000, help="executions per round")
     parser.add_argument("-r", type=int, default=3, help="rounds")
+    parser.add_argument("--size", type=int, default=4, help="elements of each FP32 input")
     parser.add_argument("--profile", action="store_true", help="cProfile the loop's last round")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
-        folder = tm.write(repo, "add_sub", tm.ADD_SUB, tm.add_sub_config("add_sub"))
+        config_text = tm.add_sub_config("add_sub").replace("[ 4 ]", f"[ {args.size} ]")
+        folder = tm.write(repo, "add_sub", tm.ADD_SUB, config_text)
         config = parse_model_config((folder / "config.pbtxt").read_text(), model_name="add_sub")
         ctx = InstanceContext("add_sub_0_0", "KIND_CPU")
         backend = make_backend(PythonFileBackend, "process", config, folder, folder / "1", ctx)
@@ -70,25 +89,29 @@ def main() -> None:
             loop = uvloop.new_event_loop()
         except ImportError:
             loop = asyncio.new_event_loop()
-        loop.run_until_complete(_drive(instance, 200))  # warm up
+        loop.run_until_complete(_drive(instance, 200, args.size))  # warm up
         for i in range(args.r):
-            c0, t0, w0 = _child_cpu(pid), time.thread_time(), time.perf_counter()
+            s0, c0 = _switches(pid), _child_cpu(pid)
+            t0, w0 = time.thread_time(), time.perf_counter()
             if args.profile and i == args.r - 1:
                 import cProfile
                 import pstats
 
                 prof = cProfile.Profile()
                 prof.enable()
-                loop.run_until_complete(_drive(instance, args.n))
+                loop.run_until_complete(_drive(instance, args.n, args.size))
                 prof.disable()
                 pstats.Stats(prof).sort_stats("tottime").print_stats(18)
             else:
-                loop.run_until_complete(_drive(instance, args.n))
+                loop.run_until_complete(_drive(instance, args.n, args.size))
             w, t, c = time.perf_counter() - w0, time.thread_time() - t0, _child_cpu(pid) - c0
+            slept, preempted = (_switches(pid) - s0) / args.n
             us = 1e6 / args.n
             print(
                 f"round {i + 1}: {w * us:6.1f} us/round trip  loop cpu {t * us:5.1f} us  "
-                f"child cpu {c * us:5.1f} us  load {os.getloadavg()[0]:.2f}"
+                f"child cpu {c * us:5.1f} us  child switches {slept:.2f} slept + "
+                f"{preempted:.2f} preempted  "
+                f"load {os.getloadavg()[0]:.2f}"
             )
         instance.release()
         loop.close()

@@ -297,3 +297,81 @@ def test_executions_from_the_loop_keep_every_answer_with_its_request(
     assert not failures, failures[0]
     stats = httpclient.InferenceServerClient(srv.url).get_inference_statistics("echo")
     assert stats["model_stats"][0]["inference_stats"]["success"]["count"] == 36
+
+
+ECHO_OR_DIE = """
+import os
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
+            if x[0] < 0:
+                os._exit(5)  # dies with its shared-memory segments mapped
+            note = np.array([b"ok"], dtype=np.object_)
+            if x[0] == 7:  # an answer the wire cannot carry
+                note = np.array([threading.Lock()], dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUT", x * 2), pb_utils.Tensor("NOTE", note)]))
+        return responses
+"""
+
+ECHO_OR_DIE_CONFIG = """
+name: "echo_or_die"
+backend: "python"
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "NOTE" data_type: TYPE_STRING dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU } ]
+"""
+
+
+def test_shared_memory_after_a_crash_a_restart_and_an_unload(tmp_path, server_factory):
+    """Tensors through reused segments on the loop's socket (256 KiB) and the instance thread's
+    (4 MiB); a child that dies leaves none of its generation's segments behind, the restarted
+    one makes and reuses its own, an unload removes every one; an answer that cannot cross
+    fails alone and the instance keeps serving."""
+    tm.write(tmp_path, "echo_or_die", ECHO_OR_DIE, ECHO_OR_DIE_CONFIG)
+    srv = server_factory(tmp_path, "--model-control-mode=explicit", "--load-model=echo_or_die")
+    client = httpclient.InferenceServerClient(srv.url, network_timeout=120)
+    pid = srv.process.pid
+
+    def echo(values):
+        inp = httpclient.InferInput("IN", [values.size], "FP32")
+        inp.set_data_from_numpy(values)
+        result = client.infer("echo_or_die", [inp])
+        np.testing.assert_array_equal(result.as_numpy("OUT"), values * 2)
+
+    def rounds():
+        for size in (1 << 16, 1 << 20) * 5:  # 256 KiB on the loop's path, 4 MiB on the thread's
+            echo(np.random.default_rng(size).random(size, dtype=np.float32))
+
+    rounds()
+    first = set(shm_segments(pid))
+    assert 0 < len(first) <= 12  # reused once released, not made per tensor
+
+    with pytest.raises(InferenceServerException) as info:
+        echo(np.full(1 << 16, -1, np.float32))
+    assert "it exited with exit code 5" in info.value.message()
+    assert not first & set(shm_segments(pid))  # the dead generation's are gone
+
+    rounds()  # the restarted child
+    second = set(shm_segments(pid))
+    assert 0 < len(second) <= 12 and not first & second
+
+    with pytest.raises(InferenceServerException) as info:
+        echo(np.full(4, 7, np.float32))
+    assert info.value.status() == "500"
+    assert "could not be sent to the server" in info.value.message()
+    rounds()  # the same child goes on
+
+    client.unload_model("echo_or_die")
+    client.close()
+    assert shm_segments(pid) == []
+    assert srv.process.poll() is None

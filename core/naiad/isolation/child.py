@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import queue
-import selectors
+import select
 import sys
 import threading
 from collections.abc import Iterator
@@ -32,7 +32,7 @@ from ..signature import Signature
 from ..streaming import StreamClosed
 from ..tritonpy.host import Host, install_default
 from .messages import pack_result, unpack_request
-from .wire import Channel, FrameReader
+from .wire import Channel, FrameReader, Unreadable
 
 log = logging.getLogger("naiad.isolation")
 
@@ -265,27 +265,26 @@ class Child:
         """The execution thread: jobs from the control socket's reader, and the executions the
         server's event loop writes to the fast socket, read here directly (the loop's write
         wakes this thread, nothing in between)."""
-        selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ)
+        poller = select.epoll()  # selectors' wrapper costs as much again per wake-up
+        poller.register(self._wake_r, select.EPOLLIN)
+        reader = None
         if self.fast is not None:
             fd = self.fast.conn.fileno()
-            selector.register(fd, selectors.EVENT_READ, FrameReader(fd, self.fast, "the server"))
+            reader = FrameReader(fd, self.fast, "the server", tagged=True)
+            poller.register(fd, select.EPOLLIN)
+        jobs = self.jobs
         while True:
-            while True:
-                try:
-                    job = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if not self._run(job):
+            while not jobs.empty():  # the only consumer: get() does not wait
+                if not self._run(jobs.get()):
                     return
-                job = None  # no tensors kept alive while idle
-            for key, _events in selector.select():
-                if key.data is None:
+            for fd, _events in poller.poll():
+                if fd == self._wake_r:
                     os.read(self._wake_r, 4096)
-                    continue
-                if not self._serve_fast(key.data):  # the control socket says what comes next
-                    selector.unregister(key.fd)
-                    key.data.close()
+                elif reader is not None and not self._serve_fast(reader):
+                    # the fast socket ended: the control socket says what comes next
+                    poller.unregister(fd)
+                    reader.close()
+                    reader = None
 
     def _serve_fast(self, reader: FrameReader) -> bool:
         """Run the executions the server's loop wrote, and those that arrive meanwhile (the
@@ -294,7 +293,7 @@ class Child:
         while True:
             if messages is None:
                 return False
-            for _kind, call_id, requests in messages:
+            for call_id, requests in messages:
                 self._run_fast(call_id, requests)
             if not self.jobs.empty():
                 return True
@@ -303,16 +302,24 @@ class Child:
             except BlockingIOError:
                 return True
 
-    def _run_fast(self, call_id: int, requests: list[tuple]) -> None:
+    def _run_fast(self, call_id: int, requests: Any) -> None:
         """An execution from the server's loop; its outputs are checked here (the server trusts
-        them), so the loop does not spend its time on it."""
+        them), so the loop does not spend its time on it. An execution that cannot be read or
+        whose answer cannot be encoded fails alone, with the reason."""
         assert self.fast is not None
         try:
-            results = self._exec(requests, [None] * len(requests), checked=True)
+            if isinstance(requests, Unreadable):
+                raise InternalError(f"the execution could not be read: {requests}")
+            answer: tuple = (self._exec(requests, None, checked=True), None)
         except BaseException as exc:  # fails this execution only
-            self.fast.send(("r", call_id, None, _as_error(exc)))
-            return
-        self.fast.send(("r", call_id, results, None))
+            answer = (None, _as_error(exc))
+        try:
+            self.fast.send(answer, call_id)
+        except OSError:
+            pass  # the server is gone: the control socket's end stops this process
+        except Exception as exc:  # an answer pickle refuses (an odd object from the model)
+            error = InternalError(f"the answer could not be sent to the server: {exc}")
+            self.fast.send((None, error), call_id)
 
     def _run(self, message: Any) -> bool:
         """One job from the control socket; False after the last (finalize)."""
@@ -354,14 +361,16 @@ class Child:
             self.channel.send(("result", call_id, None, _as_error(exc)))
 
     def _exec(
-        self, packed: list[tuple], keys: list[int | None], checked: bool = False
+        self, packed: list[tuple], keys: list[int | None] | None, checked: bool = False
     ) -> list[Any]:
+        """Run an execution; ``keys``: the decoupled requests' stream keys (None: none is)."""
         requests = [unpack_request(p) for p in packed]
-        for request, key in zip(requests, keys, strict=True):
-            if key is not None:
-                stream = ChildStream(self.channel, key, self._stream_closed)
-                self.streams[key] = stream
-                request.stream = stream
+        if keys is not None:
+            for request, key in zip(requests, keys, strict=True):
+                if key is not None:
+                    stream = ChildStream(self.channel, key, self._stream_closed)
+                    self.streams[key] = stream
+                    request.stream = stream
         assert isinstance(self.backend, CustomInstance)
         results = list(self.backend.execute_requests(requests))
         if checked and len(results) == len(requests):

@@ -6,9 +6,10 @@ Each child has a second socket for this (the first, with its reader thread, carr
 cycle, BLS and model-control calls, decoupled streams and blocking executions). The loop writes
 an execution without blocking: what the socket does not take at once waits in a buffer until it
 is writable. Results are read with ``loop.add_reader`` and framed incrementally (the framing of
-:class:`multiprocessing.connection.Connection`, which the child uses). The link never decides
-that the child died: the reader thread sees that, says why, and fails what is pending here
-through :meth:`LoopLink.fail_all`.
+:class:`multiprocessing.connection.Connection`, each frame led by its execution's call id
+outside the pickle: an answer that cannot be read fails its own execution, not the link). The
+link never decides that the child died: the reader thread sees that, says why, and fails what
+is pending here through :meth:`LoopLink.fail_all`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .wire import Channel, FrameReader
+from ..errors import InternalError
+from .wire import Channel, FrameReader, Unreadable
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,21 @@ class LoopLink:
         self.fd = conn.fileno()
         self.pending: dict[int, Done] = {}
         self._out = bytearray()
-        self._reader = FrameReader(self.fd, channel, label)
+        self._reader = FrameReader(self.fd, channel, label, tagged=True)
         self._open = True
         os.set_blocking(self.fd, False)
         loop.add_reader(self.fd, self._readable)
 
     def send(self, call_id: int, message: Any, done: Done) -> None:
-        """Write ``message`` (an execution); ``done`` gets its results."""
+        """Write ``message`` (an execution) as call ``call_id``; ``done`` gets its results
+        (on a later turn of the loop, also when the message cannot be encoded)."""
+        try:
+            data = self.channel.framed(message, call_id)
+        except Exception as exc:  # e.g. a parameter pickle refuses: fails this execution only
+            error = InternalError(f"the execution could not be sent to {self.label}: {exc}")
+            self.loop.call_soon(done, None, error)
+            return
         self.pending[call_id] = done
-        data = self.channel.framed(message)
         if self._out:  # earlier bytes still wait: keep the order
             self._out += data
             return
@@ -82,17 +90,24 @@ class LoopLink:
         if messages is None:  # the child closed its end (it exited): stop watching
             self.loop.remove_reader(self.fd)
             return
-        for message in messages:
-            self._deliver(message)
+        for call_id, message in messages:
+            self._deliver(call_id, message)
 
-    def _deliver(self, message: Any) -> None:
-        _kind, call_id, results, error = message
+    def _deliver(self, call_id: int, message: Any) -> None:
         done = self.pending.pop(call_id, None)
-        if done is not None:
-            try:
-                done(results, error)
-            except Exception:  # a scheduler bug must not lose the other results read
-                log.exception("handling a result from %s failed", self.label)
+        if done is None:
+            return
+        if isinstance(message, Unreadable):
+            results, error = (
+                None,
+                InternalError(f"the answer of {self.label} was unreadable: {message}"),
+            )
+        else:
+            results, error = message
+        try:
+            done(results, error)
+        except Exception:  # a scheduler bug must not lose the other results read
+            log.exception("handling a result from %s failed", self.label)
 
     def fail_all(self, error: BaseException) -> None:
         """The child died: every pending execution fails with ``error``."""

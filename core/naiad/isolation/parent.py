@@ -234,8 +234,8 @@ class InstanceProcess:
         if link is None:
             link = LoopLink(loop, child.fast, child.fast_channel, self.label)
             self._links[child.generation] = link
-        message = ("x", call_id, [pack_request(r) for r in requests])
-        link.send(call_id, message, lambda results, error: done(_results(results), error))
+        packed = [pack_request(r) for r in requests]
+        link.send(call_id, packed, lambda results, error: done(_results(results), error))
         return True
 
     def _retire(self, child: Spawned, error: BaseException) -> None:

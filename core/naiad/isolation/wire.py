@@ -42,15 +42,23 @@ _receiving = threading.local()
 #: a 64-bit length after it
 _HEADER = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
-_NO_HEADER = bytes(_HEADER.size)
+#: the call id a fast-socket frame starts with, outside the pickle: a message that cannot be
+#: read still names the execution it belongs to (which then fails instead of waiting forever)
+CALL_ID = struct.Struct("!Q")
 
 
-def frame(data: memoryview) -> bytes:
-    """``data`` framed as ``Connection.send_bytes`` frames it."""
-    n = len(data)
+def frame(data: memoryview, call_id: int | None = None) -> bytes:
+    """``data`` framed as ``Connection.send_bytes`` frames it (after ``call_id``, if given)."""
+    tag = b"" if call_id is None else CALL_ID.pack(call_id)
+    n = len(tag) + len(data)
     if n > 0x7FFFFFFF:
-        return _HEADER.pack(-1) + _LONG.pack(n) + bytes(data)
-    return _HEADER.pack(n) + bytes(data)
+        return _HEADER.pack(-1) + _LONG.pack(n) + tag + bytes(data)
+    return _HEADER.pack(n) + tag + bytes(data)
+
+
+class Unreadable(Exception):
+    """A tagged frame whose message could not be decoded (what the reader yields in its
+    place, with the frame's call id)."""
 
 
 def _from_segment(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -74,25 +82,24 @@ def _from_segment(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     return whole.reshape(shape)
 
 
-def _small_array(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Unpickling a small numeric array: a writable copy of its bytes."""
-    return np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
-
-
 class _Pickler(pickle.Pickler):
-    """Large numeric arrays by shared-memory reference, small ones as their raw bytes (half
-    the cost of numpy's own reduction), everything else as usual."""
+    """Numeric arrays by shared-memory reference when large, else as ``np.ndarray(shape,
+    dtype, bytearray)``: rebuilt by the unpickler in C with no Python frame, writable (half the
+    cost of numpy's own reduction). Only exact ``np.ndarray`` objects are looked up (the
+    pickler's ``dispatch_table``: no Python call for the tuples, lists and dicts around them);
+    everything else as usual."""
 
     def __init__(self, buffer: io.BytesIO, channel: Channel) -> None:
         super().__init__(buffer, protocol=pickle.HIGHEST_PROTOCOL)
         self.channel = channel
+        self.dispatch_table = {np.ndarray: self._array}
 
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is np.ndarray and obj.dtype.kind in "biuf":
-            if obj.nbytes >= SHM_THRESHOLD:
-                return _from_segment, self.channel._to_segment(obj)
-            return _small_array, (obj.tobytes(), obj.dtype.str, obj.shape)
-        return NotImplemented
+    def _array(self, obj: np.ndarray) -> Any:
+        if obj.dtype.kind not in "biuf":  # strings, objects: numpy's own reduction
+            return obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        if obj.nbytes >= SHM_THRESHOLD:
+            return _from_segment, self.channel._to_segment(obj)
+        return np.ndarray, (obj.shape, obj.dtype.str, bytearray(obj.tobytes()))
 
 
 class Channel:
@@ -165,24 +172,29 @@ class Channel:
         _Pickler(buffer, self).dump((self._take_released(), message))
         return buffer.getbuffer()
 
-    def framed(self, message: Any) -> bytes:
+    def framed(self, message: Any, call_id: int | None = None) -> bytes:
         """``message`` encoded and framed as ``Connection.send_bytes`` frames it, ready to
-        write. One pickler and buffer serve every call (a fresh pickler costs as much as a
-        small message); a call that finds them busy on another thread makes its own."""
+        write; with ``call_id``, that comes first in the frame (a tagged frame, for a
+        :class:`FrameReader` made with ``tagged=True``). One pickler and buffer serve every
+        call (a fresh pickler costs as much as a small message); a call that finds them busy
+        on another thread makes its own."""
         if not self._encoding.acquire(blocking=False):
-            return frame(self.encode(message))
+            return frame(self.encode(message), call_id)
         try:
             buffer, pickler = self._buffer, self._pickler
+            head = _HEADER.size if call_id is None else _HEADER.size + CALL_ID.size
             buffer.seek(0)
             buffer.truncate()
-            buffer.write(_NO_HEADER)
+            buffer.write(bytes(head))
             pickler.clear_memo()
             pickler.dump((self._take_released(), message))
             n = buffer.tell() - _HEADER.size
             if n > 0x7FFFFFFF:
-                return frame(buffer.getbuffer()[_HEADER.size :])
+                return frame(buffer.getbuffer()[head:], call_id)
             view = buffer.getbuffer()
             _HEADER.pack_into(view, 0, n)
+            if call_id is not None:
+                CALL_ID.pack_into(view, _HEADER.size, call_id)
             view.release()
             return buffer.getvalue()
         finally:
@@ -195,8 +207,8 @@ class Channel:
         self._reuse(released)
         return message
 
-    def send(self, message: Any) -> None:
-        data = self.framed(message)
+    def send(self, message: Any, call_id: int | None = None) -> None:
+        data = self.framed(message, call_id)
         fd = self.conn.fileno()
         with self._send_lock:
             while data:  # one write for a message of a few KiB
@@ -223,12 +235,19 @@ class Channel:
 class FrameReader:
     """The messages of a socket read into one reused buffer, framed incrementally: one
     ``read`` syscall takes every message that arrived (``Connection.recv_bytes`` makes two
-    per message)."""
+    per message).
 
-    def __init__(self, fd: int, channel: Channel, label: str, size: int = 1 << 18) -> None:
+    ``tagged``: each frame starts with a call id (:meth:`Channel.framed` with ``call_id``) and
+    the reader yields ``(call_id, message)``; a message that cannot be decoded comes as an
+    :class:`Unreadable` in its place, so that its call can fail."""
+
+    def __init__(
+        self, fd: int, channel: Channel, label: str, size: int = 1 << 18, tagged: bool = False
+    ) -> None:
         self.fd = fd
         self.channel = channel
         self.label = label
+        self.tagged = tagged
         self._buffer = bytearray(size)
         self._view = memoryview(self._buffer)
         self._in = b""
@@ -271,6 +290,18 @@ class FrameReader:
                 break
             start = pos + head
             pos = start + n
+            if self.tagged:
+                if n < CALL_ID.size:
+                    log.error("a frame from %s too short for its call id: dropped", self.label)
+                    continue
+                (call_id,) = CALL_ID.unpack_from(buf, start)
+                try:
+                    message = self.channel.decode(view[start + CALL_ID.size : pos])
+                except Exception as exc:
+                    log.exception("a message from %s could not be read", self.label)
+                    message = Unreadable(f"{type(exc).__name__}: {exc}")
+                messages.append((call_id, message))
+                continue
             try:
                 messages.append(self.channel.decode(view[start:pos]))
             except Exception:  # a bug: the rest of the stream still gets read
