@@ -182,11 +182,22 @@ class DataPlane:
                 f"model '{mv.name}' uses the decoupled transaction policy: its responses are "
                 "streamed (infer_stream)"
             )
-        _, sig, scheduler = _serving(mv)
+        sig, scheduler = mv.signature, mv.scheduler
+        if sig is None or scheduler is None or mv.config is None:
+            _serving(mv)  # raises: not ready
+            raise AssertionError  # pragma: no cover
         if not validated:
             sig.validate(request)
-        with self._counted():
+        # what _counted does, inline: this is every request's path
+        if not self._inflight:
+            self._idle.clear()
+        self._inflight += 1
+        try:
             response = await scheduler.infer(request)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
         response.model_version = mv.version
         self._finish(request, response, sig, mv.labels)
         return response
@@ -284,9 +295,10 @@ class DataPlane:
                 chosen[out.name] = array
             response.outputs = outputs = chosen
         datatypes = response.datatypes
+        specs = sig.outputs
         for name, array in outputs.items():
-            spec = sig.outputs.get(name)
-            if spec is not None and array.dtype != np.object_:
+            spec = specs.get(name)
+            if spec is not None and array.dtype.kind != "O":
                 datatypes[name] = spec.datatype
             else:
                 datatypes[name] = numpy_to_protocol(array.dtype)

@@ -22,6 +22,7 @@ from ..tensors import ITEM_SIZES, NUMPY_DTYPES, element_count, from_wire_bytes, 
 from . import json_chunks
 from .json_tensors import BYTES_ELEMENT_COST, DecodeBudget, json_data, json_to_array
 from .plans import PLAN_HEADER_MAX, PLANS_MAX, BinaryPlan, plannable
+from .plans import find as find_plan
 
 #: reads ``(region, offset, byte_size)`` of a registered shared-memory region
 ShmReader = Callable[[str, int, int], memoryview]
@@ -142,11 +143,11 @@ def parse_infer_request(
         header, binary = view, view[:0]
     else:
         header, binary = view[:header_length], view[header_length:]
-        if plans is not None and header_length <= PLAN_HEADER_MAX:
-            key = bytes(header)
-            plan = plans.get(key)
-            if plan is not None and plan.total == len(binary):
+        if plans is not None and 0 < header_length <= PLAN_HEADER_MAX:
+            plan = find_plan(plans, body, header_length)
+            if plan is not None:
                 return plan.build(binary, model_name, model_version), plan
+            key = bytes(header)
     budget = DecodeBudget(max_decoded) if max_decoded is not None else None
     if budget is not None:
         budget.estimate(header)
@@ -427,8 +428,18 @@ def encode_infer_response(
     request: InferRequest,
     response: InferResponse,
     shm_writer: Callable[[str, int, int, bytes | memoryview, str], None] | None = None,
+    heads: dict[tuple, bytes] | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body and, when it has a binary part, the JSON header length."""
+    """The response body and, when it has a binary part, the JSON header length.
+
+    ``heads``: the JSON headers of earlier all-binary answers to requests of one binary header
+    (a :class:`~naiad.http.plans.BinaryPlan`'s), by what they say (id, model, version, each
+    output's name, datatype, shape and size): an answer like one before reuses its bytes.
+    """
+    if heads is not None and not response.parameters:
+        cached = _encode_binary(request, response, heads)
+        if cached is not None:
+            return cached
     wanted: dict[str, RequestedOutput] = (
         {o.name: o for o in request.outputs} if request.outputs else {}
     )
@@ -463,3 +474,42 @@ def encode_infer_response(
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
+
+
+#: JSON headers kept per plan (emptied when full: a model whose output shapes keep changing)
+HEADS_MAX = 16
+
+
+def _encode_binary(
+    request: InferRequest, response: InferResponse, heads: dict[tuple, bytes]
+) -> tuple[bytes, int | None] | None:
+    """An answer whose every output is binary, its JSON header from ``heads`` when one said the
+    same before; None when an output goes elsewhere (JSON data, shared memory)."""
+    if request.outputs:
+        for spec in request.outputs:
+            if not spec.binary or spec.shm is not None:
+                return None
+    elif not request.binary_output:
+        return None
+    datatypes = response.datatypes
+    blobs: list[bytes | memoryview] = [b""]
+    key: list[Any] = [response.id, response.model_name, response.model_version]
+    for name, array in response.outputs.items():
+        datatype = datatypes[name]
+        raw = to_wire_bytes(array, datatype)
+        blobs.append(raw)
+        key.append((name, datatype, array.shape, len(raw)))
+    if len(blobs) == 1:
+        return None
+    k = tuple(key)
+    header = heads.get(k)
+    if header is None:
+        body, length = encode_infer_response(request, response)
+        if length is None:
+            return body, None
+        header = body[:length]
+        if len(heads) >= HEADS_MAX:
+            heads.clear()
+        heads[k] = header
+    blobs[0] = header
+    return b"".join(blobs), len(header)

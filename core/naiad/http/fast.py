@@ -31,7 +31,7 @@ from aiohttp import web
 from . import handlers
 from .edge import NO_QUERY, Edge, Request
 from .lean_head import NOT_OURS, LeanHead, LeanRoutes, parse_head
-from .lean_write import Date, answer_head
+from .lean_write import Heads
 
 #: input buffered beyond this while a request runs pauses reading from the socket
 READ_AHEAD = 1 << 20
@@ -79,7 +79,8 @@ class FastFront:
         #: connections waiting (not reading) until their body fits in ``max_buffered``
         self.waiting: collections.deque[FastProtocol] = collections.deque()
         self.connections: set[FastProtocol] = set()
-        self.date = Date()
+        #: answer heads, with the ``Date`` of this second
+        self.heads = Heads()
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
         timeouts = (keepalive_timeout, head_timeout, body_timeout)
@@ -354,8 +355,8 @@ class FastProtocol(asyncio.Protocol):
             self._started = self._loop.time()
         if self._eof and not (self._busy or self._write_paused or self._more):
             transport.close()  # half-closed by the client, and all it sent is answered
-        else:
-            self._update_reading()
+        elif self._read_paused or self._wanted or len(self._buf) > READ_AHEAD:
+            self._update_reading()  # (else reading goes on, as it does now)
 
     def _refuse(self, req: LeanHead) -> None:
         """413 from the head of a request whose body is over the limit, then close."""
@@ -389,8 +390,7 @@ class FastProtocol(asyncio.Protocol):
             front.edge.finish(request, status, headers)
         if not keep_alive or front.closing:
             keep_alive = False
-        date = front.date.get()
-        head = answer_head(status, len(body), content_type, headers, not keep_alive, date)
+        head = front.heads.get(status, len(body), content_type, headers, not keep_alive)
         if len(body) < _JOIN_LIMIT:
             transport.write(head + body)
         else:

@@ -21,6 +21,7 @@ from ..errors import InvalidArgument, NaiadError, Unsupported
 from ..inference import InferRequest
 from . import codec
 from .plans import BinaryPlan
+from .plans import find as find_plan
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,17 @@ async def infer(
     """
     if mv.decoupled:
         raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
+    if (
+        plans
+        and header_length is not None
+        and (not content_encoding or content_encoding == "identity")
+    ):
+        length = codec.parse_header_length(header_length, len(body))
+        plan = find_plan(plans, body, length) if length else None
+        if plan is not None and length:
+            return await _infer_planned(
+                dp, mv, name, version, body, length, plan, accept_encoding, forward
+            )
     mv.arriving += 1  # an unload from now on waits for this request (see ModelRegistry)
     lease = dp.shm.lease()
     try:
@@ -174,21 +186,62 @@ async def infer(
         lease.release()  # after the request's arrays over shared memory are gone
         if len(body) >= memory.TRIM_FROM:
             memory.trim_soon()
-    headers: dict[str, str] | None = None
-    if json_length is not None:
-        headers = {"Inference-Header-Content-Length": str(json_length)}
-        content_type = BINARY
-    else:
-        content_type = JSON
     if accept_encoding:
-        chosen = codec.choose_encoding(accept_encoding)
-        if chosen is not None:
-            if len(payload) > COMPRESS_IN_THREAD:
-                payload = await asyncio.to_thread(codec.compress, payload, chosen)
-            else:
-                payload = codec.compress(payload, chosen)
-            headers = {**(headers or {}), "Content-Encoding": chosen}
-    return 200, payload, content_type, headers
+        return await _compressed(payload, json_length, accept_encoding)
+    return _infer_answer(payload, json_length)
+
+
+async def _infer_planned(
+    dp: DataPlane,
+    mv: Any,
+    name: str,
+    version: int,
+    body: bytes | memoryview,
+    length: int,
+    plan: BinaryPlan,
+    accept_encoding: str | None,
+    forward: Callable[[InferRequest], None] | None,
+) -> Answer:
+    """:func:`infer` of a body whose binary header has a plan: its tensors are sliced out of
+    the binary part, and neither inputs nor outputs use shared memory (see ``plannable``)."""
+    mv.arriving += 1  # an unload from now on waits for this request (see ModelRegistry)
+    try:
+        req = plan.build(memoryview(body)[length:], name, version)
+        if forward is not None:  # --http-header-forward-pattern
+            forward(req)
+        sig = mv.signature
+        validated = plan.validated(sig)
+        response = await dp.infer(req, mv, validated=validated)
+        if not validated:
+            plan.accepted(sig, req)
+        req.inputs = {}  # the answer is encoded without them: free them first
+        payload, json_length = codec.encode_infer_response(req, response, heads=plan.heads)
+    finally:
+        mv.arriving -= 1
+        if len(body) >= memory.TRIM_FROM:
+            memory.trim_soon()
+    if accept_encoding:
+        return await _compressed(payload, json_length, accept_encoding)
+    return _infer_answer(payload, json_length)
+
+
+def _infer_answer(payload: bytes, json_length: int | None) -> Answer:
+    if json_length is None:
+        return 200, payload, JSON, None
+    return 200, payload, BINARY, {"Inference-Header-Content-Length": str(json_length)}
+
+
+async def _compressed(payload: bytes, json_length: int | None, accept_encoding: str) -> Answer:
+    """The answer, compressed as ``Accept-Encoding`` asks (large ones off the event loop)."""
+    status, payload, content_type, headers = _infer_answer(payload, json_length)
+    chosen = codec.choose_encoding(accept_encoding)
+    if chosen is not None:
+        if len(payload) > COMPRESS_IN_THREAD:
+            payload = await asyncio.to_thread(codec.compress, payload, chosen)
+        else:
+            payload = codec.compress(payload, chosen)
+        headers = {**(headers or {}), "Content-Encoding": chosen}
+    return status, payload, content_type, headers
 
 
 def _raw_input(mv: Any) -> tuple[str, str, list[int]] | None:

@@ -53,3 +53,40 @@ def answer_head(
         _SERVER,
         extra,
     )
+
+
+#: answer heads kept per second (a client in a loop gets the same few over and over)
+HEADS_MAX = 256
+
+
+class Heads:
+    """Answer heads by what they say, made once a second (the ``Date`` changes each second)."""
+
+    __slots__ = ("date", "_second", "_cache")
+
+    def __init__(self) -> None:
+        self.date = Date()
+        self._second = -1
+        self._cache: dict[tuple, bytes] = {}
+
+    def get(
+        self,
+        status: int,
+        length: int,
+        content_type: str | None,
+        headers: Mapping[str, str] | None,
+        close: bool,
+    ) -> bytes:
+        """:func:`answer_head` with the current ``Date``."""
+        date = self.date.get()
+        cache = self._cache
+        if self.date.second != self._second:
+            self._second = self.date.second
+            cache.clear()
+        key = (status, length, content_type, tuple(headers.items()) if headers else None, close)
+        head = cache.get(key)
+        if head is None:
+            if len(cache) >= HEADS_MAX:
+                cache.clear()
+            head = cache[key] = answer_head(status, length, content_type, headers, close, date)
+        return head

@@ -36,7 +36,7 @@ class BinaryPlan:
     sequence parameters): the request built from one differs from the last only in its tensors.
     """
 
-    __slots__ = ("template", "inputs", "total", "checked", "batch_size")
+    __slots__ = ("template", "inputs", "total", "checked", "batch_size", "heads")
 
     def __init__(
         self,
@@ -52,6 +52,9 @@ class BinaryPlan:
         #: size it found (set by the edge once the data plane accepted one)
         self.checked: Any = None
         self.batch_size = 0
+        #: the JSON headers of this header's all-binary answers, by what they say
+        #: (``codec.encode_infer_response``)
+        self.heads: dict[tuple, bytes] = {}
 
     def build(self, binary: memoryview, model_name: str, model_version: int) -> InferRequest:
         t = self.template
@@ -83,6 +86,20 @@ class BinaryPlan:
         self.batch_size = request.batch_size
 
 
+def find(
+    plans: dict[bytes, BinaryPlan], body: bytes | memoryview, header_length: int
+) -> BinaryPlan | None:
+    """The plan of a body's binary header (``header_length`` bytes, > 0), if one was made and
+    the binary part has the size it expects."""
+    if header_length > PLAN_HEADER_MAX:
+        return None
+    key = body[:header_length]
+    plan = plans.get(key if isinstance(key, bytes) else bytes(key))
+    if plan is not None and plan.total == len(body) - header_length:
+        return plan
+    return None
+
+
 def plannable(request: InferRequest) -> bool:
     """A request whose header can be reused as is: no sequence, no shared memory."""
     if request.sequence_id or request.sequence_start or request.sequence_end:
@@ -90,21 +107,34 @@ def plannable(request: InferRequest) -> bool:
     return not request.outputs or all(o.shm is None for o in request.outputs)
 
 
+class Plans(dict[bytes, BinaryPlan]):
+    """One model version's plans by header bytes (a dict that can be referred to weakly)."""
+
+    __slots__ = ("__weakref__",)
+
+
 class PlanCache:
     """Binary header plans per model version (held weakly), at most :data:`PLANS_MAX` each."""
 
-    __slots__ = ("_by_version",)
+    __slots__ = ("_by_version", "_last")
 
     def __init__(self) -> None:
-        self._by_version: weakref.WeakKeyDictionary[Any, dict[bytes, BinaryPlan]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._by_version: weakref.WeakKeyDictionary[Any, Plans] = weakref.WeakKeyDictionary()
+        #: the version asked for last and its table, both held weakly (clients call one
+        #: model in a loop: that one is found without hashing a new weak reference)
+        self._last: tuple[weakref.ref, weakref.ref[Plans]] | None = None
 
     def of(self, version: Any) -> dict[bytes, BinaryPlan]:
         """The plans of one model version object (a new, empty table for a new version)."""
+        last = self._last
+        if last is not None and last[0]() is version:
+            plans = last[1]()
+            if plans is not None:
+                return plans
         plans = self._by_version.get(version)
         if plans is None:
-            plans = self._by_version[version] = {}
+            plans = self._by_version[version] = Plans()
+        self._last = (weakref.ref(version), weakref.ref(plans))
         return plans
 
     def __len__(self) -> int:

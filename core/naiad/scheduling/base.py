@@ -80,10 +80,15 @@ class SchedulerCore(Scheduler):
         if self._closed:
             raise Unavailable(f"model '{request.model_name}' is unloading")
 
-    def _admit(self, request: InferRequest) -> Ticket:
-        """Count a new request in flight and pending; its ticket, with a fresh future."""
+    def _admit(
+        self, request: InferRequest, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Ticket:
+        """Count a new request in flight and pending; its ticket, with a fresh future (of
+        ``loop``, the running loop, when the caller has it at hand)."""
         self._count_in()
-        return Ticket(request, asyncio.get_running_loop().create_future(), time.monotonic_ns())
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        return Ticket(request, loop.create_future(), time.monotonic_ns())
 
     def _count_in(self) -> None:
         """One more request in flight and pending (:meth:`_admit` without a ticket)."""

@@ -49,13 +49,32 @@ class DefaultScheduler(SchedulerCore):
 
     async def infer(self, request: InferRequest) -> InferResponse:
         self._refuse_if_closed(request)
-        entry = self._admit(request)
+        loop = asyncio.get_running_loop()
+        entry = self._admit(request, loop)
         with self._lock:
-            self._queue.append(entry)
-        self._pump(asyncio.get_running_loop())
+            # nothing waits and an instance is idle: it takes this one now (what _pump would
+            # do, without the queue)
+            instance = self._idle.popleft() if self._idle and not self._queue else None
+            if instance is None:
+                self._queue.append(entry)
+        if instance is None:
+            self._pump(loop)
+        else:
+            self._dequeued()
+            self._start(loop, instance, entry)
         # a client that leaves: still queued, it is skipped when its turn comes; running, it
         # finishes unseen
         return await self._wait(entry)
+
+    def _start(self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: Ticket) -> None:
+        """Run ``entry`` on ``instance``, which was idle: from the loop where it can, else on
+        its thread (which then takes what is queued behind it)."""
+        if instance.submits and instance.submit(
+            [entry.request], self._submitted(loop, instance, entry, False)
+        ):
+            self._second.append(instance)
+            return
+        instance.executor.call_soon(None, log_failure, self._chain, loop, instance, entry)
 
     def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start queued requests on idle instances, oldest first (then, while none is idle,
@@ -77,17 +96,17 @@ class DefaultScheduler(SchedulerCore):
             if entry.cancelled:
                 self._finished()
                 continue
+            if not second:
+                self._start(loop, instance, entry)
+                continue
             if instance.submit([entry.request], self._submitted(loop, instance, entry, second)):
-                if not second:
-                    self._second.append(instance)
                 continue  # the loop talks to the instance itself (a process-isolated one)
-            if second:  # not from the loop now: back to the head of the line
-                with self._lock:
-                    self._queue.appendleft(entry)
-                self._stats.pending += 1
-                self._second.appendleft(instance)
-                return
-            instance.executor.call_soon(None, log_failure, self._chain, loop, instance, entry)
+            # not from the loop now: back to the head of the line
+            with self._lock:
+                self._queue.appendleft(entry)
+            self._stats.pending += 1
+            self._second.appendleft(instance)
+            return
 
     def _submitted(
         self, loop: asyncio.AbstractEventLoop, instance: Instance, entry: Ticket, second: bool

@@ -154,7 +154,7 @@ class DynamicBatcher(SchedulerCore):
                 f"(max_queue_size {policy.max_queue_size} at priority level {level_index + 1})"
             )
         loop = asyncio.get_running_loop()
-        ticket = self._admit(request)
+        ticket = self._admit(request, loop)
         timeout_us = policy.timeout_us(request.timeout_us)
         deadline = ticket.arrived + timeout_us * 1000 if timeout_us else 0
         entry = _Entry(ticket, deadline, level_index)

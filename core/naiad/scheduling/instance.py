@@ -47,8 +47,13 @@ class Instance:
         self._custom = isinstance(backend, CustomInstance)
         #: the readiness check in flight (an asyncio future, loop only; ``naiad.readiness``)
         self.ready_check: Any = None
+        #: inputs the backend sees in another shape, and the outputs it makes by default
+        self._reshapes = {n: t.reshape for n, t in signature.inputs.items() if t.reshape}
+        self._outputs = list(signature.outputs)
         #: the backend's way to start an execution from the event loop, if it has one
         self._submit = getattr(backend, "submit_requests", None) if self._custom else None
+        #: :meth:`submit` may start executions from the loop (else it always returns False)
+        self.submits = self._submit is not None
 
     def submit(
         self,
@@ -178,19 +183,25 @@ class Instance:
                 name: np.concatenate([r.inputs[name] for r in requests], axis=0)
                 for name in requests[0].inputs
             }
-        for name, array in inputs.items():
-            spec = sig.inputs.get(name)  # control and state inputs are not in the signature
-            reshape = spec.reshape if spec is not None else None
-            if reshape is not None:
+        # control and state inputs are not in the signature: never reshaped
+        for name, reshape in self._reshapes.items():
+            array = inputs.get(name)
+            if array is not None:
                 lead = (array.shape[0],) if batching else ()
                 inputs[name] = array.reshape(lead + reshape)
-        wanted: list[str] = []
-        for r in requests:
-            names = [o.name for o in r.outputs] if r.outputs else list(sig.outputs)
-            for n in names:
-                if n not in wanted:
-                    wanted.append(n)
-        wanted.extend(n for n in extra_outputs if n not in wanted)
+        wanted: list[str]
+        if len(requests) == 1:
+            outputs = requests[0].outputs
+            wanted = [o.name for o in outputs] if outputs else list(self._outputs)
+        else:
+            wanted = []
+            for r in requests:
+                names = [o.name for o in r.outputs] if r.outputs else self._outputs
+                for n in names:
+                    if n not in wanted:
+                        wanted.append(n)
+        if extra_outputs:
+            wanted.extend(n for n in extra_outputs if n not in wanted)
         return inputs, wanted
 
     def _scatter(
