@@ -144,37 +144,22 @@ def make_repo(kind: str, out: Path, image: bool = False) -> Path:
     script = B.ANCHORS / "models" / "make_repo.py"
     subprocess.run([str(python), str(script), str(out), "--kind", kind], check=True)
     if image and kind == "onnx":
-        subprocess.run([str(python), "-c", _IMAGE_MODEL, str(out / IMAGE)], check=True)
+        builder = B.ROOT / "examples" / "make_models.py"
+        subprocess.run([str(python), "-c", _IMAGE_MODEL, str(builder), str(out)], check=True)
     return out
 
 
 #: ``--image``: an ONNX Identity over one 3x224x224 FP32 image (602 KB a request), the same
-#: model file and config in naiad's and Triton's repositories
+#: model file and config in naiad's and Triton's repositories (examples/make_models.py builds it)
 IMAGE = "identity_image"
 _IMAGE_MODEL = r"""
-import sys
+import importlib.util, sys
 from pathlib import Path
 
-import onnx
-from onnx import TensorProto, helper
-
-folder = Path(sys.argv[1])
-(folder / "1").mkdir(parents=True, exist_ok=True)
-shape = ["batch", 3, 224, 224]
-graph = helper.make_graph(
-    [helper.make_node("Identity", ["input"], ["output"])],
-    "identity_image",
-    [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-    [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
-)
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-model.ir_version = 8
-onnx.save(model, str(folder / "1" / "model.onnx"))
-(folder / "config.pbtxt").write_text(
-    'name: "identity_image"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
-    'input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]\n'
-    'output [ { name: "output" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]\n'
-)
+spec = importlib.util.spec_from_file_location("make_models", sys.argv[1])
+make_models = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_models)
+make_models.write_identity_image(Path(sys.argv[2]))
 """
 
 
