@@ -60,7 +60,7 @@ class H2Sender:
         self,
         stream: Stream,
         head: bytes | None,
-        data: tuple[bytes, ...] | list[bytes],
+        data: tuple[bytes | memoryview, ...] | list[bytes | memoryview],
         trailers: bytes | None,
     ) -> None:
         """Send on ``stream``: a header block, DATA (as the windows allow: the rest waits for

@@ -95,8 +95,15 @@ class InferenceService:
     # ---- inference -----------------------------------------------------------------------------
 
     @rpc
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        """``request``: the message, or (from the lean front) a :class:`codec.SplitRequest`,
+        answered with the serialized response (:class:`codec.WireMessage`)."""
         dp = self.dp
+        raw = None
+        encode: Any = codec.encode_infer_response
+        if isinstance(request, codec.SplitRequest):
+            request, raw = request.msg, request.raw
+            encode = codec.encode_infer_response_wire
         version = parse_model_version(request.model_version)
         mv = dp.resolve(request.model_name, version)
         if mv.decoupled:
@@ -105,20 +112,21 @@ class InferenceService:
             )
         lease = dp.shm.lease()
         try:
-            if codec.costly_request(request):
-                req, _ = await asyncio.to_thread(codec.parse_infer_request, request, lease.read)
+            if codec.costly_request(request, raw):
+                req, _ = await asyncio.to_thread(
+                    codec.parse_infer_request, request, lease.read, raw
+                )
             else:
-                req, _ = codec.parse_infer_request(request, lease.read)
+                req, _ = codec.parse_infer_request(request, lease.read, raw)
             if self.options.forward_pattern is not None:
                 metadata = context.invocation_metadata() or ()
                 forward_headers(req, metadata, self.options.forward_pattern)
             lease.reserve(req.outputs)
             response = await dp.infer(req, mv)
+            req.inputs = {}  # the answer is encoded without them: free them first
             if codec.costly_response(response):
-                return await asyncio.to_thread(
-                    codec.encode_infer_response, req, response, lease.write
-                )
-            return codec.encode_infer_response(req, response, lease.write)
+                return await asyncio.to_thread(encode, req, response, lease.write)
+            return encode(req, response, lease.write)
         finally:
             lease.release()
 
