@@ -82,6 +82,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self._out = []
         self.streams: dict[int, Stream] = {}
         self._buf = bytearray()
         self._preface = False
@@ -135,6 +136,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._out, self._out_size = [], 0
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.local_closed = stream.remote_closed = True
