@@ -242,3 +242,66 @@ def test_image_through_tritonclient(image_server, compression):
         result = gc.infer("identity_image", [inp], compression_algorithm=compression)
         assert np.array_equal(result.as_numpy("output"), image)
     gc.close()
+
+
+# ---- ModelInfer's plans (codec.RawPlan): a message seen before is not parsed again -------------
+
+
+def _simple_message(a: np.ndarray, b: np.ndarray, extra: bytes | None = None) -> bytes:
+    msg = tpb.ModelInferRequest(model_name="simple", id="same")
+    for name in ("INPUT0", "INPUT1"):
+        msg.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+    msg.raw_input_contents.extend([a.tobytes(), b.tobytes()])
+    if extra is not None:
+        msg.raw_input_contents.append(extra)
+    data = msg.SerializeToString()
+    return b"\x00" + len(data).to_bytes(4, "big") + data
+
+
+def _call(h: H2, sid: int, body: bytes) -> bytes:
+    return frame(HEADERS, END_HEADERS, sid, h.block("ModelInfer")) + frame(
+        DATA, END_STREAM, sid, body
+    )
+
+
+def test_a_planned_message_with_other_tensors(image_server):
+    """The same fields each call with new tensors, a tensor of the wrong size, one raw entry
+    too many: each answered as a first call would be, the plan used again after them."""
+    h = H2(image_server.grpc_port)
+    rng = np.random.default_rng(3)
+    sid = 1
+    for i in range(12):
+        a = rng.integers(-1000, 1000, (1, 16), dtype=np.int32)
+        b = rng.integers(-1000, 1000, (1, 16), dtype=np.int32)
+        if i == 5:  # INPUT1 of 15 values: the size check still runs
+            body = _simple_message(a, b[:, :15])
+            h.send(_call(h, sid, body))
+            headers, _ = h.answer(sid)
+            assert headers["grpc-status"] == "3", headers  # INVALID_ARGUMENT
+            assert "input byte size mismatch for input 'INPUT1'" in headers["grpc-message"]
+        else:
+            extra = b"\x00" * 8 if i == 8 else None  # an unused raw entry, as protobuf's path
+            h.send(_call(h, sid, _simple_message(a, b, extra)))
+            _check_simple(h, sid, a, b)
+        sid += 2
+    h.close()
+
+
+def test_forwarded_headers_are_each_calls_own(tmp_path_factory, server_factory):
+    """A planned message takes the headers of its own call, not those of the call it was
+    planned from."""
+    import json
+
+    from test_header_forwarding import CONFIG, MODEL
+    from tritonpy_models import write
+
+    repo = tmp_path_factory.mktemp("fwd")
+    write(repo, "params", MODEL, CONFIG)
+    srv = server_factory(repo, "--grpc-header-forward-pattern=^my_")
+    c = grpcclient.InferenceServerClient(srv.grpc_url)
+    inp = grpcclient.InferInput("INPUT0", [1], "FP32")
+    inp.set_data_from_numpy(np.ones(1, np.float32))
+    for headers in ({"my_a": "1"}, {"my_b": "2"}, {}, {"my_a": "3", "other": "x"}):
+        params = json.loads(c.infer("params", [inp], headers=headers).as_numpy("PARAMS")[0])
+        assert params == {k: v for k, v in headers.items() if k.startswith("my_")}
+    c.close()

@@ -9,12 +9,14 @@ The messages and their rules: ``docs/grpc.md`` and Triton's ``infer_handler.cc``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgument, Unsupported
+from ..http.plans import PLAN_HEADER_MAX, BinaryPlan, plannable
 from ..inference import InferRequest, InferResponse, RequestedOutput, parse_model_version
 from ..tensors import NUMPY_DTYPES, WIRE_DTYPES, from_wire_bytes, to_wire_bytes
 from . import grpc_service_pb2 as pb
@@ -189,14 +191,53 @@ def _varint_bytes(value: int) -> bytes:
 
 class SplitRequest:
     """A ModelInferRequest as :func:`split_infer_request` parsed it: the message without its
-    raw contents, and those (None: they are in the message). The RPC answers one with the
+    raw contents, and those (None: they are in the message). ``key``: the bytes of the other
+    fields when short enough to look up a :class:`RawPlan` by. The RPC answers one with the
     serialized response (:class:`WireMessage`)."""
 
-    __slots__ = ("msg", "raw")
+    __slots__ = ("msg", "raw", "key")
 
-    def __init__(self, msg: pb.ModelInferRequest, raw: list[memoryview] | None) -> None:
+    def __init__(
+        self, msg: pb.ModelInferRequest, raw: list[memoryview] | None, key: bytes | None = None
+    ) -> None:
         self.msg = msg
         self.raw = raw
+        self.key = key
+
+
+class RawPlan(BinaryPlan):
+    """The edge's plan of a binary request (:mod:`naiad.http.plans`) for a gRPC ModelInfer:
+    a message whose fields but ``raw_input_contents`` were seen before is not parsed or
+    validated again; its tensors are the raw entries, in the order of its inputs."""
+
+    __slots__ = ("specs",)
+
+    def __init__(self, request: InferRequest, specs: tuple[tuple[str, str, list[int]], ...]):
+        # the template keeps its own parameters (forwarded headers are added to the request's)
+        super().__init__(dataclasses.replace(request, parameters=dict(request.parameters)), (), 0)
+        self.specs = specs
+
+    def build_raw(self, raw: RawContents) -> InferRequest:
+        """The request of these fields with ``raw`` (one entry per input) as its tensors."""
+        t = self.template
+        request = self.build(memoryview(b""), t.model_name, t.model_version)
+        inputs = request.inputs
+        for (name, datatype, shape), data in zip(self.specs, raw, strict=True):
+            inputs[name] = from_wire_bytes(data, datatype, shape, name)
+        return request
+
+
+def plan_of(split: SplitRequest, request: InferRequest) -> RawPlan | None:
+    """A plan for requests like ``request`` (parsed from ``split``): every input raw, no
+    parameters on the inputs, no sequence, no shared memory."""
+    msg, raw = split.msg, split.raw
+    if split.key is None or raw is None or len(raw) != len(msg.inputs):
+        return None
+    if any(t.parameters or t.HasField("contents") for t in msg.inputs):
+        return None
+    if not plannable(request):
+        return None
+    return RawPlan(request, tuple((t.name, t.datatype, list(t.shape)) for t in msg.inputs))
 
 
 def split_infer_request(data: bytes | memoryview) -> SplitRequest:
@@ -243,7 +284,8 @@ def split_infer_request(data: bytes | memoryview) -> SplitRequest:
     if start < end:
         rest.append(data[start:end])
     head = rest[0] if len(rest) == 1 else b"".join(rest)
-    return SplitRequest(pb.ModelInferRequest.FromString(head), raw)
+    key = bytes(head) if len(head) <= PLAN_HEADER_MAX else None
+    return SplitRequest(pb.ModelInferRequest.FromString(head), raw, key)
 
 
 class WireMessage:
