@@ -107,7 +107,10 @@ def test_wire_response_is_protobufs_bytes():
         "strided": big[:, :, ::2, :],
     }
     datatypes = {"big": "FP32", "small": "INT32", "text": "BYTES", "strided": "FP32"}
-    for parameters in ({}, {"sequence_id": 7, "flag": True, "score": 0.5, "who": "me"}):
+    params = {"sequence_id": 7, "flag": True, "score": 0.5, "who": "me"}
+    # twice each (the second answer's other fields are the kept bytes), then other shapes
+    for parameters, small in [({}, 16), ({}, 16), (params, 16), ({}, 8), ({}, 8)]:
+        outputs["small"] = np.arange(small, dtype=np.int32).reshape(1, small)
         request = InferRequest("m", -1, "id-1")
         request.outputs = [RequestedOutput(name, binary=True) for name in outputs]
         response = InferResponse("m", 3, "id-1", dict(outputs), dict(datatypes))

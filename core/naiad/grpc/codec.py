@@ -255,10 +255,18 @@ def split_infer_request(data: bytes | memoryview) -> SplitRequest:
     try:
         while pos < end:
             field = pos
-            tag, pos = _varint(data, pos)
+            tag = data[pos]
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = _varint(data, pos)
             kind = tag & 7
             if kind == 2:
-                n, pos = _varint(data, pos)
+                n = data[pos]
+                if n < 0x80:
+                    pos += 1
+                else:
+                    n, pos = _varint(data, pos)
                 if pos + n > end:
                     raise ValueError("truncated")
                 if tag == _RAW_INPUT_TAG:
@@ -479,10 +487,23 @@ def encode_infer_response_wire(
 ) -> WireMessage:
     """:func:`encode_infer_response`'s message, serialized: the same bytes protobuf writes
     (``raw_output_contents``, the last field, appended by hand), each output's data the
-    array's own memory."""
-    msg, raw = _response_parts(request, response, shm_writer)
+    array's own memory. The other fields' bytes are kept by what they are made of (a model
+    answering a loop of requests gives the same names, datatypes and shapes each time)."""
+    raw = _raw_outputs(request, response, shm_writer)
+    head = None
+    key: tuple | None = None
+    if not response.parameters:
+        key = (response.model_name, response.model_version, response.id)
+        key += tuple((n, response.datatypes[n], a.shape) for n, a in response.outputs.items())
+        head = _HEADS.get(key)
+    if head is None:
+        head = _response_message(response).SerializeToString()
+        if key is not None:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[key] = head
     pieces: list[bytes | memoryview] = []
-    small = bytearray(msg.SerializeToString())
+    small = bytearray(head)
     for data in raw:
         small += _RAW_OUTPUT_TAG
         small += _varint_bytes(len(data))
@@ -497,18 +518,28 @@ def encode_infer_response_wire(
     return WireMessage(pieces)
 
 
+#: serialized response fields but the raw contents, by (model, version, id, outputs' names,
+#: datatypes and shapes), for responses without parameters
+_HEADS: dict[tuple, bytes] = {}
+_HEADS_MAX = 256
+
+
 def _response_parts(
     request: InferRequest, response: InferResponse, shm_writer: ShmWriter | None
 ) -> tuple[pb.ModelInferResponse, list[bytes | memoryview]]:
     """The response message without its raw contents, and those contents."""
+    raw = _raw_outputs(request, response, shm_writer)
+    return _response_message(response), raw
+
+
+def _raw_outputs(
+    request: InferRequest, response: InferResponse, shm_writer: ShmWriter | None
+) -> list[bytes | memoryview]:
+    """Each output's ``raw_output_contents`` entry (empty when written to shared memory)."""
     wanted = {o.name: o for o in request.outputs} if request.outputs else None
-    tensors = []
     raw: list[bytes | memoryview] = []
-    Tensor = pb.ModelInferResponse.InferOutputTensor
     for name, array in response.outputs.items():
-        datatype = response.datatypes[name]
-        tensors.append(Tensor(name=name, datatype=datatype, shape=array.shape))
-        data = to_wire_bytes(array, datatype)
+        data = to_wire_bytes(array, response.datatypes[name])
         spec = wanted.get(name) if wanted is not None else None
         if spec is not None and spec.shm is not None:
             if shm_writer is None:
@@ -518,13 +549,22 @@ def _response_parts(
             raw.append(b"")
         else:
             raw.append(data)
+    return raw
+
+
+def _response_message(response: InferResponse) -> pb.ModelInferResponse:
+    """The response message without its raw contents."""
+    Tensor = pb.ModelInferResponse.InferOutputTensor
     msg = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=str(response.model_version),
         id=response.id,
-        outputs=tensors,
+        outputs=[
+            Tensor(name=name, datatype=response.datatypes[name], shape=array.shape)
+            for name, array in response.outputs.items()
+        ],
     )
     if response.parameters:
         for key, value in response.parameters.items():
             msg.parameters[key].CopyFrom(_parameter(value))
-    return msg, raw
+    return msg
