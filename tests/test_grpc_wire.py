@@ -67,7 +67,8 @@ def test_split_request_is_protobufs_message():
         split = codec.split_infer_request(memoryview(data))
         got = split.msg
         if split.raw is not None:
-            assert all(isinstance(r, memoryview) for r in split.raw)
+            if len(data) > codec._INLINE_WALK:  # large messages: views, not copies
+                assert all(isinstance(r, memoryview) for r in split.raw)
             got.raw_input_contents.extend(bytes(r) for r in split.raw)
         assert got == expected
 

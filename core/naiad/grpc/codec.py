@@ -164,9 +164,11 @@ _RAW_INPUT_TAG = 7 << 3 | 2
 _RAW_OUTPUT_TAG = bytes((6 << 3 | 2,))
 #: raw outputs up to this size are copied into the message's other bytes (one write piece)
 _INLINE = 1 << 12
+#: requests up to this size are split from a copy (their tensors are copied, not viewed)
+_INLINE_WALK = 1 << 14
 
 
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     """A protobuf varint at ``pos``: (value, the position after it)."""
     value = shift = 0
     while True:
@@ -198,7 +200,10 @@ class SplitRequest:
     __slots__ = ("msg", "raw", "key")
 
     def __init__(
-        self, msg: pb.ModelInferRequest, raw: list[memoryview] | None, key: bytes | None = None
+        self,
+        msg: pb.ModelInferRequest,
+        raw: list[bytes | memoryview] | None,
+        key: bytes | None = None,
     ) -> None:
         self.msg = msg
         self.raw = raw
@@ -210,12 +215,17 @@ class RawPlan(BinaryPlan):
     a message whose fields but ``raw_input_contents`` were seen before is not parsed or
     validated again; its tensors are the raw entries, in the order of its inputs."""
 
-    __slots__ = ("specs",)
+    __slots__ = ("specs", "bytes_at")
 
     def __init__(self, request: InferRequest, specs: tuple[tuple[str, str, list[int]], ...]):
         # the template keeps its own parameters (forwarded headers are added to the request's)
         super().__init__(dataclasses.replace(request, parameters=dict(request.parameters)), (), 0)
         self.specs = specs
+        self.bytes_at = tuple(i for i, spec in enumerate(specs) if spec[1] == "BYTES")
+
+    def costly(self, raw: RawContents) -> bool:
+        """:func:`costly_request` of a request of this plan."""
+        return any(len(raw[i]) > COSTLY for i in self.bytes_at)
 
     def build_raw(self, raw: RawContents) -> InferRequest:
         """The request of these fields with ``raw`` (one entry per input) as its tensors."""
@@ -248,9 +258,10 @@ def split_infer_request(data: bytes | memoryview) -> SplitRequest:
     one ``FromString(data)`` gives but for the raw contents; a message this walk cannot follow
     (groups, a length past the end) is parsed whole, raising what ``FromString`` raises.
     """
-    data = memoryview(data)
-    raw: list[memoryview] = []
-    rest: list[memoryview] = []
+    # a small message is walked (and its small pieces sliced) as bytes: faster than a view
+    data = bytes(data) if len(data) <= _INLINE_WALK else memoryview(data)
+    raw: list[bytes | memoryview] = []
+    rest: list[bytes | memoryview] = []
     pos, end, start = 0, len(data), 0
     try:
         while pos < end:
@@ -292,7 +303,9 @@ def split_infer_request(data: bytes | memoryview) -> SplitRequest:
     if start < end:
         rest.append(data[start:end])
     head = rest[0] if len(rest) == 1 else b"".join(rest)
-    key = bytes(head) if len(head) <= PLAN_HEADER_MAX else None
+    key = (
+        (head if isinstance(head, bytes) else bytes(head)) if len(head) <= PLAN_HEADER_MAX else None
+    )
     return SplitRequest(pb.ModelInferRequest.FromString(head), raw, key)
 
 

@@ -121,7 +121,7 @@ class InferenceService:
             plan = plans.get(key)
             if plan is not None and len(plan.specs) != len(raw):
                 plan = None
-        costly = codec.costly_request(request, raw)
+        costly = plan.costly(raw) if plan is not None else codec.costly_request(request, raw)
         if costly:
             plans = plan = None  # a big BYTES input is split on a worker thread, not planned
         lease = dp.shm.lease()
