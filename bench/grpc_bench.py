@@ -15,7 +15,8 @@ perf_analyzer ``-i grpc`` (sync, batch 1) at concurrency 1 and 8 on the anchors'
     python3 bench/grpc_bench.py [--interval-ms 3000] [--passes 1] [--targets naiad,echo-aio,...]
         [--image]  (adds a 3x224x224 FP32 identity model to the ONNX repositories)
 
-Prints a markdown table (infer/s, p50, p99, CPU) and writes rows.jsonl under bench/results/.
+Prints a markdown table (infer/s, p50, p99, CPU, the server's CPU time per inference over the
+run) and writes rows.jsonl under bench/results/.
 """
 
 from __future__ import annotations
@@ -144,43 +145,29 @@ def make_repo(kind: str, out: Path, image: bool = False) -> Path:
     script = B.ANCHORS / "models" / "make_repo.py"
     subprocess.run([str(python), str(script), str(out), "--kind", kind], check=True)
     if image and kind == "onnx":
-        subprocess.run([str(python), "-c", _IMAGE_MODEL, str(out / IMAGE)], check=True)
+        builder = B.ROOT / "examples" / "make_models.py"
+        subprocess.run([str(python), "-c", _IMAGE_MODEL, str(builder), str(out)], check=True)
     return out
 
 
 #: ``--image``: an ONNX Identity over one 3x224x224 FP32 image (602 KB a request), the same
-#: model file and config in naiad's and Triton's repositories
+#: model file and config in naiad's and Triton's repositories (examples/make_models.py builds it)
 IMAGE = "identity_image"
 _IMAGE_MODEL = r"""
-import sys
+import importlib.util, sys
 from pathlib import Path
 
-import onnx
-from onnx import TensorProto, helper
-
-folder = Path(sys.argv[1])
-(folder / "1").mkdir(parents=True, exist_ok=True)
-shape = ["batch", 3, 224, 224]
-graph = helper.make_graph(
-    [helper.make_node("Identity", ["input"], ["output"])],
-    "identity_image",
-    [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-    [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
-)
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-model.ir_version = 8
-onnx.save(model, str(folder / "1" / "model.onnx"))
-(folder / "config.pbtxt").write_text(
-    'name: "identity_image"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
-    'input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]\n'
-    'output [ { name: "output" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]\n'
-)
+spec = importlib.util.spec_from_file_location("make_models", sys.argv[1])
+make_models = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_models)
+make_models.write_identity_image(Path(sys.argv[2]))
 """
 
 
 def measure(srv, hostport, protocol, args, outdir, rows, tag) -> None:
     for model in MODELS:
         for conc in (1, 8):
+            counts, ticks = B.model_counts(srv, model), B.tree_ticks(srv.pid)
             row = B.run_pa(
                 srv,
                 model,
@@ -191,6 +178,10 @@ def measure(srv, hostport, protocol, args, outdir, rows, tag) -> None:
                 protocol=protocol,
                 hostport=hostport,
             )
+            ticks, after = B.tree_ticks(srv.pid) - ticks, B.model_counts(srv, model)
+            if counts and after and after[0] > counts[0]:
+                # the server's CPU time (its children's too) per inference over the whole run
+                row["cpu_us_per_infer"] = 1e6 * ticks / B.CLK / (after[0] - counts[0])
             row["target"] = srv.name if protocol == "grpc" else f"{srv.name}-http"
             row["pass"] = tag
             B.log_row(row)
@@ -268,15 +259,24 @@ def table(rows: list[dict]) -> str:
             key = (model, conc)
             if key not in best_echo or a["infer_per_s"] > best_echo[key]["infer_per_s"]:
                 best_echo[key] = a
+    cpu: dict[tuple, list[float]] = {}
+    for r in runs:
+        if r.get("cpu_us_per_infer"):
+            cpu.setdefault((r["target"], r["model"], r["concurrency"]), []).append(
+                r["cpu_us_per_infer"]
+            )
     out = []
     for (target, model, conc), a in sorted(agg.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         echo = best_echo.get((model, conc))
         triton = agg.get(("triton-onnx", model, conc))
+        us = cpu.get((target, model, conc))
         out.append(
-            [target, model, str(conc), *B.perf_cells(a), B.ratio(a, echo), B.ratio(a, triton)]
+            [target, model, str(conc), *B.perf_cells(a), B.fmt(B.med(us)) if us else "-"]
+            + [B.ratio(a, echo), B.ratio(a, triton)]
         )
     head = ["target", "model", "c", "infer/s", "range", "p50 ms", "p99 ms"]
-    head += ["client cpu%", "server cpu%", "other cpu%", "÷ best echo", "÷ triton-onnx"]
+    head += ["client cpu%", "server cpu%", "other cpu%", "server µs cpu/infer"]
+    head += ["÷ best echo", "÷ triton-onnx"]
     return B.md_table(head, out)
 
 

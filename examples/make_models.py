@@ -32,7 +32,8 @@ Usage:
 
 Needs numpy and onnx; when onnxruntime is importable each model is also run once and checked.
 Only the example model folders are replaced; anything else in DIR is left alone. Import this file
-by path to reuse the builders (write_simple(repo), ..., write_all(repo)).
+by path to reuse the builders (write_simple(repo), ..., write_all(repo); write_identity_image(repo),
+a 3x224x224 FP32 Identity that is not an example, for benchmarks and the tests of large tensors).
 """
 
 from __future__ import annotations
@@ -158,6 +159,20 @@ def mlp_numpy(x: np.ndarray) -> np.ndarray:
     """What the mlp model computes, in numpy."""
     w1, b1, w2, b2 = mlp_weights()
     return (np.maximum(x.astype(np.float32) @ w1 + b1, 0.0) @ w2 + b2).astype(np.float32)
+
+
+#: an image in FP32, 602 KB (benchmarks and the tests of large tensors)
+IMAGE_SHAPE = [3, 224, 224]
+
+
+def build_identity_image():
+    """Identity over one batchable 3x224x224 FP32 tensor (not an example: benchmarks and the
+    tests of large tensors write it with :func:`write_identity_image`)."""
+    from onnx import TensorProto, helper
+
+    ios = [_io(n, TensorProto.FLOAT, IMAGE_SHAPE) for n in ("input", "output")]
+    nodes = [helper.make_node("Identity", ["input"], ["output"], name="identity")]
+    return _model(nodes, ios[:1], ios[1:], "identity_image")
 
 
 def build_mlp():
@@ -372,6 +387,17 @@ def write_mlp(repo: Path) -> Path:
         "mlp",
         build_mlp(),
         _config("mlp", [("input", "TYPE_FP32", [DIM])], [("output", "TYPE_FP32", [DIM])]),
+    )
+
+
+def write_identity_image(repo: Path, name: str = "identity_image") -> Path:
+    return _write(
+        repo,
+        name,
+        build_identity_image(),
+        _config(
+            name, [("input", "TYPE_FP32", IMAGE_SHAPE)], [("output", "TYPE_FP32", IMAGE_SHAPE)]
+        ),
     )
 
 

@@ -8,21 +8,14 @@ import ctypes
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import make_models
 from naiad import memory
-from onnx import TensorProto, helper
 from procfs import minor_faults
 
 SHAPE = (3, 224, 224)  # one image in FP32: 602 KB each way
-CONFIG = """name: "image_identity"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]
-output [ { name: "output" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]
-"""
 
 
 def _glibc() -> bool:
@@ -39,19 +32,7 @@ pytestmark = pytest.mark.skipif(not _glibc(), reason="the tuning is glibc's mall
 @pytest.fixture(scope="module")
 def image_repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("image_repo")
-    folder = repo / "image_identity"
-    (folder / "1").mkdir(parents=True)
-    dims = ["batch", *SHAPE]
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["output"])],
-        "image_identity",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, dims)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(folder / "1" / "model.onnx"))
-    (folder / "config.pbtxt").write_text(CONFIG)
+    make_models.write_identity_image(repo)
     return repo
 
 
@@ -74,7 +55,7 @@ def test_large_tensors_reuse_memory(image_repo, server_factory):
     hin.set_data_from_numpy(image)
 
     def http_infer():
-        out = hc.infer("image_identity", [hin]).as_numpy("output")
+        out = hc.infer("identity_image", [hin]).as_numpy("output")
         assert np.array_equal(out, image)
 
     gcl = grpcclient.InferenceServerClient(srv.grpc_url)
@@ -82,7 +63,7 @@ def test_large_tensors_reuse_memory(image_repo, server_factory):
     gin.set_data_from_numpy(image)
 
     def grpc_infer():
-        out = gcl.infer("image_identity", [gin]).as_numpy("output")
+        out = gcl.infer("identity_image", [gin]).as_numpy("output")
         assert np.array_equal(out, image)
 
     # a fresh mapping of each 602 KB buffer is ~150 faults; untuned, a request took ~800

@@ -115,7 +115,9 @@ class Call:
         self.started = True
         return HEAD_GZIP if self.proto.compresses(self) else HEAD
 
-    def finish(self, code: int, message: str = "", data: tuple[bytes, ...] = ()) -> None:
+    def finish(
+        self, code: int, message: str = "", data: tuple[bytes | memoryview, ...] = ()
+    ) -> None:
         """End the call: its last DATA (if any) and the status."""
         if self.done:
             return

@@ -9,17 +9,20 @@ The messages and their rules: ``docs/grpc.md`` and Triton's ``infer_handler.cc``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgument, Unsupported
+from ..http.plans import PLAN_HEADER_MAX, BinaryPlan, plannable
 from ..inference import InferRequest, InferResponse, RequestedOutput, parse_model_version
 from ..tensors import NUMPY_DTYPES, WIRE_DTYPES, from_wire_bytes, to_wire_bytes
 from . import grpc_service_pb2 as pb
 
 ShmReader = Callable[[str, int, int], memoryview]
+RawContents = Sequence[bytes | memoryview]
 ShmWriter = Callable[[str, int, int, "bytes | memoryview", str], None]
 
 #: the one ``triton_*`` request parameter a client may send
@@ -148,20 +151,191 @@ def _int64(p: pb.InferParameter, key: str, tensor: str) -> int:
     return value
 
 
+# ---- the wire ------------------------------------------------------------------------------------
+# protobuf's runtime copies a ``bytes`` field twice on parsing (into its arena, then into the
+# Python ``bytes`` each access makes) and twice on serializing; for tensors of hundreds of KB
+# that is most of a request's cost. The lean front splits ``raw_input_contents`` off the wire
+# bytes itself (:func:`split_infer_request`) and writes ``raw_output_contents`` around the
+# output arrays' own memory (:func:`encode_infer_response_wire`).
+
+#: ModelInferRequest.raw_input_contents: field 7, length-delimited
+_RAW_INPUT_TAG = 7 << 3 | 2
+#: ModelInferResponse.raw_output_contents: field 6, length-delimited
+_RAW_OUTPUT_TAG = bytes((6 << 3 | 2,))
+#: raw outputs up to this size are copied into the message's other bytes (one write piece)
+_INLINE = 1 << 12
+#: requests up to this size are split from a copy (their tensors are copied, not viewed)
+_INLINE_WALK = 1 << 14
+
+
+def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """A protobuf varint at ``pos``: (value, the position after it)."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class SplitRequest:
+    """A ModelInferRequest as :func:`split_infer_request` parsed it: the message without its
+    raw contents, and those (None: they are in the message). ``key``: the bytes of the other
+    fields when short enough to look up a :class:`RawPlan` by. The RPC answers one with the
+    serialized response (:class:`WireMessage`)."""
+
+    __slots__ = ("msg", "raw", "key")
+
+    def __init__(
+        self,
+        msg: pb.ModelInferRequest,
+        raw: list[bytes | memoryview] | None,
+        key: bytes | None = None,
+    ) -> None:
+        self.msg = msg
+        self.raw = raw
+        self.key = key
+
+
+class RawPlan(BinaryPlan):
+    """The edge's plan of a binary request (:mod:`naiad.http.plans`) for a gRPC ModelInfer:
+    a message whose fields but ``raw_input_contents`` were seen before is not parsed or
+    validated again; its tensors are the raw entries, in the order of its inputs."""
+
+    __slots__ = ("specs", "bytes_at")
+
+    def __init__(self, request: InferRequest, specs: tuple[tuple[str, str, list[int]], ...]):
+        # the template keeps its own parameters (forwarded headers are added to the request's)
+        super().__init__(dataclasses.replace(request, parameters=dict(request.parameters)), (), 0)
+        self.specs = specs
+        self.bytes_at = tuple(i for i, spec in enumerate(specs) if spec[1] == "BYTES")
+
+    def costly(self, raw: RawContents) -> bool:
+        """:func:`costly_request` of a request of this plan."""
+        return any(len(raw[i]) > COSTLY for i in self.bytes_at)
+
+    def build_raw(self, raw: RawContents) -> InferRequest:
+        """The request of these fields with ``raw`` (one entry per input) as its tensors."""
+        t = self.template
+        request = self.build(memoryview(b""), t.model_name, t.model_version)
+        inputs = request.inputs
+        for (name, datatype, shape), data in zip(self.specs, raw, strict=True):
+            inputs[name] = from_wire_bytes(data, datatype, shape, name)
+        return request
+
+
+def plan_of(split: SplitRequest, request: InferRequest) -> RawPlan | None:
+    """A plan for requests like ``request`` (parsed from ``split``): every input raw, no
+    parameters on the inputs, no sequence, no shared memory."""
+    msg, raw = split.msg, split.raw
+    if split.key is None or raw is None or len(raw) != len(msg.inputs):
+        return None
+    if any(t.parameters or t.HasField("contents") for t in msg.inputs):
+        return None
+    if not plannable(request):
+        return None
+    return RawPlan(request, tuple((t.name, t.datatype, list(t.shape)) for t in msg.inputs))
+
+
+def split_infer_request(data: bytes | memoryview) -> SplitRequest:
+    """A ModelInferRequest from its wire bytes, with its ``raw_input_contents`` left out of the
+    message as views of ``data``.
+
+    The other fields are parsed by protobuf, in their order on the wire, so the message is the
+    one ``FromString(data)`` gives but for the raw contents; a message this walk cannot follow
+    (groups, a length past the end) is parsed whole, raising what ``FromString`` raises.
+    """
+    # a small message is walked (and its small pieces sliced) as bytes: faster than a view
+    data = bytes(data) if len(data) <= _INLINE_WALK else memoryview(data)
+    raw: list[bytes | memoryview] = []
+    rest: list[bytes | memoryview] = []
+    pos, end, start = 0, len(data), 0
+    try:
+        while pos < end:
+            field = pos
+            tag = data[pos]
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = _varint(data, pos)
+            kind = tag & 7
+            if kind == 2:
+                n = data[pos]
+                if n < 0x80:
+                    pos += 1
+                else:
+                    n, pos = _varint(data, pos)
+                if pos + n > end:
+                    raise ValueError("truncated")
+                if tag == _RAW_INPUT_TAG:
+                    if field > start:
+                        rest.append(data[start:field])
+                    raw.append(data[pos : pos + n])
+                    start = pos + n
+                pos += n
+            elif kind == 0:
+                pos = _varint(data, pos)[1]
+            elif kind == 1:
+                pos += 8
+            elif kind == 5:
+                pos += 4
+            else:
+                raise ValueError("group")
+        if pos != end:
+            raise ValueError("truncated")
+    except (ValueError, IndexError):
+        raw = []
+    if not raw:
+        return SplitRequest(pb.ModelInferRequest.FromString(data), None)
+    if start < end:
+        rest.append(data[start:end])
+    head = rest[0] if len(rest) == 1 else b"".join(rest)
+    key = (
+        (head if isinstance(head, bytes) else bytes(head)) if len(head) <= PLAN_HEADER_MAX else None
+    )
+    return SplitRequest(pb.ModelInferRequest.FromString(head), raw, key)
+
+
+class WireMessage:
+    """A message serialized in pieces (the raw outputs' own memory among them), as the lean
+    front writes it."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: list[bytes | memoryview]) -> None:
+        self.pieces = pieces
+
+
 # ---- requests -----------------------------------------------------------------------------------
 
 #: BYTES tensors with more wire bytes (or typed values) than this are converted off the loop
 COSTLY = 1 << 16
 
 
-def costly_request(msg: pb.ModelInferRequest) -> bool:
+def costly_request(msg: pb.ModelInferRequest, raw: RawContents | None = None) -> bool:
     """Whether decoding takes long enough to belong off the event loop: typed ``contents``
     (converted value by value) or a big raw BYTES input (split element by element). Requests
-    that read shared memory stay on the loop, which owns the region bookkeeping."""
+    that read shared memory stay on the loop, which owns the region bookkeeping. ``raw``: the
+    ``raw_input_contents`` when they were split off the message (:func:`split_infer_request`).
+    """
     inputs = msg.inputs
     if any(t.parameters for t in inputs):
         return False
-    raw = msg.raw_input_contents
+    if raw is None:
+        raw = msg.raw_input_contents
     if not raw:
         return any(t.HasField("contents") for t in inputs)
     return any(
@@ -171,17 +345,21 @@ def costly_request(msg: pb.ModelInferRequest) -> bool:
 
 
 def parse_infer_request(
-    msg: pb.ModelInferRequest, shm_reader: ShmReader | None = None
+    msg: pb.ModelInferRequest,
+    shm_reader: ShmReader | None = None,
+    raw: RawContents | None = None,
 ) -> tuple[InferRequest, bool]:
     """The request, and whether it asked for empty final responses.
 
     Each input's data comes from shared memory, typed ``contents`` or the next unused entry of
-    ``raw_input_contents``, in that order of precedence, as in Triton.
+    ``raw_input_contents`` (or of ``raw``, when they were split off the message: the arrays
+    are then views of those buffers), in that order of precedence, as in Triton.
     """
     model = msg.model_name
     request = InferRequest(model, parse_model_version(msg.model_version), msg.id)
     empty_final = apply_parameters(request, msg.parameters) if msg.parameters else False
-    raw = msg.raw_input_contents
+    if raw is None:
+        raw = msg.raw_input_contents
     next_raw = 0
     inputs = request.inputs
     for tensor in msg.inputs:
@@ -312,14 +490,69 @@ def encode_infer_response(
 ) -> pb.ModelInferResponse:
     """The response message: one ``outputs`` entry and one ``raw_output_contents`` entry per
     output, index-aligned (an output written to shared memory gets an empty raw entry)."""
+    msg, raw = _response_parts(request, response, shm_writer)
+    msg.raw_output_contents.extend(d if isinstance(d, bytes) else d.tobytes() for d in raw)
+    return msg
+
+
+def encode_infer_response_wire(
+    request: InferRequest, response: InferResponse, shm_writer: ShmWriter | None = None
+) -> WireMessage:
+    """:func:`encode_infer_response`'s message, serialized: the same bytes protobuf writes
+    (``raw_output_contents``, the last field, appended by hand), each output's data the
+    array's own memory. The other fields' bytes are kept by what they are made of (a model
+    answering a loop of requests gives the same names, datatypes and shapes each time)."""
+    raw = _raw_outputs(request, response, shm_writer)
+    head = None
+    key: tuple | None = None
+    if not response.parameters:
+        key = (response.model_name, response.model_version, response.id)
+        key += tuple((n, response.datatypes[n], a.shape) for n, a in response.outputs.items())
+        head = _HEADS.get(key)
+    if head is None:
+        head = _response_message(response).SerializeToString()
+        if key is not None:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[key] = head
+    pieces: list[bytes | memoryview] = []
+    small = bytearray(head)
+    for data in raw:
+        small += _RAW_OUTPUT_TAG
+        small += _varint_bytes(len(data))
+        if len(data) <= _INLINE:
+            small += data
+        else:
+            pieces.append(bytes(small))
+            pieces.append(data)
+            small = bytearray()
+    if small or not pieces:
+        pieces.append(bytes(small))
+    return WireMessage(pieces)
+
+
+#: serialized response fields but the raw contents, by (model, version, id, outputs' names,
+#: datatypes and shapes), for responses without parameters
+_HEADS: dict[tuple, bytes] = {}
+_HEADS_MAX = 256
+
+
+def _response_parts(
+    request: InferRequest, response: InferResponse, shm_writer: ShmWriter | None
+) -> tuple[pb.ModelInferResponse, list[bytes | memoryview]]:
+    """The response message without its raw contents, and those contents."""
+    raw = _raw_outputs(request, response, shm_writer)
+    return _response_message(response), raw
+
+
+def _raw_outputs(
+    request: InferRequest, response: InferResponse, shm_writer: ShmWriter | None
+) -> list[bytes | memoryview]:
+    """Each output's ``raw_output_contents`` entry (empty when written to shared memory)."""
     wanted = {o.name: o for o in request.outputs} if request.outputs else None
-    tensors = []
-    raw = []
-    Tensor = pb.ModelInferResponse.InferOutputTensor
+    raw: list[bytes | memoryview] = []
     for name, array in response.outputs.items():
-        datatype = response.datatypes[name]
-        tensors.append(Tensor(name=name, datatype=datatype, shape=array.shape))
-        data = to_wire_bytes(array, datatype)
+        data = to_wire_bytes(array, response.datatypes[name])
         spec = wanted.get(name) if wanted is not None else None
         if spec is not None and spec.shm is not None:
             if shm_writer is None:
@@ -328,13 +561,21 @@ def encode_infer_response(
             shm_writer(region, offset, size, data, name)
             raw.append(b"")
         else:
-            raw.append(data if isinstance(data, bytes) else data.tobytes())
+            raw.append(data)
+    return raw
+
+
+def _response_message(response: InferResponse) -> pb.ModelInferResponse:
+    """The response message without its raw contents."""
+    Tensor = pb.ModelInferResponse.InferOutputTensor
     msg = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=str(response.model_version),
         id=response.id,
-        outputs=tensors,
-        raw_output_contents=raw,
+        outputs=[
+            Tensor(name=name, datatype=response.datatypes[name], shape=array.shape)
+            for name, array in response.outputs.items()
+        ],
     )
     if response.parameters:
         for key, value in response.parameters.items():

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..dataplane import DataPlane
 from ..errors import NaiadError
-from . import health_service_pb2_grpc, service_pb2_grpc
+from . import codec, health_service_pb2_grpc, service_pb2_grpc
 from .calls import (
     DEADLINE_EXCEEDED,
     END,
@@ -75,6 +75,13 @@ def method_table(inference: InferenceService, health: HealthService) -> dict[byt
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, collector)
     health_service_pb2_grpc.add_HealthServicer_to_server(health, collector)
     return collector.methods
+
+
+def parse(head: CallHead, data: bytes | memoryview) -> Any:
+    """A call's request message; ModelInfer's with its raw inputs left on the wire bytes."""
+    if head.rpc == "ModelInfer":
+        return codec.split_infer_request(data)
+    return head.handler.request_deserializer(data)
 
 
 class GrpcProtocol(GrpcConnection):
@@ -201,7 +208,7 @@ class GrpcProtocol(GrpcConnection):
         try:
             if flag:
                 data = inflate(call.head.encoding, data)
-            return call.head.handler.request_deserializer(data)
+            return parse(call.head, data)
         except Exception as exc:
             self._fail(call, INTERNAL, parse_error(flag, exc))
             return None
@@ -212,13 +219,15 @@ class GrpcProtocol(GrpcConnection):
             if compressed is not None:
                 data = await asyncio.to_thread(inflate, call.head.encoding, compressed[5:])
                 try:
-                    message = handler.request_deserializer(data)
+                    message = parse(call.head, data)
                 except Exception as exc:
                     call.finish(INTERNAL, parse_error(1, exc))
                     return
             reply = await handler.unary_unary(message, call)
-            data = handler.response_serializer(reply)
-            call.finish(OK, "", self.encode(call, data))
+            if isinstance(reply, codec.WireMessage):
+                call.finish(OK, "", self.encode(call, *reply.pieces))
+            else:
+                call.finish(OK, "", self.encode(call, handler.response_serializer(reply)))
         except NaiadError as exc:
             call.finish(exc.grpc_code, exc.message)
         except asyncio.CancelledError:
@@ -242,17 +251,22 @@ class GrpcProtocol(GrpcConnection):
     def compresses(self, call: Call) -> bool:
         return bool(self.front.level) and call.head.gzip_ok and call.head.rpc in INFERENCE_RPCS
 
-    def encode(self, call: Call, data: bytes) -> tuple[bytes, ...]:
-        """One message as DATA: its 5-byte prefix and the (maybe gzipped) bytes."""
+    def encode(self, call: Call, *pieces: bytes | memoryview) -> tuple[bytes | memoryview, ...]:
+        """One message (serialized, in ``pieces``) as DATA: its 5-byte prefix and the (maybe
+        gzipped) bytes; large pieces are sent as they are, not copied."""
         flag = b"\x00"
         if self.compresses(call):
             deflate = zlib.compressobj(self.front.level, zlib.DEFLATED, 31)
-            data = deflate.compress(data) + deflate.flush()
+            data = b"".join(deflate.compress(p) for p in pieces) + deflate.flush()
+            pieces = (data,)
             flag = b"\x01"
-        prefix = flag + len(data).to_bytes(4, "big")
-        if len(data) < 1 << 16:
-            return (prefix + data,)
-        return (prefix, data)
+        size = sum(map(len, pieces)) if len(pieces) > 1 else len(pieces[0])
+        prefix = flag + size.to_bytes(4, "big")
+        if size < 1 << 16:
+            return (prefix + b"".join(pieces),)
+        if len(pieces[0]) < 1 << 16:
+            return (prefix + pieces[0], *pieces[1:])
+        return (prefix, *pieces)
 
     def _fail(self, call: Call, code: int, message: str) -> None:
         if call.task is not None:

@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: decoded header blocks kept per connection
 _BLOCKS_MAX = 64
+#: DATA frames longer than this are handed on piece by piece as they arrive
+_STREAM_DATA = 1 << 14
 
 
 class H2Protocol(H2Sender, asyncio.Protocol):
@@ -80,6 +82,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self._out = []
         self.streams: dict[int, Stream] = {}
         self._buf = bytearray()
         self._preface = False
@@ -91,6 +94,8 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         self._blocks_generation = 0
         #: a header block still arriving in CONTINUATION frames: (stream id, flags, parts)
         self._continued: tuple[int, int, list[bytes]] | None = None
+        #: a large DATA frame handed on as it arrives: its stream, flags and bytes still to come
+        self._data_sid = self._data_flags = self._data_left = 0
         self.last_stream_id = 0
         self.goaway_sent = False
         # the peer's settings
@@ -131,6 +136,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._out, self._out_size = [], 0
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.local_closed = stream.remote_closed = True
@@ -158,9 +164,20 @@ class H2Protocol(H2Sender, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        buf = self._buf
-        buf += data
         try:
+            if self._data_left:
+                view = self._more_data(data)
+                if not len(view):
+                    return
+                data = view  # type: ignore[assignment]
+            buf = self._buf
+            if self._preface and not buf:
+                # frames straight from what was read: only an incomplete one's start is kept
+                pos = self._frames(data)
+                if pos < len(data):
+                    buf += memoryview(data)[pos:]
+                return
+            buf += data
             if not self._preface:
                 if len(buf) < len(PREFACE):
                     if not PREFACE.startswith(bytes(buf)):
@@ -180,8 +197,9 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             self.goaway(COMPRESSION_ERROR, str(exc).encode())
             self.close()
 
-    def _frames(self, buf: bytearray) -> int:
-        """Handle every complete frame in ``buf``; the bytes used."""
+    def _frames(self, buf: bytes | bytearray) -> int:
+        """Handle every complete frame in ``buf``; the bytes used. A large DATA frame begun at
+        the end is handed on as it arrives (:meth:`_more_data`), not buffered."""
         pos = 0
         size = len(buf)
         view = memoryview(buf)
@@ -193,6 +211,17 @@ class H2Protocol(H2Sender, asyncio.Protocol):
                     raise H2Error(FRAME_SIZE_ERROR, "frame too large")
                 end = pos + 9 + length
                 if end > size:
+                    if (
+                        kind == DATA
+                        and length > _STREAM_DATA
+                        and not flags & PADDED
+                        and self._continued is None
+                        and self.handshaken
+                    ):
+                        self._data_sid, self._data_flags = sid & 0x7FFFFFFF, flags
+                        self._data_left = end - size
+                        self._data(self._data_sid, 0, view[pos + 9 : size])
+                        pos = size
                     break
                 payload = view[pos + 9 : end]
                 pos = end
@@ -227,6 +256,16 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         finally:
             view.release()
         return pos
+
+    def _more_data(self, data: bytes) -> memoryview:
+        """The next bytes of a DATA frame being handed on as it arrives; what follows it."""
+        view = memoryview(data)
+        n = min(len(view), self._data_left)
+        self._data_left -= n
+        flags = 0 if self._data_left else self._data_flags
+        if self.transport is not None:
+            self._data(self._data_sid, flags, view[:n])
+        return view[n:]
 
     # ---- frames ----------------------------------------------------------------------------
 

@@ -22,12 +22,23 @@ from .h2frames import (
 
 #: frames of at most this many bytes in all are joined before writing
 _JOIN = 1 << 16
+#: frames waiting for the end of the loop's turn are written at once past this many bytes (so
+#: that the transport's flow control sees them)
+_HOLD = 1 << 18
 
 
 class H2Sender:
-    """What a connection sends; the state it reads is set up by :class:`H2Protocol`."""
+    """What a connection sends; the state it reads is set up by :class:`H2Protocol`.
 
+    Frames are written once per turn of the event loop: the answers to the calls of one
+    connection that finish together (a dynamic batch, several streams) go out in one write.
+    """
+
+    loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport | None
+    #: frames to write at the end of this turn of the loop, and their size
+    _out: list[bytes | memoryview]
+    _out_size = 0
     streams: dict[int, Stream]
     send_window: int
     peer_max_frame: int
@@ -40,8 +51,31 @@ class H2Sender:
     sent_since_ping: bool
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        self._put([data])
+
+    def _put(self, frames: list[bytes | memoryview]) -> None:
+        """Queue ``frames`` for :meth:`flush`, due at the end of this turn of the loop."""
+        if self.transport is None:
+            return
+        if not self._out:
+            self.loop.call_soon(self.flush)
+        self._out += frames
+        self._out_size += sum(map(len, frames))
+        if self._out_size > _HOLD:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is queued: one write (joined when small), the large pieces not copied."""
+        out, size = self._out, self._out_size
+        if not out:
+            return
+        self._out, self._out_size = [], 0
+        if self.transport is None:
+            return
+        if size <= _JOIN:
+            self.transport.write(b"".join(out))
+        else:
+            self.transport.writelines(out)
 
     def headers_frames(self, stream: Stream, block: bytes, end: bool) -> list[bytes]:
         """HEADERS (and CONTINUATION) frames carrying ``block``."""
@@ -60,7 +94,7 @@ class H2Sender:
         self,
         stream: Stream,
         head: bytes | None,
-        data: tuple[bytes, ...] | list[bytes],
+        data: tuple[bytes | memoryview, ...] | list[bytes | memoryview],
         trailers: bytes | None,
     ) -> None:
         """Send on ``stream``: a header block, DATA (as the windows allow: the rest waits for
@@ -103,11 +137,8 @@ class H2Sender:
                 out += self.headers_frames(stream, stream.pending_end, True)
                 stream.pending_end = None
                 stream.local_closed = True
-        if out and self.transport is not None:
-            if sum(map(len, out)) <= _JOIN:
-                self.transport.write(b"".join(out))
-            else:
-                self.transport.writelines(out)
+        if out:
+            self._put(out)
         if stream.local_closed:
             if not stream.remote_closed:
                 # the answer is complete: the client need send no more (RFC 9113 §8.1)
@@ -151,6 +182,7 @@ class H2Sender:
 
     def close(self) -> None:
         if self.transport is not None:
+            self.flush()
             self.transport.close()
 
     def on_reset(self, stream: Stream) -> None:

@@ -25,6 +25,7 @@ from .. import logs
 from ..dataplane import DataPlane
 from ..errors import InternalError, InvalidArgument, NaiadError, Unsupported
 from ..forwarding import forward_headers
+from ..http.plans import PLANS_MAX, PlanCache
 from ..inference import parse_model_version
 from . import codec, health_pb2, stream
 from . import grpc_service_pb2 as pb
@@ -60,6 +61,8 @@ class InferenceService:
     def __init__(self, dataplane: DataPlane, options: GrpcOptions | None = None) -> None:
         self.dp = dataplane
         self.options = options or GrpcOptions()
+        #: ModelInfer's plans per model version (:class:`codec.RawPlan`; lean front only)
+        self.plans = PlanCache()
 
     # ---- health and metadata -------------------------------------------------------------------
 
@@ -95,30 +98,61 @@ class InferenceService:
     # ---- inference -----------------------------------------------------------------------------
 
     @rpc
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        """``request``: the message, or (from the lean front) a :class:`codec.SplitRequest`,
+        answered with the serialized response (:class:`codec.WireMessage`)."""
         dp = self.dp
+        raw = split = None
+        encode: Any = codec.encode_infer_response
+        if isinstance(request, codec.SplitRequest):
+            split, request, raw = request, request.msg, request.raw
+            encode = codec.encode_infer_response_wire
         version = parse_model_version(request.model_version)
         mv = dp.resolve(request.model_name, version)
         if mv.decoupled:
             raise Unsupported(
                 "ModelInfer RPC doesn't support models with decoupled transaction policy"
             )
+        key = split.key if split is not None and raw is not None else None
+        plans: dict[bytes, Any] | None = None
+        plan: Any = None
+        if key is not None and raw is not None:
+            plans = self.plans.of(mv)
+            plan = plans.get(key)
+            if plan is not None and len(plan.specs) != len(raw):
+                plan = None
+        costly = plan.costly(raw) if plan is not None else codec.costly_request(request, raw)
+        if costly:
+            plans = plan = None  # a big BYTES input is split on a worker thread, not planned
         lease = dp.shm.lease()
         try:
-            if codec.costly_request(request):
-                req, _ = await asyncio.to_thread(codec.parse_infer_request, request, lease.read)
+            if plan is not None and raw is not None:
+                req = plan.build_raw(raw)
+            elif costly:
+                req, _ = await asyncio.to_thread(
+                    codec.parse_infer_request, request, lease.read, raw
+                )
             else:
-                req, _ = codec.parse_infer_request(request, lease.read)
+                req, _ = codec.parse_infer_request(request, lease.read, raw)
+                if plans is not None and split is not None:
+                    plan = codec.plan_of(split, req)
             if self.options.forward_pattern is not None:
                 metadata = context.invocation_metadata() or ()
                 forward_headers(req, metadata, self.options.forward_pattern)
             lease.reserve(req.outputs)
-            response = await dp.infer(req, mv)
+            sig = mv.signature
+            validated = plan is not None and plan.validated(sig)
+            response = await dp.infer(req, mv, validated=validated)
+            if plan is not None and not validated:
+                plan.accepted(sig, req)
+                if plans is not None and key is not None and key not in plans:
+                    if len(plans) >= PLANS_MAX:
+                        plans.clear()
+                    plans[key] = plan
+            req.inputs = {}  # the answer is encoded without them: free them first
             if codec.costly_response(response):
-                return await asyncio.to_thread(
-                    codec.encode_infer_response, req, response, lease.write
-                )
-            return codec.encode_infer_response(req, response, lease.write)
+                return await asyncio.to_thread(encode, req, response, lease.write)
+            return encode(req, response, lease.write)
         finally:
             lease.release()
 
