@@ -84,6 +84,23 @@ def test_matching_headers_become_parameters(repo, server_factory):
     assert _grpc_params(srv.grpc_url, HEADERS) == WANTED
 
 
+def test_each_call_forwards_only_its_own_headers(repo, server_factory):
+    """Repeated calls of one binary header (HTTP's cached plans, gRPC's) carry their own
+    forwarded headers, never an earlier call's."""
+    srv = server_factory(
+        repo,
+        "--http-header-forward-pattern=MY_HEADER.*",
+        "--grpc-header-forward-pattern=my_header.*",
+    )
+    for params in (_http_params, _grpc_params):
+        url = srv.url if params is _http_params else srv.grpc_url
+        for _ in range(3):  # the first call makes the plan, the next ones use it
+            assert params(url, HEADERS) == WANTED
+        assert params(url, {}) == {}
+        assert params(url, {"my_header_3": "three"}) == {"my_header_3": "three"}
+        assert params(url, HEADERS) == WANTED
+
+
 def test_nothing_is_forwarded_without_the_flag(repo, server_factory):
     srv = server_factory(repo)
     assert _http_params(srv.url, HEADERS) == {}

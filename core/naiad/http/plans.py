@@ -44,8 +44,10 @@ class BinaryPlan:
         inputs: tuple[tuple[str, str, tuple[int, ...], int], ...],
         total: int,
     ) -> None:
-        # the request's fields without its tensors (which must not stay alive here)
-        self.template = dataclasses.replace(request, inputs={})
+        # the request's fields without its tensors (which must not stay alive here), with
+        # parameters of its own: what is added to the request later (forwarded headers) is
+        # that call's, not every later call's
+        self.template = dataclasses.replace(request, inputs={}, parameters=dict(request.parameters))
         self.inputs = inputs
         self.total = total
         #: the signature a request of this header passed validation against, and the batch
