@@ -294,8 +294,9 @@ def test_repository_index(client):
     assert by_name["simple"]["version"] == "1"
 
 
-def test_large_json_tensor_round_trip(server_factory, tmp_path):
-    """A JSON body big enough to be parsed off the event loop gives exact results."""
+def _identity_repo(tmp_path, rank: int = 1):
+    """An ONNX Identity over one FP32 tensor of ``rank`` dimensions of any size
+    (``big_identity``)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -304,16 +305,23 @@ def test_large_json_tensor_round_trip(server_factory, tmp_path):
     graph = helper.make_graph(
         [helper.make_node("Identity", ["X"], ["Y"])],
         "big_identity",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n"])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [f"d{i}" for i in range(rank)])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [f"d{i}" for i in range(rank)])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     onnx.save(model, repo / "big_identity" / "1" / "model.onnx")
+    dims = ", ".join(["-1"] * rank)
     (repo / "big_identity" / "config.pbtxt").write_text(
         'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
-        'input [{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }]\n'
-        'output [{ name: "Y" data_type: TYPE_FP32 dims: [ -1 ] }]\n'
+        f'input [{{ name: "X" data_type: TYPE_FP32 dims: [ {dims} ] }}]\n'
+        f'output [{{ name: "Y" data_type: TYPE_FP32 dims: [ {dims} ] }}]\n'
     )
+    return repo
+
+
+def test_large_json_tensor_round_trip(server_factory, tmp_path):
+    """A JSON body big enough to be parsed off the event loop gives exact results."""
+    repo = _identity_repo(tmp_path)
     srv = server_factory(repo)
     c = httpclient.InferenceServerClient(srv.url, network_timeout=60)
     x = np.random.default_rng(5).standard_normal(150_000).astype(np.float32)
@@ -324,3 +332,27 @@ def test_large_json_tensor_round_trip(server_factory, tmp_path):
     np.testing.assert_array_equal(result.as_numpy("Y"), x)
     assert c.is_server_live()
     c.close()
+
+
+def test_zero_element_tensor_round_trip(server_factory, tmp_path):
+    """A tensor with no elements (shape [2, 0]) is a valid request and answer, as in Triton:
+    binary and JSON over HTTP, and over gRPC."""
+    import tritonclient.grpc as grpcclient
+
+    srv = server_factory(_identity_repo(tmp_path, rank=2))
+    empty = np.zeros((2, 0), np.float32)
+    c = httpclient.InferenceServerClient(srv.url)
+    for binary in (True, False):
+        inp = httpclient.InferInput("X", [2, 0], "FP32")
+        inp.set_data_from_numpy(empty, binary_data=binary)
+        out = httpclient.InferRequestedOutput("Y", binary_data=binary)
+        for _ in range(2):  # the second binary call takes the cached plan
+            result = c.infer("big_identity", [inp], outputs=[out])
+            assert result.as_numpy("Y").shape == (2, 0)
+    c.close()
+    g = grpcclient.InferenceServerClient(srv.grpc_url)
+    inp = grpcclient.InferInput("X", [2, 0], "FP32")
+    inp.set_data_from_numpy(empty)
+    for _ in range(2):
+        assert g.infer("big_identity", [inp]).as_numpy("Y").shape == (2, 0)
+    g.close()

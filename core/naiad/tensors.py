@@ -140,6 +140,8 @@ def to_wire_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
         array = array.astype(wire)
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
+    if not array.size:  # (memoryview cannot cast a view with a zero in its shape)
+        return b""
     return memoryview(array.data).cast("B")
 
 
