@@ -105,7 +105,7 @@ def test_request_hook_answers_instead_of_the_handler(hooked, method, path, body)
 
 def test_plan_cache_is_per_version_and_goes_with_it():
     """The edge's binary-header plans are held per model version object, weakly."""
-    from naiad.http.plans import PlanCache
+    from naiad.plans import PlanCache
     from naiad.registry import ModelVersion
 
     cache = PlanCache()

@@ -171,7 +171,7 @@ class DataPlane:
 
         ``validated``: the caller already validated a request of exactly this form (names,
         datatypes, shapes, outputs) against ``mv``'s signature and set its batch size — the
-        HTTP edge's cache of binary headers (:mod:`naiad.http.plans`) does, once per header.
+        HTTP edge's cache of binary headers (:mod:`naiad.plans`) does, once per header.
         """
         if self.exiting:
             raise Unavailable("Server exiting")

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgument, Unsupported
-from ..http.plans import PLAN_HEADER_MAX, BinaryPlan, plannable
 from ..inference import InferRequest, InferResponse, RequestedOutput, parse_model_version
+from ..plans import PLAN_HEADER_MAX, BinaryPlan, plannable
 from ..tensors import NUMPY_DTYPES, WIRE_DTYPES, from_wire_bytes, to_wire_bytes
 from . import grpc_service_pb2 as pb
 
@@ -211,7 +211,7 @@ class SplitRequest:
 
 
 class RawPlan(BinaryPlan):
-    """The edge's plan of a binary request (:mod:`naiad.http.plans`) for a gRPC ModelInfer:
+    """The edge's plan of a binary request (:mod:`naiad.plans`) for a gRPC ModelInfer:
     a message whose fields but ``raw_input_contents`` were seen before is not parsed or
     validated again; its tensors are the raw entries, in the order of its inputs."""
 

@@ -25,8 +25,8 @@ from .. import logs
 from ..dataplane import DataPlane
 from ..errors import InternalError, InvalidArgument, NaiadError, Unsupported
 from ..forwarding import forward_headers
-from ..http.plans import PLANS_MAX, PlanCache
 from ..inference import parse_model_version
+from ..plans import PLANS_MAX, PlanCache
 from . import codec, health_pb2, stream
 from . import grpc_service_pb2 as pb
 from .options import GrpcOptions, check_restricted

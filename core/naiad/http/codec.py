@@ -18,11 +18,11 @@ import orjson
 from ..errors import InternalError, InvalidArgument, Unsupported
 from ..inference import InferRequest, InferResponse, RequestedOutput
 from ..inference import parse_model_version as parse_model_version  # the URL's version
+from ..plans import PLAN_HEADER_MAX, PLANS_MAX, BinaryPlan, plannable
+from ..plans import find as find_plan
 from ..tensors import ITEM_SIZES, NUMPY_DTYPES, element_count, from_wire_bytes, to_wire_bytes
 from . import json_chunks
 from .json_tensors import BYTES_ELEMENT_COST, DecodeBudget, json_data, json_to_array
-from .plans import PLAN_HEADER_MAX, PLANS_MAX, BinaryPlan, plannable
-from .plans import find as find_plan
 
 #: reads ``(region, offset, byte_size)`` of a registered shared-memory region
 ShmReader = Callable[[str, int, int], memoryview]
@@ -131,7 +131,7 @@ def parse_infer_request(
     :param raw_input: (name, datatype, shape) of the model's only input, for raw binary requests
         (header length 0).
     :param plans: the edge's cache of one model version's binary request headers
-        (:mod:`naiad.http.plans`): a header seen before is not parsed again.
+        (:mod:`naiad.plans`): a header seen before is not parsed again.
     :param max_decoded: the most the request's tensors may take once decoded (JSON data,
         BYTES elements, shared memory copies); beyond it :class:`RequestTooLarge` (413).
     """
@@ -433,7 +433,7 @@ def encode_infer_response(
     """The response body and, when it has a binary part, the JSON header length.
 
     ``heads``: the JSON headers of earlier all-binary answers to requests of one binary header
-    (a :class:`~naiad.http.plans.BinaryPlan`'s), by what they say (id, model, version, each
+    (a :class:`~naiad.plans.BinaryPlan`'s), by what they say (id, model, version, each
     output's name, datatype, shape and size): an answer like one before reuses its bytes.
     """
     if heads is not None and not response.parameters:

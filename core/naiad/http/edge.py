@@ -26,8 +26,8 @@ from typing import Any
 
 from ..dataplane import DataPlane
 from ..errors import NaiadError
+from ..plans import PlanCache
 from . import handlers
-from .plans import PlanCache
 
 #: no query (the lean front hands any request with a query string to aiohttp)
 NO_QUERY: Mapping[str, str] = {}
@@ -133,7 +133,7 @@ class Edge:
         self.max_input = max_input
         self.hooks = hooks if hooks is not None else HttpHooks()
         self.endpoints = endpoints if endpoints is not None else ENDPOINTS
-        #: parsed binary request headers per model version (:mod:`naiad.http.plans`)
+        #: parsed binary request headers per model version (:mod:`naiad.plans`)
         self.plans = PlanCache()
         #: ``--http-header-forward-pattern`` (:mod:`naiad.forwarding`); None forwards nothing
         self.forward_pattern = forward_pattern

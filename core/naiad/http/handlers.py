@@ -19,9 +19,9 @@ from .. import memory
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, NaiadError, Unsupported
 from ..inference import InferRequest
+from ..plans import BinaryPlan
+from ..plans import find as find_plan
 from . import codec
-from .plans import BinaryPlan
-from .plans import find as find_plan
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ async def infer(
     A large JSON part (an image sent as JSON numbers, say) is parsed and its answer encoded on a
     worker thread, and large bodies are (de)compressed there, so one big request never stalls
     the event loop. ``plans`` is the edge's cache of ``mv``'s binary headers
-    (:mod:`naiad.http.plans`): a request built from a header validated before is not validated
+    (:mod:`naiad.plans`): a request built from a header validated before is not validated
     again. ``forward`` adds the forwarded headers' parameters (:mod:`naiad.forwarding`).
     """
     if mv.decoupled:

@@ -1,10 +1,12 @@
-"""The edge's cache of binary request headers: a header seen before is not parsed again.
+"""The transports' cache of request headers: a header seen before is not parsed again.
 
 A client calling in a loop (tritonclient, perf_analyzer) sends the same JSON header each time
 with new tensor bytes after it. The HTTP edge keeps each header's parsed form, a
 :class:`BinaryPlan`, per model version and keyed by the header's exact bytes: the next request
 with that header only slices its tensors out of the binary part, and is validated against the
-version's signature once per header (``DataPlane.infer(..., validated=True)``).
+version's signature once per header (``DataPlane.infer(..., validated=True)``). The lean gRPC
+front keeps the same plans keyed by a ModelInfer message's bytes other than its raw tensors
+(:class:`naiad.grpc.codec.RawPlan`).
 
 The cache belongs to the edge, not to the domain: a :class:`~naiad.registry.ModelVersion`, its
 :class:`~naiad.signature.Signature` and an :class:`~naiad.inference.InferRequest` carry none of it.
@@ -20,8 +22,8 @@ import dataclasses
 import weakref
 from typing import Any
 
-from ..inference import InferRequest
-from ..tensors import from_wire_bytes
+from .inference import InferRequest
+from .tensors import from_wire_bytes
 
 #: binary request headers longer than this are parsed each time (and not kept)
 PLAN_HEADER_MAX = 4096
