@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Any, cast
 
 import hpack
 
+from ..sockets import no_delay
 from .h2frames import (
     ACK,
     COMPRESSION_ERROR,
@@ -114,12 +114,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        no_delay(transport)
         settings = b"".join(
             SETTING.pack(k, v)
             for k, v in (

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 from collections.abc import Awaitable
 
 from aiohttp import web
 
+from ..sockets import no_delay
 from . import handlers
 from .edge import NO_QUERY, Edge, Request
 from .lean_head import NOT_OURS, LeanHead, LeanRoutes, parse_head
@@ -191,12 +191,7 @@ class FastProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        no_delay(transport)
         self._last = self._loop.time()
         self._front.connections.add(self)
 
