@@ -38,6 +38,31 @@ def before_env(checkout: Path) -> dict[str, str]:
     return {"PYTHONPATH": ":".join(str(p) for p in paths)}
 
 
+def start_servers(
+    S: B.Servers,
+    want: list[str],
+    repo: Path,
+    out: Path,
+    models: list[str],
+    port: int,
+    before: Path | None,
+    extra: list[str] | None = None,
+) -> dict[str, B.Server]:
+    """The servers of ``want`` ("before" from the ``before`` checkout, "naiad" from this one,
+    "triton" with its C++ onnxruntime backend) on ports from ``port`` up, ready."""
+    srv: dict[str, B.Server] = {}
+    base = B.free_ports(port, 30)
+    if "before" in want:
+        assert before is not None, "--before is needed for the 'before' server"
+        env = before_env(before)
+        srv["before"] = S.add(B.start_naiad(repo, base, out, models, "before", extra, env))
+    if "naiad" in want:
+        srv["naiad"] = S.add(B.start_naiad(repo, base + 10, out, models, extra=extra))
+    if "triton" in want:
+        srv["triton"] = S.add(B.start_triton(repo, base + 20, out, models))
+    return srv
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,22 +110,15 @@ def main() -> int:
     notes = [f"before = {rev_before} ({before}); naiad = {B.naiad_rev()}"]
     t0 = time.monotonic()
     with B.Servers() as S:
-        srv: dict[str, B.Server] = {}
-        base = B.free_ports(a.port, 30)
-        if "before" in want:
-            env = before_env(before)
-            srv["before"] = S.add(B.start_naiad(repo, base, out, models, "before", env=env))
+        srv = start_servers(S, want, repo, out, models, a.port, before)
+        if "before" in srv:
             where = subprocess.run(
                 [str(B.NAIAD_VENV / "bin" / "python"), "-c", "import naiad; print(naiad.__file__)"],
                 capture_output=True,
                 text=True,
-                env=dict(__import__("os").environ, **env),
+                env=dict(__import__("os").environ, **before_env(before)),
             ).stdout.strip()
             notes.append(f"before imports from {where}")
-        if "naiad" in want:
-            srv["naiad"] = S.add(B.start_naiad(repo, base + 10, out, models))
-        if "triton" in want:
-            srv["triton"] = S.add(B.start_triton(repo, base + 20, out, models))
         for name, s in srv.items():
             r = subprocess.run(
                 [
@@ -117,7 +135,7 @@ def main() -> int:
             B.log(notes[-1])
         names = list(srv)
         for rnd in range(a.repeat):
-            order = names[rnd % len(names) :] + names[: rnd % len(names)]
+            order = B.rotated(names, rnd)
             for model in models:
                 for c in concs:
                     for name in order:

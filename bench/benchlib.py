@@ -587,6 +587,13 @@ def aggregate(rows: list[dict], key_fields: tuple[str, ...]) -> dict:
     return out
 
 
+def rotated(names: list, rnd: int) -> list:
+    """``names`` rotated by round ``rnd``: each server takes each place in turn, so that the
+    host's drift hits all of them alike."""
+    k = rnd % len(names)
+    return names[k:] + names[:k]
+
+
 def md_table(head: list[str], rows: list[list[str]], left: int = 3) -> str:
     lines = [
         "| " + " | ".join(head) + " |",

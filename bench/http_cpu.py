@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import benchlib as B
-from before_after import before_env
+from before_after import start_servers
 
 MODELS = ["simple", "identity_fp32", "mlp"]
 SEQ_MODEL = "seq_direct"
@@ -90,18 +90,11 @@ def main() -> int:
     t_start = time.strftime("%H:%M", time.gmtime())
     load0 = Path("/proc/loadavg").read_text().split()[0]
     with B.Servers() as S:
-        srv: dict[str, B.Server] = {}
-        base = B.free_ports(a.port, 30)
-        if "before" in want:
-            env = before_env(Path(a.before).resolve())
-            srv["before"] = S.add(B.start_naiad(repo, base, out, models, "before", extra, env))
-        if "naiad" in want:
-            srv["naiad"] = S.add(B.start_naiad(repo, base + 10, out, models, extra=extra))
-        if "triton" in want:
-            srv["triton"] = S.add(B.start_triton(repo, base + 20, out, models))
+        before = Path(a.before).resolve() if a.before else None
+        srv = start_servers(S, want, repo, out, models, a.port, before, extra)
         names = list(srv)
         for rnd in range(a.repeat):
-            order = names[rnd % len(names) :] + names[: rnd % len(names)]
+            order = B.rotated(names, rnd)
             for model in models:
                 for c in concs:
                     for name in order:

@@ -217,7 +217,7 @@ def main() -> int:
             else:
                 srv[name] = S.add(B.start_naiad(repo, port, out, models, name=name))
         for rnd in range(a.repeat):
-            order = want[rnd % len(want) :] + want[: rnd % len(want)]
+            order = B.rotated(want, rnd)
             for model in models:
                 busy = model in BUSY_MODELS
                 for proto in ["http"] if busy else protocols:

@@ -110,7 +110,7 @@ def main() -> int:
                 srv = B.start_triton(repos[name], port, out, models, name=name)
             started[name] = servers.add(srv)
         for rnd in range(a.repeat):
-            order = want[rnd % len(want) :] + want[: rnd % len(want)]  # rotate: drift hits all
+            order = B.rotated(want, rnd)
             for model in models:
                 for conc in concs:
                     for name in order:
