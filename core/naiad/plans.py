@@ -104,6 +104,14 @@ def find(
     return None
 
 
+def keep(plans: dict[bytes, Any], key: bytes, plan: Any) -> None:
+    """Keep ``plan`` under ``key`` in one version's table, at most :data:`PLANS_MAX` of them (a
+    full table is emptied first: clients send a few headers over and over)."""
+    if len(plans) >= PLANS_MAX:
+        plans.clear()
+    plans[key] = plan
+
+
 def plannable(request: InferRequest) -> bool:
     """A request whose header can be reused as is: no sequence, no shared memory."""
     if request.sequence_id or request.sequence_start or request.sequence_end:

@@ -26,7 +26,8 @@ from ..dataplane import DataPlane
 from ..errors import InternalError, InvalidArgument, NaiadError, Unsupported
 from ..forwarding import forward_headers
 from ..inference import parse_model_version
-from ..plans import PLANS_MAX, PlanCache
+from ..plans import PlanCache
+from ..plans import keep as keep_plan
 from . import codec, health_pb2, stream
 from . import grpc_service_pb2 as pb
 from .options import GrpcOptions, check_restricted
@@ -146,9 +147,7 @@ class InferenceService:
             if plan is not None and not validated:
                 plan.accepted(sig, req)
                 if plans is not None and key is not None and key not in plans:
-                    if len(plans) >= PLANS_MAX:
-                        plans.clear()
-                    plans[key] = plan
+                    keep_plan(plans, key, plan)
             req.inputs = {}  # the answer is encoded without them: free them first
             if codec.costly_response(response):
                 return await asyncio.to_thread(encode, req, response, lease.write)

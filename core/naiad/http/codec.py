@@ -18,8 +18,9 @@ import orjson
 from ..errors import InternalError, InvalidArgument, Unsupported
 from ..inference import InferRequest, InferResponse, RequestedOutput
 from ..inference import parse_model_version as parse_model_version  # the URL's version
-from ..plans import PLAN_HEADER_MAX, PLANS_MAX, BinaryPlan, plannable
+from ..plans import PLAN_HEADER_MAX, BinaryPlan, plannable
 from ..plans import find as find_plan
+from ..plans import keep as keep_plan
 from ..tensors import ITEM_SIZES, NUMPY_DTYPES, element_count, from_wire_bytes, to_wire_bytes
 from . import json_chunks
 from .json_tensors import BYTES_ELEMENT_COST, DecodeBudget, json_data, json_to_array
@@ -224,9 +225,8 @@ def _build(
             raise _field_error("outputs", "attempt to access JSON non-array as array")
         request.outputs = [_parse_output(o) for o in outputs] or None
     if specs is not None and plans is not None and key is not None and plannable(request):
-        if len(plans) >= PLANS_MAX:
-            plans.clear()
-        plan = plans[key] = BinaryPlan(request, tuple(specs), offset)
+        plan = BinaryPlan(request, tuple(specs), offset)
+        keep_plan(plans, key, plan)
         return request, plan
     return request, None
 
