@@ -188,16 +188,12 @@ class DataPlane:
             raise AssertionError  # pragma: no cover
         if not validated:
             sig.validate(request)
-        # what _counted does, inline: this is every request's path
-        if not self._inflight:
-            self._idle.clear()
-        self._inflight += 1
+        # _counted without its generator: this is every request's path
+        self._begin()
         try:
             response = await scheduler.infer(request)
         finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._end()
         response.model_version = mv.version
         self._finish(request, response, sig, mv.labels)
         return response
@@ -249,14 +245,23 @@ class DataPlane:
     @contextlib.contextmanager
     def _counted(self) -> Iterator[None]:
         """One inference in flight for :meth:`wait_idle` while the block runs."""
-        self._inflight += 1
-        self._idle.clear()
+        self._begin()
         try:
             yield
         finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._end()
+
+    def _begin(self) -> None:
+        """One more inference in flight (:meth:`wait_idle` waits for it)."""
+        if not self._inflight:
+            self._idle.clear()
+        self._inflight += 1
+
+    def _end(self) -> None:
+        """One inference fewer in flight."""
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
 
     @property
     def inflight(self) -> int:
