@@ -269,7 +269,8 @@ class Channel:
         """A message the other side encoded (on the thread that will drop its arrays' views)."""
         _receiving.channel = self
         released, message = pickle.loads(data)
-        self._reuse(released)
+        if released:
+            self._reuse(released)
         return message
 
     def send(self, message: Any, call_id: int | None = None) -> None:
