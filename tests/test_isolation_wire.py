@@ -202,3 +202,55 @@ def test_the_loop_link_fails_only_the_execution_it_cannot_write_or_read():
         assert results is None and isinstance(error, InternalError), call_id
     assert "could not be sent" in str(answers[2][1]) and "refused" in str(answers[2][1])
     assert "unreadable" in str(answers[3][1])
+
+
+def test_an_array_sent_back_over_the_owners_segment_is_a_view_and_holds_it():
+    """The other side answering with a view of what it received (a model returning its input,
+    or a slice of it) sends no copy: the owner gets a view of its own segment, which it does
+    not reuse for another array until that view is gone and the other side released it."""
+    server, child = _pair(f"naiad-test-wire6-{os.getpid()}-")
+    try:
+        to_child = FrameReader(child.conn.fileno(), child, "test")
+        to_server = FrameReader(server.conn.fileno(), server, "test")
+        image = np.arange(12 * 64 * 64, dtype=np.float32).reshape(12, 64, 64)  # 192 KiB
+        server.send(("exec", image))
+        ((_, received),) = _read_all(to_child, 1)
+        assert len(server._owned) == 1
+        # back: the whole input, a contiguous slice of it, a strided view (copied), a new array
+        child.send(("result", received, received[6:], received[:, :, ::2], received * 2))
+        ((_, same, part, strided, doubled),) = _read_all(to_server, 1)
+        del received
+        (name,) = server._owned
+        mapped = server._owned[name][1]
+        base = np.frombuffer(mapped, dtype=np.uint8).ctypes.data
+        assert same.ctypes.data == base  # a view of the server's own segment, not a copy
+        assert part.ctypes.data == base + image[6:].ctypes.data - image.ctypes.data
+        np.testing.assert_array_equal(same, image)
+        np.testing.assert_array_equal(part, image[6:])
+        np.testing.assert_array_equal(strided, image[:, :, ::2])
+        np.testing.assert_array_equal(doubled, image * 2)
+        assert strided.ctypes.data != base and doubled.ctypes.data != base
+        assert len(child._owned) == 2  # the strided view and the new array were copied
+        # the child is done with it (its release rides on its next message): the server's
+        # views still hold the segment, so the next large array gets a fresh one
+        child.send(("ping",))
+        _read_all(to_server, 1)
+        server.send(("exec", image + 1))
+        ((_, second),) = _read_all(to_child, 1)
+        np.testing.assert_array_equal(second, image + 1)
+        assert len(server._owned) == 2
+        del second
+        # the server's views gone: with the child's release of the second segment, both are
+        # free; two more arrays reuse them
+        del same, part
+        child.send(("ping",))
+        _read_all(to_server, 1)
+        server.send(("exec", image + 2, image + 3))
+        ((_, third, fourth),) = _read_all(to_child, 1)
+        np.testing.assert_array_equal(third, image + 2)
+        np.testing.assert_array_equal(fourth, image + 3)
+        assert len(server._owned) == 2
+    finally:
+        server.close()
+        child.close()
+    assert not any(SHM_DIR.glob(f"naiad-test-wire6-{os.getpid()}-*"))

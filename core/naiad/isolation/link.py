@@ -42,7 +42,11 @@ class LoopLink:
         self.label = label
         self.fd = conn.fileno()
         self.pending: dict[int, Done] = {}
+        #: bytes not written yet: waiting for the socket to be writable, or for the end of
+        #: this turn of the loop (while the child has executions to run, the ones submitted
+        #: meanwhile go in one write: the child is not woken nor the loop preempted per one)
         self._out = bytearray()
+        self._writing = False  # add_writer is on
         self._reader = FrameReader(self.fd, channel, label, tagged=True)
         self._open = True
         os.set_blocking(self.fd, False)
@@ -61,6 +65,10 @@ class LoopLink:
         if self._out:  # earlier bytes still wait: keep the order
             self._out += data
             return
+        if len(self.pending) > 1:  # the child is busy: this one can go with others, later
+            self._out += data
+            self.loop.call_soon(self._flush)
+            return
         try:
             sent = os.write(self.fd, data)
         except BlockingIOError:
@@ -69,17 +77,28 @@ class LoopLink:
             return  # the child is gone: the reader thread fails what is pending
         if sent < len(data):
             self._out += data[sent:]
+            self._writing = True
             self.loop.add_writer(self.fd, self._writable)
 
+    def _flush(self) -> None:
+        if self._out and not self._writing and self._open:
+            self._writable()
+
     def _writable(self) -> None:
+        """Write what waits in ``_out``; watch for writability while some is left."""
         try:
             sent = os.write(self.fd, self._out)
         except BlockingIOError:
-            return
+            sent = 0
         except OSError:
             sent = len(self._out)  # the child is gone
         del self._out[:sent]
-        if not self._out:
+        if self._out:
+            if not self._writing:
+                self._writing = True
+                self.loop.add_writer(self.fd, self._writable)
+        elif self._writing:
+            self._writing = False
             self.loop.remove_writer(self.fd)
 
     def _readable(self) -> None:
@@ -122,6 +141,6 @@ class LoopLink:
         if self._open:
             self._open = False
             self.loop.remove_reader(self.fd)
-            if self._out:
+            if self._writing:
                 self.loop.remove_writer(self.fd)
             self.channel.close()

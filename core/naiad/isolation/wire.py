@@ -7,6 +7,11 @@ The receiver maps the segment and gets a numpy view of it: no copy on that side.
 array over it is garbage-collected the segment goes back to its owner, which reuses it (a fresh
 segment per tensor costs page allocation, ~30x a copy). A channel's segments are removed when it
 closes, and by name prefix after a process died (:func:`remove_segments`).
+
+An array that is itself a view of a segment the other side owns (a model answering with its
+input, or a slice of it) is not copied back: the message names the owner's segment and where
+in it, and the owner gets a view of its own memory. The owner reuses such a segment only when
+the other side has released it and its own views of it are gone too.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import collections
 import io
 import itertools
 import logging
+import math
 import mmap
 import os
 import pickle
@@ -75,11 +81,40 @@ def _from_segment(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
         finally:
             os.close(fd)
         channel._mapped[name] = mapped
-    count = int(np.prod(shape, dtype=np.int64))
+        channel._peer[id(mapped)] = (name, _address(mapped))
     # ``whole`` is the base of the view returned, alive exactly as long as some array over it
-    whole = np.frombuffer(mapped, dtype=np.dtype(dtype), count=count)
+    whole = np.frombuffer(mapped, dtype=np.dtype(dtype), count=math.prod(shape))
     weakref.finalize(whole, channel._released.append, name)
     return whole.reshape(shape)
+
+
+def _in_own_segment(name: str, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Unpickling an array the other side sent back as a view of one of this side's own
+    segments: a view of it here too (no copy); the segment is not reused while it lives."""
+    channel: Channel = _receiving.channel
+    with channel._pool_lock:
+        owned = channel._owned.get(name)
+        if owned is None:
+            raise ValueError(f"an answer names segment {name}, which is not this side's")
+        channel._borrowed[name] = channel._borrowed.get(name, 0) + 1
+    whole = np.frombuffer(owned[1], dtype=np.dtype(dtype), count=math.prod(shape), offset=offset)
+    weakref.finalize(whole, channel._give_back, name)
+    return whole.reshape(shape)
+
+
+def _address(mapped: mmap.mmap) -> int:
+    """Where ``mapped`` starts in this process's memory."""
+    return np.frombuffer(mapped, dtype=np.uint8, count=1).ctypes.data
+
+
+def _buffer_owner(array: np.ndarray) -> Any:
+    """The object whose memory ``array`` is a view of (an mmap for a segment's arrays)."""
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        if base.base is None:
+            return None
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
 
 
 class _Pickler(pickle.Pickler):
@@ -98,6 +133,11 @@ class _Pickler(pickle.Pickler):
         if obj.dtype.kind not in "biuf":  # strings, objects: numpy's own reduction
             return obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
         if obj.nbytes >= SHM_THRESHOLD:
+            peer = self.channel._peer.get(id(_buffer_owner(obj)))
+            if peer is not None and obj.flags.c_contiguous:  # the other side's own memory
+                name, start = peer
+                offset = obj.ctypes.data - start
+                return _in_own_segment, (name, offset, obj.dtype.str, obj.shape)
             return _from_segment, self.channel._to_segment(obj)
         return np.ndarray, (obj.shape, obj.dtype.str, bytearray(obj.tobytes()))
 
@@ -124,6 +164,12 @@ class Channel:
         self._released: collections.deque[str] = collections.deque()
         #: the other side's segments, mapped here: name -> mapping
         self._mapped: dict[str, mmap.mmap] = {}
+        #: the same by mapping: id(mapping) -> (name, address here), to send a view back as one
+        self._peer: dict[int, tuple[str, int]] = {}
+        #: this side's segments with views of them here that the other side sent back: name ->
+        #: how many (under _pool_lock); one released by the other side waits in _held meanwhile
+        self._borrowed: dict[str, int] = {}
+        self._held: set[str] = set()
         #: the pickler :meth:`framed` reuses, over its buffer
         self._encoding = threading.Lock()
         self._buffer = io.BytesIO()
@@ -153,9 +199,28 @@ class Channel:
     def _reuse(self, names: list[str]) -> None:
         with self._pool_lock:
             for name in names:
+                if name in self._borrowed:  # views of it here still live
+                    self._held.add(name)
+                    continue
                 owned = self._owned.get(name)
                 if owned is not None:
                     self._free.setdefault(owned[0], []).append((name, owned[1]))
+
+    def _give_back(self, name: str) -> None:
+        """A view here of this side's own ``name``, sent back by the other side, is gone (any
+        thread): the segment is free again if the other side released it too."""
+        with self._pool_lock:
+            left = self._borrowed.get(name, 0) - 1
+            if left > 0:
+                self._borrowed[name] = left
+                return
+            self._borrowed.pop(name, None)
+            if name not in self._held:  # the other side still uses it: it says when it's done
+                return
+            self._held.discard(name)
+            owned = self._owned.get(name)
+            if owned is not None:
+                self._free.setdefault(owned[0], []).append((name, owned[1]))
 
     def _take_released(self) -> list[str]:
         released = []
@@ -204,7 +269,8 @@ class Channel:
         """A message the other side encoded (on the thread that will drop its arrays' views)."""
         _receiving.channel = self
         released, message = pickle.loads(data)
-        self._reuse(released)
+        if released:
+            self._reuse(released)
         return message
 
     def send(self, message: Any, call_id: int | None = None) -> None:
@@ -222,7 +288,7 @@ class Channel:
     def close(self) -> None:
         """Close the socket and remove this side's segments (mappings over them stay valid)."""
         self.conn.close()
-        self._mapped = {}  # arrays over them keep their mappings
+        self._mapped, self._peer = {}, {}  # arrays over them keep their mappings
         with self._pool_lock:
             owned, self._owned, self._free = self._owned, {}, {}
         for name in owned:

@@ -14,6 +14,10 @@ from .base import UNLOADED, SchedulerCore, Ticket
 from .instance import BatchResult, Instance
 from .worker import log_failure
 
+#: executions submitted from the loop one instance may hold at once (running and waiting in
+#: its process), while no instance is idle
+SUBMIT_DEPTH = 8
+
 
 class DefaultScheduler(SchedulerCore):
     """Strict FIFO over a pool of instances; a model with N instances runs at most N requests
@@ -21,11 +25,9 @@ class DefaultScheduler(SchedulerCore):
 
     An instance that takes executions from the loop (:meth:`Instance.submit`: a
     process-isolated one) gets them so and answers on the loop, with no instance thread; while
-    every instance is busy, each of those takes one more, which waits in its process (the
-    process runs them one after the other, and never idles waiting for the loop's turn).
-
-    An instance that can take an execution from the loop (:meth:`Instance.submit`: a
-    process-isolated one) gets it so, and answers on the loop: no instance thread at all.
+    every instance is busy, each of those takes more, up to :data:`SUBMIT_DEPTH` in all, which
+    wait in its process (the process runs them one after the other, and never idles waiting
+    for the loop's turn; the loop reads several answers per wake-up).
 
     When an instance finishes, its own thread takes the oldest queued request and runs it at
     once, then tells the event loop about the finished one: no newcomer can overtake a waiting
@@ -41,9 +43,11 @@ class DefaultScheduler(SchedulerCore):
         super().__init__(stats)
         #: idle instances, longest idle first: sequential requests rotate over the instances
         self._idle: deque[Instance] = deque(instances)
-        #: instances running one execution submitted from the loop, which take one more
-        #: (loop only): it waits in the instance's process, so that never idles between two
+        #: instances running executions submitted from the loop that take one more (loop
+        #: only): it waits in the instance's process, so that never idles between two
         self._second: deque[Instance] = deque()
+        #: executions submitted from the loop per instance, in flight (loop only)
+        self._submitted_to: dict[Instance, int] = {}
         self._queue: deque[Ticket] = deque()
         self._lock = threading.Lock()
 
@@ -72,7 +76,9 @@ class DefaultScheduler(SchedulerCore):
         if instance.submits and instance.submit(
             [entry.request], self._submitted(loop, instance, entry, False)
         ):
-            self._second.append(instance)
+            self._submitted_to[instance] = 1
+            if SUBMIT_DEPTH > 1:
+                self._second.append(instance)
             return
         instance.executor.call_soon(None, log_failure, self._chain, loop, instance, entry)
 
@@ -100,7 +106,11 @@ class DefaultScheduler(SchedulerCore):
                 self._start(loop, instance, entry)
                 continue
             if instance.submit([entry.request], self._submitted(loop, instance, entry, second)):
-                continue  # the loop talks to the instance itself (a process-isolated one)
+                # the loop talks to the instance itself (a process-isolated one)
+                held = self._submitted_to[instance] = self._submitted_to[instance] + 1
+                if held < SUBMIT_DEPTH:
+                    self._second.append(instance)
+                continue
             # not from the loop now: back to the head of the line
             with self._lock:
                 self._queue.appendleft(entry)
@@ -116,12 +126,17 @@ class DefaultScheduler(SchedulerCore):
 
         def done(result: BatchResult | None, error: BaseException | None) -> None:
             self._complete(entry, result, error)
-            if instance in self._second:  # it ran this one alone: idle now
-                self._second.remove(instance)
+            held = self._submitted_to[instance] - 1
+            if not held:  # it ran this one alone: idle now
+                del self._submitted_to[instance]
+                if instance in self._second:
+                    self._second.remove(instance)
                 with self._lock:
                     self._idle.append(instance)
-            else:  # the other one it took still runs
-                self._second.append(instance)
+            else:  # others it took still run
+                self._submitted_to[instance] = held
+                if instance not in self._second:
+                    self._second.append(instance)
             self._pump(loop)
 
         return done
