@@ -22,8 +22,10 @@ import dataclasses
 import weakref
 from typing import Any
 
+import numpy as np
+
 from .inference import InferRequest
-from .tensors import from_wire_bytes
+from .tensors import WIRE_DTYPES, from_wire_bytes
 
 #: binary request headers longer than this are parsed each time (and not kept)
 PLAN_HEADER_MAX = 4096
@@ -38,7 +40,7 @@ class BinaryPlan:
     sequence parameters): the request built from one differs from the last only in its tensors.
     """
 
-    __slots__ = ("template", "inputs", "total", "checked", "batch_size", "heads")
+    __slots__ = ("template", "inputs", "total", "checked", "batch_size", "heads", "_decode")
 
     def __init__(
         self,
@@ -59,14 +61,35 @@ class BinaryPlan:
         #: the JSON headers of this header's all-binary answers, by what they say
         #: (``codec.encode_infer_response``)
         self.heads: dict[tuple, bytes] = {}
+        #: per input: (name, the wire dtype of a fixed-size type or None, datatype, shape,
+        #: size): a fixed-size input is sliced straight into an array (:meth:`build`)
+        self._decode = tuple(
+            (
+                name,
+                None if datatype in ("BYTES", "BF16") else WIRE_DTYPES.get(datatype),
+                datatype,
+                shape,
+                size,
+            )
+            for name, datatype, shape, size in inputs
+        )
 
     def build(self, binary: memoryview, model_name: str, model_version: int) -> InferRequest:
         t = self.template
         inputs = {}
         offset = 0
-        for name, datatype, shape, size in self.inputs:
-            inputs[name] = from_wire_bytes(binary[offset : offset + size], datatype, shape, name)
+        for name, wire, datatype, shape, size in self._decode:
+            piece = binary[offset : offset + size]
             offset += size
+            if wire is None:
+                inputs[name] = from_wire_bytes(piece, datatype, shape, name)
+                continue
+            # from_wire_bytes, written out: the first request of this header was decoded by
+            # it, so each input's size is its shape's (and ``find`` checked the total)
+            array = np.frombuffer(piece, dtype=wire)
+            if datatype == "BOOL":
+                array = array.view(np.bool_)
+            inputs[name] = array.reshape(shape)
         return InferRequest(
             model_name,
             model_version,

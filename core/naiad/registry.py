@@ -81,11 +81,16 @@ class ModelRegistry:
         versions = self._versions.get(name)
         if not versions:
             raise NotFound(f"Request for unknown model: '{name}' is not found")
-        if version < 0:
-            ready = [v for v in versions.values() if v.state is ModelState.READY]
-            if not ready:
+        if version < 0:  # the highest READY version (every request of most clients)
+            best: ModelVersion | None = None
+            for candidate in versions.values():
+                if candidate.state is ModelState.READY and (
+                    best is None or candidate.version > best.version
+                ):
+                    best = candidate
+            if best is None:
                 raise NotFound(f"Request for unknown model: '{name}' has no available versions")
-            return max(ready, key=lambda v: v.version)
+            return best
         mv = versions.get(version)
         if mv is None:
             raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")

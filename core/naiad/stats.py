@@ -116,6 +116,45 @@ class ModelStats:
         )
         return outcome
 
+    def record_alone(
+        self,
+        outcome: InferResponse | BaseException,
+        arrived_ns: int,
+        end_ns: int,
+        result: BatchResult,
+        items: int,
+    ) -> InferResponse | NaiadError:
+        """:meth:`record_execution` (on success) and :meth:`record_outcome` of a request that
+        ran alone (``items`` batch items): what the default scheduler records for every
+        request, in one call."""
+        if isinstance(outcome, BaseException):
+            self.record_failure(end_ns - arrived_ns, "BACKEND")
+            return outcome if isinstance(outcome, NaiadError) else InternalError(str(outcome))
+        input_ns, infer_ns, output_ns = result.input_ns, result.infer_ns, result.output_ns
+        self.execution_count += 1
+        stats = self.batch.get(items)
+        if stats is None:
+            stats = self.batch[items] = BatchStats()
+        # Duration.add, written out: this runs for every request
+        d = stats.compute_input
+        d.count += 1
+        d.ns += input_ns
+        d = stats.compute_infer
+        d.count += 1
+        d.ns += infer_ns
+        d = stats.compute_output
+        d.count += 1
+        d.ns += output_ns
+        self.record_success(
+            end_ns - arrived_ns,
+            result.start_ns - arrived_ns,
+            input_ns,
+            infer_ns,
+            output_ns,
+            items,
+        )
+        return outcome
+
     def record_failure(self, total_ns: int, reason: str = "OTHER") -> None:
         self.fail.add(total_ns)
         self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1

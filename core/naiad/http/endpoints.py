@@ -65,8 +65,10 @@ def model_stats(edge: Edge, req: Request) -> Answer:
 
 async def infer(edge: Edge, req: Request) -> Answer:
     dp = edge.dataplane
-    name = req.params["model"]
-    version = _version(req)
+    params = req.params
+    name = params["model"]
+    text = params.get("version")
+    version = codec.parse_model_version(text) if text else -1  # _version, written out
     mv = dp.resolve(name, version)  # an unknown model fails before its body is read
     body = req.body
     if body is None:
@@ -89,7 +91,7 @@ async def infer(edge: Edge, req: Request) -> Answer:
         header_length=headers.get("inference-header-content-length"),
         accept_encoding=headers.get("accept-encoding"),
         plans=edge.plans.of(mv),
-        forward=_forwarder(edge, headers),
+        forward=_forwarder(edge, headers) if edge.forward_pattern is not None else None,
     )
 
 

@@ -105,7 +105,7 @@ def health_status(dp: DataPlane, ready: bool) -> int:
     return 200 if dp.health(ready) else 400
 
 
-async def infer(
+def infer(
     dp: DataPlane,
     mv: Any,
     name: str,
@@ -118,14 +118,17 @@ async def infer(
     accept_encoding: str | None,
     plans: dict[bytes, BinaryPlan] | None = None,
     forward: Callable[[InferRequest], None] | None = None,
-) -> Answer:
-    """One V2 inference: ``body`` as received, the answer ready to send.
+) -> Awaitable[Answer]:
+    """One V2 inference: ``body`` as received; awaiting the result gives the answer to send.
 
     A large JSON part (an image sent as JSON numbers, say) is parsed and its answer encoded on a
     worker thread, and large bodies are (de)compressed there, so one big request never stalls
     the event loop. ``plans`` is the edge's cache of ``mv``'s binary headers
     (:mod:`naiad.plans`): a request built from a header validated before is not validated
     again. ``forward`` adds the forwarded headers' parameters (:mod:`naiad.forwarding`).
+
+    Not a coroutine function itself: it picks the path (a planned binary header, or the
+    general parse) and returns that path's coroutine, so a request awaits one frame fewer.
     """
     if mv.decoupled:
         raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
@@ -137,9 +140,38 @@ async def infer(
         length = codec.parse_header_length(header_length, len(body))
         plan = find_plan(plans, body, length) if length else None
         if plan is not None and length:
-            return await _infer_planned(
+            return _infer_planned(
                 dp, mv, name, version, body, length, plan, accept_encoding, forward
             )
+    return _infer_parsed(
+        dp,
+        mv,
+        name,
+        version,
+        body,
+        max_input,
+        content_encoding,
+        header_length,
+        accept_encoding,
+        plans,
+        forward,
+    )
+
+
+async def _infer_parsed(
+    dp: DataPlane,
+    mv: Any,
+    name: str,
+    version: int,
+    body: bytes | memoryview,
+    max_input: int,
+    content_encoding: str | None,
+    header_length: str | None,
+    accept_encoding: str | None,
+    plans: dict[bytes, BinaryPlan] | None,
+    forward: Callable[[InferRequest], None] | None,
+) -> Answer:
+    """:func:`infer` of a body parsed in full (JSON, compressed, shared memory, a new header)."""
     mv.arriving += 1  # an unload from now on waits for this request (see ModelRegistry)
     lease = dp.shm.lease()
     try:

@@ -78,15 +78,19 @@ class Heads:
         close: bool,
     ) -> bytes:
         """:func:`answer_head` with the current ``Date``."""
-        date = self.date.get()
+        now = int(time.time())  # Date.get, written out: this runs for every answer
         cache = self._cache
-        if self.date.second != self._second:
-            self._second = self.date.second
+        date = self.date
+        if now != self._second:
+            self._second = date.second = now
+            date.value = formatdate(now, usegmt=True).encode()
             cache.clear()
         key = (status, length, content_type, tuple(headers.items()) if headers else None, close)
         head = cache.get(key)
         if head is None:
             if len(cache) >= HEADS_MAX:
                 cache.clear()
-            head = cache[key] = answer_head(status, length, content_type, headers, close, date)
+            head = cache[key] = answer_head(
+                status, length, content_type, headers, close, date.value
+            )
         return head

@@ -50,6 +50,8 @@ class Instance:
         #: inputs the backend sees in another shape, and the outputs it makes by default
         self._reshapes = {n: t.reshape for n, t in signature.inputs.items() if t.reshape}
         self._outputs = list(signature.outputs)
+        #: output name -> (spec, its numpy dtype), looked up once per output of an execution
+        self._out_specs = {n: (t, t.numpy_dtype) for n, t in signature.outputs.items()}
         #: the backend's way to start an execution from the event loop, if it has one
         self._submit = getattr(backend, "submit_requests", None) if self._custom else None
         #: :meth:`submit` may start executions from the loop (else it always returns False)
@@ -210,17 +212,20 @@ class Instance:
         sig = self.signature
         batching = sig.max_batch_size > 0
         outputs: dict[str, np.ndarray] = {}
+        specs = self._out_specs
         for name in wanted:
             if name not in produced:
                 raise InternalError(
                     f"model '{sig.model_name}' did not produce requested output '{name}'"
                 )
-            spec = sig.outputs.get(name)
-            array = np.asarray(produced[name])
-            if spec is None:  # an extra output (implicit state): the scheduler takes it
+            array = produced[name]
+            if type(array) is not np.ndarray:
+                array = np.asarray(array)
+            found = specs.get(name)
+            if found is None:  # an extra output (implicit state): the scheduler takes it
                 outputs[name] = array
                 continue
-            dtype = spec.numpy_dtype
+            spec, dtype = found
             if array.dtype != dtype:
                 if spec.datatype == "BYTES":
                     array = array.astype(np.object_)
