@@ -236,6 +236,27 @@ def test_large_data_frames_arriving_in_pieces(image_server):
     h.close()
 
 
+def test_large_message_longer_or_shorter_than_it_says(image_server):
+    """A large message is read into memory of the size its prefix says: DATA past that size,
+    or the stream ending before it, fail the call as for any message (INTERNAL), and the
+    connection serves on."""
+    image = np.random.default_rng(3).random((1, *SHAPE), dtype=np.float32)
+    body = _image_body(image)
+    h = _wide_open(image_server.grpc_port)
+    cases = {1: body + b"\x00" * 10, 3: body[:-10], 5: body + body}
+    for sid, data in cases.items():
+        h.send(frame(HEADERS, END_HEADERS, sid, h.block("ModelInfer")))
+        for i in range(0, len(data), 200_000):  # large frames, the last one ending the stream
+            last = END_STREAM if i + 200_000 >= len(data) else 0
+            h.send(frame(DATA, last, sid, data[i : i + 200_000]))
+        headers, _ = h.answer(sid)
+        assert headers.get("grpc-status") == "13", headers
+        assert headers.get("grpc-message") == "Expected one request message"
+    h.send(frame(HEADERS, END_HEADERS, 7, h.block("ModelInfer")) + frame(DATA, END_STREAM, 7, body))
+    _check_image(h, 7, image)
+    h.close()
+
+
 @pytest.mark.parametrize("compression", [None, "gzip"])
 def test_image_through_tritonclient(image_server, compression):
     gc = grpcclient.InferenceServerClient(image_server.grpc_url)
