@@ -73,6 +73,46 @@ def test_split_request_is_protobufs_message():
         assert got == expected
 
 
+def _flipped(data: bytes, split: codec.SplitRequest) -> bytes:
+    """``data`` with every byte of its raw contents changed (nothing else)."""
+    out = bytearray(data)
+    start = 0
+    for r in split.raw or ():
+        at = data.find(bytes(r), start)
+        out[at : at + len(r)] = bytes(x ^ 0x5A for x in bytes(r))
+        start = at + len(r)
+    return bytes(out)
+
+
+def test_split_request_seen_before_is_protobufs_message():
+    """A small message laid out as one split before (the same bytes but its raw contents) is
+    not walked again: it still gives protobuf's message; messages of the same size laid out
+    otherwise (another name, raw entries of other lengths) are not mistaken for it."""
+    for data in _wire_requests():
+        first = codec.split_infer_request(memoryview(data))
+        for again in (data, _flipped(data, first)):
+            expected = pb.ModelInferRequest.FromString(again)
+            split = codec.split_infer_request(memoryview(again))
+            if split.raw is not None:
+                split.msg.raw_input_contents.extend(bytes(r) for r in split.raw)
+            assert split.msg == expected
+    two = _inputs(("INPUT0", "INT32", [1, 16]), ("INPUT1", "INT32", [1, 16]))
+    same_size = [
+        _field(1, b"simple") + two + _field(7, b"a" * 64) + _field(7, b"b" * 64),
+        _field(1, b"simplf") + two + _field(7, b"a" * 64) + _field(7, b"b" * 64),
+        _field(1, b"simple") + two + _field(7, b"a" * 60) + _field(7, b"b" * 68),
+        _field(1, b"simple") + two + _field(7, b"a") + _field(7, b"b" * 127),
+        _field(1, b"simple") + _field(7, b"a" * 64) + two + _field(7, b"b" * 64),
+    ]
+    assert len({len(d) for d in same_size}) == 1
+    for _ in range(2):
+        for data in same_size:
+            split = codec.split_infer_request(data)
+            assert split.raw is not None
+            split.msg.raw_input_contents.extend(bytes(r) for r in split.raw)
+            assert split.msg == pb.ModelInferRequest.FromString(data)
+
+
 def test_split_request_fails_as_protobuf_does():
     for data in (
         _field(1, b"simple")[:-2],  # a length past the end

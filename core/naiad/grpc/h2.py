@@ -476,10 +476,12 @@ class H2Protocol(H2Sender, asyncio.BufferedProtocol):
         if not sid:
             if not increment:
                 raise H2Error(PROTOCOL_ERROR, "zero WINDOW_UPDATE")
+            was = self.send_window
             self.send_window += increment
             if self.send_window > MAX_WINDOW:
                 raise H2Error(FLOW_CONTROL_ERROR, "window too large")
-            self._flush_pending()
+            if was <= 0:  # else no stream waits for the connection's window, only for its own
+                self._flush_pending()
             return
         stream = self.streams.get(sid)
         if stream is None:
