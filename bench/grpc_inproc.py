@@ -5,7 +5,9 @@ A naiad server runs in this process (uvloop, the model repository given, the ONN
 endpoint gets, call after call (concurrency 1, or ``-c N`` calls in flight on the connection),
 the bytes perf_analyzer's client sends (HEADERS with the same header block each time, the
 message in one DATA frame, and the two WINDOW_UPDATE frames grpc's client sends after each
-answer), written to a transport that only notes where each answer ends. The figure is the
+answer), read as a transport reads them (into the protocol's buffer when it is a
+BufferedProtocol, else as bytes; ``--read`` bytes at most a read, uvloop's 256 KiB by default),
+written to a transport that only notes where each answer ends. The figure is the
 process's CPU time (every thread: loop, instance, onnxruntime) per call, which a machine
 shared with other work moves much less than wall-clock rates; the event loop's thread's CPU time
 per call (the front, the data plane, the hand-offs: onnxruntime's threads left out); and the
@@ -61,9 +63,11 @@ class _Transport:
     def __init__(self, trailers: bytes) -> None:
         self.trailers = trailers
         self.answered = 0
+        self.written = 0
         self.event: asyncio.Event | None = None
 
     def _saw(self, data) -> None:
+        self.written += len(data)
         n = bytes(data).count(self.trailers) if len(data) < 1 << 16 else 0
         if n:
             self.answered += n
@@ -124,6 +128,23 @@ async def run(args: argparse.Namespace) -> None:
         assert isinstance(endpoint, front.LeanEndpoint)
         proto = front.GrpcProtocol(endpoint)
         transport = _Transport(calls.OK_TRAILERS)
+        buffered = hasattr(proto, "get_buffer")
+
+        def feed(data: bytes) -> None:
+            """``data`` as the transport reads it: into the protocol's buffer (a
+            BufferedProtocol) or as bytes, at most ``--read`` bytes a read (uvloop's size)."""
+            pos, view = 0, memoryview(data)
+            while pos < len(data):
+                if buffered:
+                    buf = proto.get_buffer(-1)
+                    n = min(len(buf), args.read, len(data) - pos)
+                    buf[:n] = view[pos : pos + n]  # the kernel's copy
+                    proto.buffer_updated(n)
+                else:
+                    n = min(args.read, len(data) - pos)
+                    proto.data_received(view[pos : pos + n])  # type: ignore[arg-type]
+                pos += n
+
         proto.connection_made(transport)  # type: ignore[arg-type]
         window = (4).to_bytes(2, "big") + (4 << 20).to_bytes(4, "big")
         proto.data_received(
@@ -145,7 +166,14 @@ async def run(args: argparse.Namespace) -> None:
             sid += 2
             return out
 
-        credit = h2frames.frame(h2frames.WINDOW_UPDATE, 0, 0, (200).to_bytes(4, "big"))
+        def credit(n: int) -> bytes:
+            """The client's WINDOW_UPDATEs after ``n`` answers: the connection's (as many bytes
+            as were written since the last: at least the DATA's) and ``n`` more for streams
+            already closed, as grpc's client sends them."""
+            written, transport.written = transport.written, 0
+            one = h2frames.frame(h2frames.WINDOW_UPDATE, 0, 0, written.to_bytes(4, "big"))
+            other = h2frames.frame(h2frames.WINDOW_UPDATE, 0, sid - 2, (200).to_bytes(4, "big"))
+            return one + other * n
 
         async def calls_of(n: int) -> None:
             transport.event = asyncio.Event()
@@ -159,14 +187,14 @@ async def run(args: argparse.Namespace) -> None:
                     inflight += 1
                     sent_total += 1
                 if burst:
-                    proto.data_received(burst)
+                    feed(burst)
                 before = transport.answered
                 while transport.answered == before:
                     transport.event.clear()
                     await transport.event.wait()
                 done = transport.answered - before
                 inflight -= done
-                proto.data_received(credit * done)
+                feed(credit(done))
 
         await calls_of(200)  # warm-up: plans made, caches filled
         results = []
@@ -207,6 +235,7 @@ def main() -> None:
     ap.add_argument("-c", "--concurrency", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--port", type=int, default=28900)
+    ap.add_argument("--read", type=int, default=1 << 18, help="bytes a read at most")
     ap.add_argument("--profile")
     args = ap.parse_args()
     args.repo = str(args.repo)
