@@ -142,6 +142,7 @@ class H2Protocol(H2Sender, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._sink = None
         self._out, self._out_size = [], 0
         streams, self.streams = self.streams, {}
         for stream in streams.values():
@@ -168,6 +169,8 @@ class H2Protocol(H2Sender, asyncio.BufferedProtocol):
             await self._drained
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        # a read that gave nothing (no buffer_updated) leaves the last answer here: not reused
+        self._sink = None
         if self._data_left and self.transport is not None:
             sink = self.data_sink(self._data_sid, self._data_left)
             if sink is not None and len(sink):
