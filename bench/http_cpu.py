@@ -4,6 +4,8 @@ much (issue 14: where naiad's time per request goes, before and after a change).
 
     python3 bench/http_cpu.py [--before ../wt-before] [-i 1500] [-r 3] [-c 1,8] [--models ...]
     python3 bench/http_cpu.py --sequence [--models seq_direct] ...   (sequence_bench's models)
+    python3 bench/http_cpu.py --protocol grpc [--image] ...   (the same over gRPC; --image adds
+        grpc_bench.py's 3x224x224 FP32 identity_image)
 
 Servers as in before_after.py (``before`` from --before with PYTHONPATH into that checkout,
 ``naiad`` from this one; Triton's C++ onnxruntime backend with ``--servers ...,triton``), one
@@ -44,10 +46,17 @@ def measure(
     outdir: Path,
     tag: str,
     extra: list[str] | None = None,
+    protocol: str = "http",
 ) -> dict:
     c0 = B.model_counts(srv, model)
     t0 = B.tree_ticks(srv.pid)
-    row = B.run_pa(srv, model, conc, interval, outdir, tag, extra=extra)
+    hostport = None
+    if protocol == "grpc":  # naiad's and Triton's gRPC port: HTTP's + 1
+        host, port = srv.hostport.rsplit(":", 1)
+        hostport = f"{host}:{int(port) + 1}"
+    row = B.run_pa(
+        srv, model, conc, interval, outdir, tag, extra=extra, protocol=protocol, hostport=hostport
+    )
     t1 = B.tree_ticks(srv.pid)
     c1 = B.model_counts(srv, model)
     n = (c1[0] - c0[0]) if c0 and c1 else 0
@@ -67,6 +76,8 @@ def main() -> int:
     ap.add_argument("--models", help=f"default {','.join(MODELS)} ({SEQ_MODEL} with --sequence)")
     ap.add_argument("--sequence", action="store_true", help="sequence models, sequence mode")
     ap.add_argument("--servers", default="before,naiad")
+    ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    ap.add_argument("--image", action="store_true", help="add grpc_bench's identity_image")
     ap.add_argument("--port", type=int, default=27600)
     ap.add_argument("--extra", default="", help="extra naiad serve flags (space-separated)")
     ap.add_argument("--out")
@@ -85,6 +96,12 @@ def main() -> int:
         make = [str(B.TRITON_VENV / "bin" / "python"), str(B.ANCHORS / "models" / "make_repo.py")]
         pa_extra = None
     subprocess.run([*make, str(repo), "--kind", "onnx"], check=True, stdout=subprocess.DEVNULL)
+    if a.image:
+        from grpc_bench import IMAGE, make_repo
+
+        make_repo("onnx", repo, image=True)
+        if IMAGE not in models:
+            models.append(IMAGE)
     extra = a.extra.split() if a.extra else None
     rows: list[dict] = []
     t_start = time.strftime("%H:%M", time.gmtime())
@@ -99,7 +116,9 @@ def main() -> int:
                 for c in concs:
                     for name in order:
                         tag = f"{name}-r{rnd}"
-                        row = measure(srv[name], model, c, a.interval, out / "pa", tag, pa_extra)
+                        row = measure(
+                            srv[name], model, c, a.interval, out / "pa", tag, pa_extra, a.protocol
+                        )
                         rows.append(row)
                         with open(out / "rows.jsonl", "a") as f:
                             f.write(json.dumps(row) + "\n")
@@ -133,7 +152,7 @@ def main() -> int:
     text = (
         f"# http_cpu {time.strftime('%Y-%m-%d', time.gmtime())} {t_start}–"
         f"{time.strftime('%H:%M UTC', time.gmtime())}, load {load0} → {load1}\n"
-        f"rev {B.naiad_rev()}; perf_analyzer -i http -b 1, window {a.interval} ms x3, "
+        f"rev {B.naiad_rev()}; perf_analyzer -i {a.protocol} -b 1, window {a.interval} ms x3, "
         f"{a.repeat} rounds; µs of server CPU per inference: median (runs)\n\n"
         + B.md_table(head, table)
         + "\n"

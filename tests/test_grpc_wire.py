@@ -73,6 +73,46 @@ def test_split_request_is_protobufs_message():
         assert got == expected
 
 
+def _flipped(data: bytes, split: codec.SplitRequest) -> bytes:
+    """``data`` with every byte of its raw contents changed (nothing else)."""
+    out = bytearray(data)
+    start = 0
+    for r in split.raw or ():
+        at = data.find(bytes(r), start)
+        out[at : at + len(r)] = bytes(x ^ 0x5A for x in bytes(r))
+        start = at + len(r)
+    return bytes(out)
+
+
+def test_split_request_seen_before_is_protobufs_message():
+    """A small message laid out as one split before (the same bytes but its raw contents) is
+    not walked again: it still gives protobuf's message; messages of the same size laid out
+    otherwise (another name, raw entries of other lengths) are not mistaken for it."""
+    for data in _wire_requests():
+        first = codec.split_infer_request(memoryview(data))
+        for again in (data, _flipped(data, first)):
+            expected = pb.ModelInferRequest.FromString(again)
+            split = codec.split_infer_request(memoryview(again))
+            if split.raw is not None:
+                split.msg.raw_input_contents.extend(bytes(r) for r in split.raw)
+            assert split.msg == expected
+    two = _inputs(("INPUT0", "INT32", [1, 16]), ("INPUT1", "INT32", [1, 16]))
+    same_size = [
+        _field(1, b"simple") + two + _field(7, b"a" * 64) + _field(7, b"b" * 64),
+        _field(1, b"simplf") + two + _field(7, b"a" * 64) + _field(7, b"b" * 64),
+        _field(1, b"simple") + two + _field(7, b"a" * 60) + _field(7, b"b" * 68),
+        _field(1, b"simple") + two + _field(7, b"a") + _field(7, b"b" * 127),
+        _field(1, b"simple") + _field(7, b"a" * 64) + two + _field(7, b"b" * 64),
+    ]
+    assert len({len(d) for d in same_size}) == 1
+    for _ in range(2):
+        for data in same_size:
+            split = codec.split_infer_request(data)
+            assert split.raw is not None
+            split.msg.raw_input_contents.extend(bytes(r) for r in split.raw)
+            assert split.msg == pb.ModelInferRequest.FromString(data)
+
+
 def test_split_request_fails_as_protobuf_does():
     for data in (
         _field(1, b"simple")[:-2],  # a length past the end
@@ -233,6 +273,27 @@ def test_large_data_frames_arriving_in_pieces(image_server):
         frame(HEADERS, END_HEADERS, 7, h.block("ModelInfer")) + frame(DATA, END_STREAM, 7, small)
     )
     _check_simple(h, 7, a, b)
+    h.close()
+
+
+def test_large_message_longer_or_shorter_than_it_says(image_server):
+    """A large message is read into memory of the size its prefix says: DATA past that size,
+    or the stream ending before it, fail the call as for any message (INTERNAL), and the
+    connection serves on."""
+    image = np.random.default_rng(3).random((1, *SHAPE), dtype=np.float32)
+    body = _image_body(image)
+    h = _wide_open(image_server.grpc_port)
+    cases = {1: body + b"\x00" * 10, 3: body[:-10], 5: body + body}
+    for sid, data in cases.items():
+        h.send(frame(HEADERS, END_HEADERS, sid, h.block("ModelInfer")))
+        for i in range(0, len(data), 200_000):  # large frames, the last one ending the stream
+            last = END_STREAM if i + 200_000 >= len(data) else 0
+            h.send(frame(DATA, last, sid, data[i : i + 200_000]))
+        headers, _ = h.answer(sid)
+        assert headers.get("grpc-status") == "13", headers
+        assert headers.get("grpc-message") == "Expected one request message"
+    h.send(frame(HEADERS, END_HEADERS, 7, h.block("ModelInfer")) + frame(DATA, END_STREAM, 7, body))
+    _check_image(h, 7, image)
     h.close()
 
 

@@ -64,6 +64,8 @@ class Call:
         "stream",
         "head",
         "buf",
+        "placed",
+        "fill",
         "task",
         "timer",
         "queue",
@@ -78,6 +80,10 @@ class Call:
         self.stream = stream
         self.head = head
         self.buf = bytearray()
+        #: a large unary message's memory of its size (its bytes up to ``fill``) instead of
+        #: ``buf``
+        self.placed: Any = None
+        self.fill = 0
         self.task: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
         #: (message, its size on the wire) for a streaming RPC's reader, then END

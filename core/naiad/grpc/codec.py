@@ -250,6 +250,13 @@ def plan_of(split: SplitRequest, request: InferRequest) -> RawPlan | None:
     return RawPlan(request, tuple((t.name, t.datatype, list(t.shape)) for t in msg.inputs))
 
 
+#: where the raw contents lay in small messages walked before, by the message's size: the
+#: bytes around them (the other fields and the raw contents' tags and lengths), where each raw
+#: entry starts and ends, the other fields' bytes (``head``) and the plan key
+_LAYOUTS: dict[int, tuple[tuple[tuple[int, bytes], ...], tuple[tuple[int, int], ...], bytes]] = {}
+_LAYOUTS_MAX = 64
+
+
 def split_infer_request(data: bytes | memoryview) -> SplitRequest:
     """A ModelInferRequest from its wire bytes, with its ``raw_input_contents`` left out of the
     message as views of ``data``.
@@ -257,10 +264,25 @@ def split_infer_request(data: bytes | memoryview) -> SplitRequest:
     The other fields are parsed by protobuf, in their order on the wire, so the message is the
     one ``FromString(data)`` gives but for the raw contents; a message this walk cannot follow
     (groups, a length past the end) is parsed whole, raising what ``FromString`` raises.
+
+    A small message whose bytes but its raw contents are those of one walked before (a client
+    in a loop sends the same fields, the tensors' values aside) is not walked again: the walk
+    reads only those bytes, so it would find the raw contents where it found them then.
     """
     # a small message is walked (and its small pieces sliced) as bytes: faster than a view
-    data = bytes(data) if len(data) <= _INLINE_WALK else memoryview(data)
+    if len(data) <= _INLINE_WALK:
+        data = bytes(data)
+        layout = _LAYOUTS.get(len(data))
+        if layout is not None:
+            around, spans, known = layout
+            if all(data.startswith(piece, at) for at, piece in around):
+                raws: list[bytes | memoryview] = [data[i:j] for i, j in spans]
+                key = known if len(known) <= PLAN_HEADER_MAX else None
+                return SplitRequest(pb.ModelInferRequest.FromString(known), raws, key)
+    else:
+        data = memoryview(data)
     raw: list[bytes | memoryview] = []
+    spans_seen: list[tuple[int, int]] = []
     rest: list[bytes | memoryview] = []
     pos, end, start = 0, len(data), 0
     try:
@@ -284,6 +306,7 @@ def split_infer_request(data: bytes | memoryview) -> SplitRequest:
                     if field > start:
                         rest.append(data[start:field])
                     raw.append(data[pos : pos + n])
+                    spans_seen.append((pos, pos + n))
                     start = pos + n
                 pos += n
             elif kind == 0:
@@ -306,7 +329,17 @@ def split_infer_request(data: bytes | memoryview) -> SplitRequest:
     key = (
         (head if isinstance(head, bytes) else bytes(head)) if len(head) <= PLAN_HEADER_MAX else None
     )
-    return SplitRequest(pb.ModelInferRequest.FromString(head), raw, key)
+    msg = pb.ModelInferRequest.FromString(head)
+    if isinstance(data, bytes):
+        at, between = 0, []
+        for i, j in spans_seen:
+            between.append((at, data[at:i]))
+            at = j
+        between.append((at, data[at:]))
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        _LAYOUTS[len(data)] = (tuple(between), tuple(spans_seen), bytes(head))
+    return SplitRequest(msg, raw, key)
 
 
 class WireMessage:

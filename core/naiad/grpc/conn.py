@@ -97,6 +97,9 @@ class GrpcConnection(H2Protocol):
                 self.reset(stream, CANCEL)
                 self.drain_and_close()  # the client's other calls may end; no new ones
 
+    def read_buffer(self) -> memoryview:
+        return self.front.read_buffer()
+
     def is_open(self) -> bool:
         return self.transport is not None
 
@@ -109,12 +112,16 @@ class GrpcConnection(H2Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
 
-    def _reserve(self, call: Call, length: int) -> None:
-        """A message of ``length`` bytes began on ``call``: large ones reserve their size."""
+    def _reserve(self, call: Call, length: int) -> bool:
+        """A message of ``length`` bytes began on ``call``: large ones reserve their size.
+        True when this call reserved it now and got it."""
         if length > SMALL_BODY and not call.reserved:
             call.reserved = length
-            if not self.front.budget.reserve(self, length) and self.transport is not None:
+            if self.front.budget.reserve(self, length):
+                return True
+            if self.transport is not None:
                 self.transport.pause_reading()
+        return False
 
     def _release(self, call: Call) -> None:
         if call.reserved:

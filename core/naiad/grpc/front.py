@@ -23,9 +23,11 @@ import logging
 import zlib
 from typing import Any
 
+import numpy as np
+
 from ..dataplane import DataPlane
 from ..errors import NaiadError
-from . import codec, health_service_pb2_grpc, service_pb2_grpc
+from . import codec, h2, health_service_pb2_grpc, service_pb2_grpc
 from .calls import (
     DEADLINE_EXCEEDED,
     END,
@@ -155,6 +157,18 @@ class GrpcProtocol(GrpcConnection):
         if call is None or call.done:
             return
         call.last = self.loop.time()
+        placed = call.placed
+        if placed is not None:  # the message's own memory (see _place)
+            fill, n = call.fill, len(data)
+            if fill + n <= len(placed):
+                placed[fill : fill + n] = data
+                call.fill = fill + n
+                if end:
+                    self._unary_ready(call)
+                return
+            # more than one message: as without the memory, which fails the call at its end
+            call.buf = bytearray(placed[:fill])
+            call.placed = None
         buf = call.buf
         buf += data
         if call.queue is not None:
@@ -184,11 +198,45 @@ class GrpcProtocol(GrpcConnection):
             self._fail(call, RESOURCE_EXHAUSTED, "Received message larger than max")
         elif end:
             self._unary_ready(call)
-        elif len(buf) >= 5:
-            self._reserve(call, length)
+        elif len(buf) >= 5 and self._reserve(call, length):
+            self._place(call, length)
+
+    def _place(self, call: Call, length: int) -> None:
+        """A large message whose size was reserved from the front's budget: its bytes go to
+        memory of its size (not touched until they arrive), where the rest of its DATA may be
+        read straight to (:meth:`data_sink`) and its tensors are viewed from."""
+        budget = self.front.budget
+        if budget.buffered > budget.limit:  # what a connection holding it all may exceed
+            return
+        buf = call.buf
+        placed = np.empty(5 + length, np.uint8)
+        placed[: len(buf)] = np.frombuffer(buf, np.uint8)
+        call.placed, call.fill = placed, len(buf)
+        call.buf = bytearray()
+
+    def data_sink(self, sid: int, n: int) -> memoryview | None:
+        stream = self.streams.get(sid)
+        if stream is None or stream.remote_closed:
+            return None
+        call: Call | None = stream.call
+        if call is None or call.done or call.placed is None:
+            return None
+        fill = call.fill
+        return memoryview(call.placed)[fill : fill + n]  # type: ignore[arg-type]
+
+    def on_placed(self, stream: Stream, n: int, end: bool) -> None:
+        call: Call | None = stream.call
+        if call is None or call.done:
+            return
+        call.last = self.loop.time()
+        call.fill += n
+        if end:
+            self._unary_ready(call)
 
     def _unary_ready(self, call: Call) -> None:
-        buf = call.buf
+        buf: Any = call.buf
+        if call.placed is not None:
+            buf, call.placed = memoryview(call.placed)[: call.fill], None
         length = int.from_bytes(buf[1:5], "big") if len(buf) >= 5 else -1
         if length != len(buf) - 5:
             self._fail(call, INTERNAL, "Expected one request message")
@@ -213,7 +261,7 @@ class GrpcProtocol(GrpcConnection):
             self._fail(call, INTERNAL, parse_error(flag, exc))
             return None
 
-    async def _unary(self, call: Call, message: Any, compressed: bytearray | None = None) -> None:
+    async def _unary(self, call: Call, message: Any, compressed: Any = None) -> None:
         handler = call.head.handler
         try:
             if compressed is not None:
@@ -281,6 +329,7 @@ class GrpcProtocol(GrpcConnection):
         call: Call | None = stream.call
         if call is not None:
             call.buf = bytearray()
+            call.placed = None
             self._release(call)
         if call is not None and not call.done:
             call.done = True
@@ -328,9 +377,17 @@ class LeanEndpoint:
         self.methods = method_table(self.inference, self.health)
         self.level = _LEVELS.get(config.infer_response_compression_level, 0)
         self.connections: set[GrpcConnection] = set()
+        self._read: memoryview | None = None
         self.draining = False
         self._server: asyncio.AbstractServer | None = None
         self._all_closed: asyncio.Event | None = None
+
+    def read_buffer(self) -> memoryview:
+        """The one buffer every connection reads frames into (they are handled, on the loop,
+        before the next read)."""
+        if self._read is None:
+            self._read = memoryview(bytearray(h2.READ_SIZE))
+        return self._read
 
     async def start(self) -> None:
         cfg = self.config

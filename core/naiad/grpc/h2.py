@@ -11,6 +11,11 @@ What a stream means is the subclass's: :meth:`H2Protocol.head` turns a decoded h
 the value handed to :meth:`H2Protocol.on_headers` (and is cached with the block),
 :meth:`H2Protocol.on_data` gets the stream's DATA, :meth:`H2Protocol.on_reset` a stream the
 client reset or the connection lost.
+
+The connection is an :class:`asyncio.BufferedProtocol`: frames are read into a buffer of the
+connection's, except the rest of a large DATA frame, which the subclass may have read straight
+into the memory where its message is kept (:meth:`H2Protocol.data_sink`, then
+:meth:`H2Protocol.on_placed`): a large request is then not copied from what was read.
 """
 
 from __future__ import annotations
@@ -74,9 +79,11 @@ log = logging.getLogger(__name__)
 _BLOCKS_MAX = 64
 #: DATA frames longer than this are handed on piece by piece as they arrive
 _STREAM_DATA = 1 << 14
+#: the size of the buffer frames are read into
+READ_SIZE = 1 << 16
 
 
-class H2Protocol(H2Sender, asyncio.Protocol):
+class H2Protocol(H2Sender, asyncio.BufferedProtocol):
     """One HTTP/2 server connection."""
 
     def __init__(self) -> None:
@@ -96,6 +103,10 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         self._continued: tuple[int, int, list[bytes]] | None = None
         #: a large DATA frame handed on as it arrives: its stream, flags and bytes still to come
         self._data_sid = self._data_flags = self._data_left = 0
+        #: what the transport reads into: the connection's buffer (made on the first read), or
+        #: the subclass's memory for the rest of a large DATA frame (:meth:`data_sink`)
+        self._read: memoryview | None = None
+        self._sink: memoryview | None = None
         self.last_stream_id = 0
         self.goaway_sent = False
         # the peer's settings
@@ -131,6 +142,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._sink = None
         self._out, self._out_size = [], 0
         streams, self.streams = self.streams, {}
         for stream in streams.values():
@@ -155,6 +167,38 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             if self._drained is None or self._drained.done():
                 self._drained = self.loop.create_future()
             await self._drained
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # a read that gave nothing (no buffer_updated) leaves the last answer here: not reused
+        self._sink = None
+        if self._data_left and self.transport is not None:
+            sink = self.data_sink(self._data_sid, self._data_left)
+            if sink is not None and len(sink):
+                self._sink = sink
+                return sink
+        if self._read is None:
+            self._read = self.read_buffer()
+        return self._read
+
+    def buffer_updated(self, nbytes: int) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            if self.transport is None or self.transport.is_closing():
+                return
+            try:
+                self._data_left -= nbytes
+                flags = 0 if self._data_left else self._data_flags
+                self._data(self._data_sid, flags, sink[:nbytes], True)
+            except H2Error as exc:
+                self.goaway(exc.code, exc.debug.encode())
+                self.close()
+            return
+        assert self._read is not None
+        with self._read[:nbytes] as data:
+            # what the frames' consumers are handed is theirs only during the call: the
+            # buffer is read into again
+            self.data_received(data)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -264,7 +308,9 @@ class H2Protocol(H2Sender, asyncio.Protocol):
 
     # ---- frames ----------------------------------------------------------------------------
 
-    def _data(self, sid: int, flags: int, payload: memoryview) -> None:
+    def _data(self, sid: int, flags: int, payload: memoryview, placed: bool = False) -> None:
+        """DATA on stream ``sid``; ``placed``: ``payload`` was read into the subclass's memory
+        (:meth:`data_sink`)."""
         n = len(payload)
         if not sid:
             raise H2Error(PROTOCOL_ERROR, "DATA on stream 0")
@@ -289,7 +335,10 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         end = bool(flags & END_STREAM)
         if end:
             stream.remote_closed = True
-        self.on_data(stream, payload, end)
+        if placed:
+            self.on_placed(stream, n, end)
+        else:
+            self.on_data(stream, payload, end)
         self.credit(stream)
         self._maybe_forget(stream)
 
@@ -430,10 +479,12 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if not sid:
             if not increment:
                 raise H2Error(PROTOCOL_ERROR, "zero WINDOW_UPDATE")
+            was = self.send_window
             self.send_window += increment
             if self.send_window > MAX_WINDOW:
                 raise H2Error(FLOW_CONTROL_ERROR, "window too large")
-            self._flush_pending()
+            if was <= 0:  # else no stream waits for the connection's window, only for its own
+                self._flush_pending()
             return
         stream = self.streams.get(sid)
         if stream is None:
@@ -482,7 +533,22 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         self.reset(stream, REFUSED_STREAM)
 
     def on_data(self, stream: Stream, data: memoryview, end: bool) -> None:
-        pass
+        """DATA on ``stream`` (``end``: the client's last); ``data`` is valid during the call
+        only (the connection's read buffer is read into again)."""
+
+    def read_buffer(self) -> memoryview:
+        """The buffer the connection reads frames into; what is read is handled before the
+        next read (of any connection: one buffer may serve all of a loop's)."""
+        return memoryview(bytearray(READ_SIZE))
+
+    def data_sink(self, sid: int, n: int) -> memoryview | None:
+        """Where the next (at most) ``n`` bytes of stream ``sid``'s DATA may be read to: a
+        writable view of the subclass's memory, told of with :meth:`on_placed`; None to have
+        them handed to :meth:`on_data`. Asked only in the middle of a large DATA frame."""
+        return None
+
+    def on_placed(self, stream: Stream, n: int, end: bool) -> None:
+        """``n`` bytes of DATA on ``stream`` were read into the view :meth:`data_sink` gave."""
 
     def on_ping(self) -> bool:
         """A PING arrived; False to leave it unanswered (the subclass closed the connection)."""

@@ -53,9 +53,21 @@ class H2Sender:
     def write(self, data: bytes) -> None:
         self._put([data])
 
-    def _put(self, frames: list[bytes | memoryview]) -> None:
-        """Queue ``frames`` for :meth:`flush`, due at the end of this turn of the loop."""
+    def _put(self, frames: list[bytes | memoryview], now: bool = False) -> None:
+        """Queue ``frames`` for :meth:`flush`, due at the end of this turn of the loop; with
+        ``now``, write them (after what is queued) at once."""
         if self.transport is None:
+            return
+        if now:
+            if self._out:
+                frames = self._out + frames
+                self._out, self._out_size = [], 0
+            if len(frames) == 1:
+                self.transport.write(frames[0])
+            elif sum(map(len, frames)) <= _JOIN:
+                self.transport.write(b"".join(frames))
+            else:
+                self.transport.writelines(frames)
             return
         if not self._out:
             self.loop.call_soon(self.flush)
@@ -98,7 +110,11 @@ class H2Sender:
         trailers: bytes | None,
     ) -> None:
         """Send on ``stream``: a header block, DATA (as the windows allow: the rest waits for
-        WINDOW_UPDATE) and trailers that end the stream (after all the DATA)."""
+        WINDOW_UPDATE) and trailers that end the stream (after all the DATA).
+
+        The frames go out at the end of this turn of the loop (with the other streams' answers
+        finished in it), or at once when they end the connection's only stream: no other
+        answer can join them, and waiting for the turn's end would cost a turn of the loop."""
         if stream.local_closed or self.transport is None:
             return
         self.sent_since_ping = True
@@ -115,6 +131,7 @@ class H2Sender:
 
     def _send_pending(self, stream: Stream, out: list[bytes | memoryview] | None = None) -> None:
         out = [] if out is None else out
+        streams = self.streams
         pending = stream.pending
         while pending:
             window = min(self.send_window, stream.send_window)
@@ -131,19 +148,21 @@ class H2Sender:
             stream.send_window -= n
             out.append(HEAD.pack(n >> 16, n & 0xFFFF, DATA, 0, stream.id))
             out.append(chunk)
+        now = False
         if not pending:
             stream.wake()
             if stream.pending_end is not None:
                 out += self.headers_frames(stream, stream.pending_end, True)
                 stream.pending_end = None
                 stream.local_closed = True
+                if not stream.remote_closed:
+                    # the answer is complete: the client need send no more (RFC 9113 §8.1)
+                    out.append(frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR)))
+                    stream.remote_closed = True
+                now = len(streams) == 1 and stream.id in streams
         if out:
-            self._put(out)
+            self._put(out, now)
         if stream.local_closed:
-            if not stream.remote_closed:
-                # the answer is complete: the client need send no more (RFC 9113 §8.1)
-                self.write(frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR)))
-                stream.remote_closed = True
             self._maybe_forget(stream)
 
     def _flush_pending(self) -> None:
