@@ -88,14 +88,21 @@ class Calls:
 
 @pytest.fixture
 def start(server_factory, tmp_path):
+    clients = []
+
     def _start(build):
         repo = tmp_path / "repo"
         repo.mkdir(exist_ok=True)
         build(repo)
         srv = server_factory(repo, "--plugin", "naiad_test_backends")
-        return srv, httpclient.InferenceServerClient(srv.url)
+        clients.append(httpclient.InferenceServerClient(srv.url))
+        return srv, clients[-1]
 
-    return _start
+    yield _start
+    # closed here, not by the garbage collector: a client's pool closed from __del__ at some
+    # later test's collection could raise there (an "unraisable" exception failing that test)
+    for client in clients:
+        client.close()
 
 
 def test_count_n_runs_at_most_n_at_once(start):
