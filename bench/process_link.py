@@ -42,25 +42,7 @@ from naiad.scheduling.default import DefaultScheduler
 from naiad.scheduling.instance import Instance
 from naiad.signature import Signature
 from naiad.stats import ModelStats
-
-IMAGE = """
-name: "image"
-backend: "python"
-max_batch_size: 0
-input [ { name: "IN" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]
-output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
-
-IDENTITY = """
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(
-            "OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]) for r in requests]
-"""
+from python_backend import IDENTITY, IMAGE  # the image model python_backend.py serves
 
 
 def _child_cpu(pid: int) -> float:

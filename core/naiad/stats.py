@@ -64,15 +64,21 @@ class ModelStats:
         stats = self.batch.get(batch_size)
         if stats is None:
             stats = self.batch[batch_size] = BatchStats()
-        stats.compute_input.add(input_ns)
-        stats.compute_infer.add(infer_ns)
-        stats.compute_output.add(output_ns)
+        # Duration.add, written out here and in record_success: they run for every request
+        d = stats.compute_input
+        d.count += 1
+        d.ns += input_ns
+        d = stats.compute_infer
+        d.count += 1
+        d.ns += infer_ns
+        d = stats.compute_output
+        d.count += 1
+        d.ns += output_ns
 
     def record_success(
         self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int, items: int
     ) -> None:
         """One request that succeeded; compute times are its share of its batch."""
-        # Duration.add, written out: this runs for every request
         d = self.success
         d.count += 1
         d.ns += total_ns
@@ -91,6 +97,12 @@ class ModelStats:
         self.inference_count += items
         self.last_inference = time.time_ns() // 1_000_000
 
+    def _backend_failure(self, error: BaseException, total_ns: int) -> NaiadError:
+        """A request its backend failed: counted, and returned as a NaiadError (anything else
+        wrapped as an internal error)."""
+        self.record_failure(total_ns, "BACKEND")
+        return error if isinstance(error, NaiadError) else InternalError(str(error))
+
     def record_outcome(
         self,
         outcome: InferResponse | BaseException,
@@ -104,8 +116,7 @@ class ModelStats:
         compute times, or a BACKEND failure. Returns what the caller gets: the response, or the
         error as a NaiadError (anything else is wrapped as an internal error)."""
         if isinstance(outcome, BaseException):
-            self.record_failure(end_ns - arrived_ns, "BACKEND")
-            return outcome if isinstance(outcome, NaiadError) else InternalError(str(outcome))
+            return self._backend_failure(outcome, end_ns - arrived_ns)
         self.record_success(
             end_ns - arrived_ns,
             result.start_ns - arrived_ns,
@@ -128,30 +139,11 @@ class ModelStats:
         ran alone (``items`` batch items): what the default scheduler records for every
         request, in one call."""
         if isinstance(outcome, BaseException):
-            self.record_failure(end_ns - arrived_ns, "BACKEND")
-            return outcome if isinstance(outcome, NaiadError) else InternalError(str(outcome))
+            return self._backend_failure(outcome, end_ns - arrived_ns)
         input_ns, infer_ns, output_ns = result.input_ns, result.infer_ns, result.output_ns
-        self.execution_count += 1
-        stats = self.batch.get(items)
-        if stats is None:
-            stats = self.batch[items] = BatchStats()
-        # Duration.add, written out: this runs for every request
-        d = stats.compute_input
-        d.count += 1
-        d.ns += input_ns
-        d = stats.compute_infer
-        d.count += 1
-        d.ns += infer_ns
-        d = stats.compute_output
-        d.count += 1
-        d.ns += output_ns
+        self.record_execution(items, input_ns, infer_ns, output_ns)
         self.record_success(
-            end_ns - arrived_ns,
-            result.start_ns - arrived_ns,
-            input_ns,
-            infer_ns,
-            output_ns,
-            items,
+            end_ns - arrived_ns, result.start_ns - arrived_ns, input_ns, infer_ns, output_ns, items
         )
         return outcome
 
